@@ -1,0 +1,1 @@
+"""overlayd: configuration, state, the reconciler and the daemon's lifecycle."""

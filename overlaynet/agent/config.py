@@ -1,0 +1,120 @@
+"""overlayd configuration: defaults < TOML file < command-line flags.
+
+Every key of the TOML file has a flag of the same name (underscores become dashes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from overlaynet.errors import BadRequest
+
+DEFAULT_CONFIG = "/etc/overlaynet/overlayd.toml"
+DEFAULT_SOCKET = "/run/overlaynet/overlayd.sock"
+DEFAULT_STATE_DIR = "/var/lib/overlaynet"
+DATAPLANES = ("kernel", "userspace")
+
+
+@dataclass
+class Config:
+    name: str = field(default_factory=socket.gethostname)
+    advertise: str | None = None  # this host's underlay IPv4 (the VTEP); detected if unset
+    bind: str = "0.0.0.0"
+    vxlan_port: int = 4789
+    gossip_port: int = 7946
+    join: list[str] = field(default_factory=list)
+    state_dir: str = DEFAULT_STATE_DIR
+    socket: str = DEFAULT_SOCKET
+    dataplane: str = "kernel"
+    key_file: str | None = None
+    plaintext: bool = False  # run gossip unencrypted: only when explicitly asked for
+    resync_interval: float = 30.0  # seconds between full reconciliations (repairs drift)
+    log_level: str = "info"
+
+    def validate(self) -> Config:
+        if not self.name or len(self.name) > 63:
+            raise BadRequest(f"invalid --name {self.name!r}: 1-63 characters")
+        for port_key in ("vxlan_port", "gossip_port"):
+            port = getattr(self, port_key)
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                raise BadRequest(f"invalid --{port_key.replace('_', '-')} {port!r}: choose 1..65535")
+        for addr_key in ("advertise", "bind"):
+            value = getattr(self, addr_key)
+            if value is not None:
+                try:
+                    ipaddress.IPv4Address(value)
+                except ValueError:
+                    raise BadRequest(
+                        f"invalid --{addr_key} {value!r}: expected an IPv4 address such as 198.18.0.1"
+                    ) from None
+        if self.dataplane not in DATAPLANES:
+            raise BadRequest(f"invalid --dataplane {self.dataplane!r}: choose kernel or userspace")
+        for seed in self.join:
+            parse_seed(seed, self.gossip_port)
+        return self
+
+
+def parse_seed(seed: str, default_port: int) -> tuple[str, int]:
+    host, _, port = seed.partition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        port_number = int(port) if port else default_port
+        if not 1 <= port_number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise BadRequest(f"invalid --join {seed!r}: expected ADDR or ADDR:PORT, e.g. 198.18.0.1:7946") from None
+    return host, port_number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help=f"TOML config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--name", help="this host's name in the cluster (default: hostname)")
+    parser.add_argument("--advertise", metavar="ADDR", help="this host's underlay IPv4 address (the VTEP)")
+    parser.add_argument("--bind", metavar="ADDR", help="address to bind gossip and VXLAN sockets (default 0.0.0.0)")
+    parser.add_argument("--vxlan-port", type=int, help="VXLAN UDP port (default 4789)")
+    parser.add_argument("--gossip-port", type=int, help="gossip UDP+TCP port (default 7946)")
+    parser.add_argument(
+        "--join", action="append", metavar="ADDR[:PORT]", help="a cluster member to join (repeatable)"
+    )
+    parser.add_argument("--state-dir", help=f"state directory (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--socket", help=f"API unix socket (default {DEFAULT_SOCKET})")
+    parser.add_argument("--dataplane", choices=DATAPLANES, help="kernel VXLAN or userspace fast path")
+    parser.add_argument("--key-file", help="gossip keyring file (base64 keys, one per line, first is primary)")
+    parser.add_argument(
+        "--plaintext", action="store_true", default=None, help="run gossip without encryption (insecure)"
+    )
+    parser.add_argument("--resync-interval", type=float, help="seconds between full reconciliations (default 30)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Merge defaults, the TOML file and flags; raise BadRequest with a clear line on bad input."""
+    config = Config()
+    path = args.config or DEFAULT_CONFIG
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                data: dict[str, Any] = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise BadRequest(f"cannot read config {path}: {e}") from None
+        known = {f.name for f in fields(Config)}
+        for key, value in data.items():
+            attr = key.replace("-", "_")
+            if attr not in known:
+                raise BadRequest(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}")
+            setattr(config, attr, value)
+    elif args.config:
+        raise BadRequest(f"config file {path} does not exist")
+    for f in fields(Config):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(config, f.name, value)
+    if isinstance(config.join, str):
+        config.join = [config.join]
+    return config.validate()

@@ -1,0 +1,1 @@
+"""overlayd's REST API: the aiohttp server on the unix socket and the client all front ends use."""

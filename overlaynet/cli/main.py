@@ -1,0 +1,202 @@
+"""overlayctl: the command line. It talks only to overlayd's API.
+
+Every failure is one line on stderr and a non-zero exit: 1 for errors overlayd reports or when it
+cannot be reached, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from overlaynet import __version__
+from overlaynet.api.client import SOCKET_ENV, ApiError, Client, default_socket
+from overlaynet.cli.tables import render_table
+
+
+class UsageError(Exception):
+    pass
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        text = human(data)
+        if text:
+            print(text)
+
+
+def parse_int(value: str | None, what: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise UsageError(f"{what} must be a whole number, not {value!r}") from None
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def cmd_network_create(client: Client, args: argparse.Namespace) -> None:
+    net = client.create_network(args.name, args.subnet, vni=parse_int(args.vni, "--vni"),
+                                mtu=parse_int(args.mtu, "--mtu"), gateway=args.gateway)
+    emit(args, net, lambda n: f"network {n['name']} created: vni {n['vni']}, subnet {n['subnet']}, mtu {n['mtu']}")
+
+
+def network_rows(nets: list[dict[str, Any]]) -> str:
+    return render_table(
+        ["NAME", "VNI", "SUBNET", "MTU", "ENDPOINTS", "OWNER"],
+        [[n["name"], n["vni"], n["subnet"], n["mtu"], n.get("endpoints", 0), n.get("owner", "")] for n in nets],
+    )
+
+
+def cmd_network_ls(client: Client, args: argparse.Namespace) -> None:
+    emit(args, client.list_networks(), network_rows)
+
+
+def cmd_network_inspect(client: Client, args: argparse.Namespace) -> None:
+    net = client.get_network(args.name)
+    if not args.json:
+        net["attached"] = client.list_endpoints(args.name)
+    emit(args, net, inspect_text)
+
+
+def inspect_text(net: dict[str, Any]) -> str:
+    lines = [f"{key}: {net[key]}" for key in ("name", "vni", "subnet", "mtu", "gateway", "owner") if key in net]
+    attached = net.get("attached", [])
+    lines.append(f"endpoints on this host: {len(attached)}")
+    if attached:
+        lines.append(endpoint_rows(attached))
+    return "\n".join(lines)
+
+
+def cmd_network_rm(client: Client, args: argparse.Namespace) -> None:
+    client.delete_network(args.name, force=args.force)
+    emit(args, {"removed": args.name}, lambda d: f"network {d['removed']} removed")
+
+
+def cmd_attach(client: Client, args: argparse.Namespace) -> None:
+    ep = client.create_endpoint(args.network, netns=args.netns, ifname=args.ifname, ip=args.ip, mac=args.mac)
+    emit(args, ep, lambda e: f"attached {args.netns} to {e['network']}: endpoint {e['id'][:12]} "
+                             f"ip {e['ip']}/{e['prefixlen']} mac {e['mac']} ({e['ifname']}, mtu {e['mtu']})")
+
+
+def cmd_detach(client: Client, args: argparse.Namespace) -> None:
+    ep = client.detach(args.network, args.netns)
+    emit(args, ep, lambda e: f"detached {args.netns} from {e['network']} (endpoint {e['id'][:12]}, ip {e['ip']})")
+
+
+def endpoint_rows(eps: list[dict[str, Any]]) -> str:
+    return render_table(
+        ["ID", "NETWORK", "IP", "MAC", "IFNAME", "NETNS", "HOST"],
+        [[e["id"][:12], e["network"], f"{e['ip']}/{e['prefixlen']}", e["mac"], e["ifname"],
+          e.get("netns") or "-", e.get("host", "")] for e in eps],
+    )
+
+
+def cmd_endpoint_ls(client: Client, args: argparse.Namespace) -> None:
+    emit(args, client.list_endpoints(args.network), endpoint_rows)
+
+
+def status_text(s: dict[str, Any]) -> str:
+    keys = ("name", "node_id", "version", "advertise", "vxlan_port", "dataplane", "underlay_mtu",
+            "state_dir", "networks", "endpoints", "uptime_s")
+    return "\n".join(f"{k}: {s[k]}" for k in keys if k in s)
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> None:
+    emit(args, client.status(), status_text)
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus a hint), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help=f"overlayd API socket (default ${SOCKET_ENV} or {default_socket()})")
+
+    parser = Parser(prog="overlayctl", description="Control overlaynet on this host.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"overlayctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    net = sub.add_parser("network", help="create, list, inspect and remove networks", parents=[common])
+    net_sub = net.add_subparsers(dest="network_command", metavar="SUBCOMMAND", parser_class=Parser)
+    net_sub.required = True
+    p = net_sub.add_parser("create", help="create a network", parents=[common])
+    p.add_argument("name")
+    p.add_argument("--subnet", required=True, help="IPv4 CIDR, e.g. 198.19.1.0/24")
+    p.add_argument("--vni", help="VXLAN network identifier 1..16777215 (default: derived from the name)")
+    p.add_argument("--mtu", help="inner MTU (default: underlay MTU - 50)")
+    p.add_argument("--gateway", help="reserve this address as the network's gateway")
+    p.set_defaults(func=cmd_network_create)
+    p = net_sub.add_parser("ls", help="list networks", parents=[common])
+    p.set_defaults(func=cmd_network_ls)
+    p = net_sub.add_parser("inspect", help="show one network", parents=[common])
+    p.add_argument("name")
+    p.set_defaults(func=cmd_network_inspect)
+    p = net_sub.add_parser("rm", help="remove a network", parents=[common])
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="detach attached endpoints first")
+    p.set_defaults(func=cmd_network_rm)
+
+    p = sub.add_parser("attach", help="plug a network namespace into a network", parents=[common])
+    p.add_argument("netns", help="a name under /run/netns, or a path such as /proc/PID/ns/net")
+    p.add_argument("--network", required=True)
+    p.add_argument("--ifname", help="interface name inside the namespace (default eth0)")
+    p.add_argument("--ip", help="ask for this address (default: the next free one)")
+    p.add_argument("--mac", help="ask for this MAC (default: derived from the endpoint id)")
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("detach", help="unplug a network namespace from a network", parents=[common])
+    p.add_argument("netns")
+    p.add_argument("--network", required=True)
+    p.set_defaults(func=cmd_detach)
+
+    ep = sub.add_parser("endpoint", help="list endpoints", parents=[common])
+    ep_sub = ep.add_subparsers(dest="endpoint_command", metavar="SUBCOMMAND", parser_class=Parser)
+    ep_sub.required = True
+    p = ep_sub.add_parser("ls", help="list endpoints on this host", parents=[common])
+    p.add_argument("--network")
+    p.set_defaults(func=cmd_endpoint_ls)
+
+    p = sub.add_parser("status", help="this host's daemon status", parents=[common])
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    client = Client(getattr(args, "socket", None))
+    try:
+        args.func(client, args)
+    except UsageError as e:
+        print(f"overlayctl: error: {e}", file=sys.stderr)
+        return 2
+    except ApiError as e:
+        print(f"overlayctl: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

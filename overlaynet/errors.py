@@ -1,0 +1,24 @@
+"""Errors a user can act on. Each carries the HTTP status the API answers with.
+
+The message is one line that says what was wrong and what to do; front ends print it as is.
+"""
+
+
+class OverlayError(Exception):
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(OverlayError):
+    status = 400
+
+
+class NotFound(OverlayError):
+    status = 404
+
+
+class Conflict(OverlayError):
+    status = 409

@@ -1,0 +1,222 @@
+"""Throwaway multi-host topologies on one machine, for the demo, the tests and the benchmarks.
+
+A lab is an "underlay" namespace holding a bridge, "host" namespaces wired to it by veth pairs
+(addresses from 198.18.0.0/16, the benchmarking range), an overlayd per host (its own state dir and
+socket), and "container" namespaces. Every object is named with the lab's prefix, and `close()`
+removes all of it — daemons, sandbox mounts, namespaces, files — even after failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
+
+from overlaynet.kernel import netns as knetns
+
+UNDERLAY_PREFIX = "198.18.0"
+UNDERLAY_BRIDGE = "ul0"
+
+
+def enter_netns(name: str) -> Callable[[], None]:
+    """A preexec_fn that moves the child into the named network namespace."""
+    path = name if name.startswith("/") else f"/run/netns/{name}"
+
+    def _enter() -> None:
+        pyroute2_netns.setns(path, flags=0)
+
+    return _enter
+
+
+@dataclass
+class Host:
+    label: str
+    netns: str
+    address: str
+    state_dir: str
+    socket: str
+    log_path: str
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+class Lab:
+    def __init__(self, prefix: str, workdir: str | None = None, underlay_mtu: int = 1500) -> None:
+        self.prefix = prefix
+        self.workdir = workdir or f"/tmp/{prefix}-lab"
+        self.underlay_mtu = underlay_mtu
+        self.underlay_ns = f"{prefix}-ul"
+        self.hosts: dict[str, Host] = {}
+        self.containers: list[str] = []
+        self._host_count = 0
+        os.makedirs(self.workdir, exist_ok=True)
+        self._make_netns(self.underlay_ns)
+        with IPRoute(netns=self.underlay_ns) as ipr:
+            ipr.link("add", ifname=UNDERLAY_BRIDGE, kind="bridge", mtu=underlay_mtu)
+            idx = ipr.link_lookup(ifname=UNDERLAY_BRIDGE)[0]
+            ipr.link("set", index=idx, state="up")
+
+    # ---- topology --------------------------------------------------------------------------
+
+    def _make_netns(self, name: str) -> None:
+        pyroute2_netns.create(name)
+        with IPRoute(netns=name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+    def add_host(self, label: str) -> Host:
+        self._host_count += 1
+        n = self._host_count
+        name = f"{self.prefix}-{label}"
+        self._make_netns(name)
+        address = f"{UNDERLAY_PREFIX}.{n}"
+        port = f"{self.prefix[:8]}u{n}"
+        with IPRoute(netns=self.underlay_ns) as ipr:
+            ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name})
+            idx = ipr.link_lookup(ifname=port)[0]
+            bridge = ipr.link_lookup(ifname=UNDERLAY_BRIDGE)[0]
+            ipr.link("set", index=idx, master=bridge, mtu=self.underlay_mtu, state="up")
+        with IPRoute(netns=name) as ipr:
+            idx = ipr.link_lookup(ifname="eth0")[0]
+            ipr.link("set", index=idx, mtu=self.underlay_mtu, state="up")
+            ipr.addr("add", index=idx, address=address, prefixlen=16)
+        state_dir = os.path.join(self.workdir, label, "state")
+        host = Host(
+            label=label, netns=name, address=address, state_dir=state_dir,
+            socket=os.path.join(self.workdir, label, "overlayd.sock"),
+            log_path=os.path.join(self.workdir, label, "overlayd.log"),
+        )
+        os.makedirs(os.path.dirname(state_dir), exist_ok=True)
+        self.hosts[label] = host
+        return host
+
+    def add_container(self, label: str) -> str:
+        name = f"{self.prefix}-{label}"
+        self._make_netns(name)
+        self.containers.append(name)
+        return name
+
+    # ---- daemons ---------------------------------------------------------------------------
+
+    def start_daemon(self, host: Host, *extra_args: str, wait: bool = True, timeout: float = 30.0) -> None:
+        args = [
+            sys.executable, "-m", "overlaynet.agent.daemon",
+            "--config", os.devnull,
+            "--name", host.label, "--advertise", host.address,
+            "--state-dir", host.state_dir, "--socket", host.socket,
+            *(extra_args or host.extra_args),
+        ]
+        host.extra_args = list(extra_args or host.extra_args)
+        log = open(host.log_path, "ab")
+        host.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=enter_netns(host.netns),
+        )
+        log.close()
+        if wait:
+            self.wait_ready(host, timeout)
+
+    def wait_ready(self, host: Host, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if host.process is not None and host.process.poll() is not None:
+                raise RuntimeError(f"overlayd on {host.label} exited with {host.process.returncode}:\n"
+                                   + self.daemon_log(host)[-3000:])
+            if os.path.exists(host.socket):
+                result = self.overlayctl(host, "status", check=False)
+                if result.returncode == 0:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"overlayd on {host.label} not ready after {timeout}s:\n" + self.daemon_log(host)[-3000:])
+
+    def stop_daemon(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        proc = host.process
+        if proc is None or proc.poll() is not None:
+            host.process = None
+            return None if proc is None else proc.returncode
+        proc.send_signal(sig)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        host.process = None
+        return code
+
+    def daemon_log(self, host: Host) -> str:
+        try:
+            with open(host.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    # ---- running things --------------------------------------------------------------------
+
+    def run(self, netns: str, argv: Sequence[str], check: bool = False, timeout: float = 60.0,
+            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(argv), preexec_fn=enter_netns(netns), capture_output=True, text=True,
+                              check=check, timeout=timeout, **kwargs)
+
+    def popen(self, netns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        return subprocess.Popen(list(argv), preexec_fn=enter_netns(netns), **kwargs)
+
+    def overlayctl(self, host: Host, *args: str, check: bool = True,
+                   timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "overlaynet.cli.main", "--socket", host.socket, *args],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"overlayctl {' '.join(args)} failed on {host.label}: {result.stderr.strip()}")
+        return result
+
+    def overlayctl_json(self, host: Host, *args: str) -> Any:
+        return json.loads(self.overlayctl(host, *args, "--json").stdout)
+
+    def ping(self, netns: str, address: str, count: int = 1, wait: float = 1.0) -> bool:
+        result = self.run(netns, ["ping", "-n", "-q", "-c", str(count), "-W", str(wait), address],
+                          timeout=count * wait + 10)
+        return result.returncode == 0
+
+    def wait_ping(self, netns: str, address: str, timeout: float = 20.0) -> float:
+        """Seconds until `address` answers a ping from `netns`; TimeoutError if it never does."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.ping(netns, address, wait=0.5):
+                return time.monotonic() - started
+        raise TimeoutError(f"{address} did not answer pings from {netns} within {timeout}s")
+
+    # ---- teardown --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Remove everything, best effort and in an order that cannot leave mounts behind."""
+        for host in self.hosts.values():
+            self.stop_daemon(host, signal.SIGKILL, timeout=5)
+        for host in self.hosts.values():
+            for sandbox in knetns.list_sandboxes(host.state_dir):
+                try:
+                    knetns.remove_sandbox(sandbox)
+                except Exception as e:  # keep going: the rest must still be removed
+                    print(f"lab: could not remove {sandbox}: {e}", file=sys.stderr)
+        for name in self.containers + [h.netns for h in self.hosts.values()] + [self.underlay_ns]:
+            try:
+                pyroute2_netns.remove(name)
+            except OSError:
+                pass
+        self.hosts.clear()
+        self.containers.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,169 @@
+"""Networks and endpoints: pure data and the rules that make them valid. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from overlaynet.errors import BadRequest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MIN_VNI = 1
+MAX_VNI = 0xFFFFFF
+# Automatic VNIs come from this range; 1..4095 are left for operators who pick their own.
+AUTO_VNI_FIRST = 4096
+AUTO_VNI_COUNT = MAX_VNI - AUTO_VNI_FIRST + 1
+MIN_MTU = 576  # below this IPv4 itself stops working
+MAX_MTU = 9000 - 50
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BadRequest(
+            f"invalid network name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def validate_subnet(subnet: object) -> ipaddress.IPv4Network:
+    if not isinstance(subnet, str):
+        raise BadRequest("missing subnet: give one in CIDR form, e.g. 198.19.1.0/24")
+    try:
+        net = ipaddress.ip_network(subnet, strict=True)
+    except ValueError as e:
+        if "has host bits set" in str(e):
+            raise BadRequest(
+                f"invalid subnet {subnet!r}: host bits are set; did you mean "
+                f"{ipaddress.ip_network(subnet, strict=False)}?"
+            ) from None
+        raise BadRequest(f"invalid subnet {subnet!r}: expected IPv4 CIDR such as 198.19.1.0/24") from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise BadRequest(f"invalid subnet {subnet!r}: only IPv4 overlay subnets are supported")
+    if net.prefixlen > 30:
+        raise BadRequest(f"subnet {subnet} is too small: use /30 or larger (at least 2 usable addresses)")
+    return net
+
+
+def validate_vni(vni: object) -> int:
+    if isinstance(vni, bool) or not isinstance(vni, int) or not MIN_VNI <= vni <= MAX_VNI:
+        raise BadRequest(f"VNI {vni!r} out of range: choose {MIN_VNI}..{MAX_VNI}")
+    return vni
+
+
+def validate_mtu(mtu: object) -> int:
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+        raise BadRequest(f"MTU {mtu!r} out of range: choose {MIN_MTU}..{MAX_MTU}")
+    return mtu
+
+
+def validate_mac(mac: object) -> str:
+    if not isinstance(mac, str) or not MAC_RE.match(mac.lower()):
+        raise BadRequest(f"invalid MAC address {mac!r}: expected six hex pairs such as 02:00:c6:13:01:02")
+    value = mac.lower()
+    first = int(value[:2], 16)
+    if first & 1:
+        raise BadRequest(f"invalid MAC address {mac}: it is multicast; the first byte must be even")
+    if value == "00:00:00:00:00:00":
+        raise BadRequest("invalid MAC address 00:00:00:00:00:00")
+    return value
+
+
+def validate_ifname(ifname: object) -> str:
+    if not isinstance(ifname, str) or not IFNAME_RE.match(ifname) or ifname in (".", ".."):
+        raise BadRequest(f"invalid interface name {ifname!r}: 1-15 letters, digits, '.', '_' or '-'")
+    return ifname
+
+
+def auto_vni(name: str, taken: set[int]) -> int:
+    """A VNI derived from the name, so hosts that create the same name concurrently agree on it.
+
+    Linear probing past VNIs already in use keeps it unique in the cluster.
+    """
+    start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % AUTO_VNI_COUNT
+    for i in range(AUTO_VNI_COUNT):
+        vni = AUTO_VNI_FIRST + (start + i) % AUTO_VNI_COUNT
+        if vni not in taken:
+            return vni
+    raise BadRequest("no free VNI left")
+
+
+def mac_for(endpoint_id: str) -> str:
+    """A stable, locally administered unicast MAC derived from the endpoint id."""
+    digest = hashlib.sha256(endpoint_id.encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+@dataclass
+class Network:
+    name: str
+    vni: int
+    subnet: str
+    mtu: int
+    gateway: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    owner: str = ""
+
+    @property
+    def ip_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Network:
+        return cls(
+            name=data["name"],
+            vni=int(data["vni"]),
+            subnet=data["subnet"],
+            mtu=int(data["mtu"]),
+            gateway=data.get("gateway"),
+            options=dict(data.get("options") or {}),
+            created_at=float(data.get("created_at") or 0.0),
+            owner=data.get("owner") or "",
+        )
+
+
+@dataclass
+class Endpoint:
+    id: str
+    network: str
+    ip: str
+    prefixlen: int
+    mac: str
+    ifname: str
+    netns: str | None
+    mtu: int
+    host: str
+    vtep: str
+    created_at: float = 0.0
+
+    @property
+    def address_cidr(self) -> str:
+        return f"{self.ip}/{self.prefixlen}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Endpoint:
+        return cls(
+            id=data["id"],
+            network=data["network"],
+            ip=data["ip"],
+            prefixlen=int(data["prefixlen"]),
+            mac=data["mac"],
+            ifname=data.get("ifname") or "eth0",
+            netns=data.get("netns"),
+            mtu=int(data["mtu"]),
+            host=data.get("host") or "",
+            vtep=data.get("vtep") or "",
+            created_at=float(data.get("created_at") or 0.0),
+        )
