@@ -23,7 +23,6 @@ from overlaynet.agent.config import Config
 from overlaynet.agent.state import StateStore
 from overlaynet.errors import BadRequest, Conflict, NotFound, OverlayError
 from overlaynet.ipam import AddressPool
-from overlaynet.kernel import fdb as kfdb
 from overlaynet.kernel import links as klinks
 from overlaynet.kernel import names as knames
 from overlaynet.kernel import netns as knetns

@@ -69,7 +69,7 @@ class AsyncClient:
                 f"overlayd is not answering on {self.socket_path}; is it running? "
                 f"(start it with `overlayd`, or point --socket/{SOCKET_ENV} at its socket)"
             ) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DaemonUnreachable(f"overlayd did not answer on {self.socket_path} in time") from None
         except aiohttp.ClientError as e:
             raise DaemonUnreachable(f"talking to overlayd on {self.socket_path} failed: {e}") from None
