@@ -1,0 +1,1 @@
+"""Docker remote network driver + IPAM driver (`overlaynet-docker`). See docs/docker.md."""

@@ -1,0 +1,5 @@
+import sys
+
+from overlaynet.plugins.docker.server import main
+
+sys.exit(main())
