@@ -1,0 +1,78 @@
+"""kernel/: the only code in overlaynet that talks netlink (pyroute2).
+
+Small idempotent verbs over named, ownable objects; see docs/kernel.md. Every verb opens and
+closes its own netlink sockets and never changes the calling thread's namespace, so the daemon
+may call them from an executor thread. They act relative to the calling thread's netns (the
+"host" netns) and take sandboxes and container namespaces as paths.
+"""
+
+from .diff import Changes
+from .errors import KernelError
+from .fdb import FLOOD_MAC, FdbEntry, delete_fdb, list_fdb, set_fdb, set_flood_list, sync_fdb
+from .links import ensure_bridge, ensure_port
+from .names import (
+    BRIDGE_NAME,
+    container_veth_name,
+    endpoint_prefix,
+    host_veth_name,
+    sandbox_path,
+    tap_name,
+    vxlan_name,
+)
+from .neigh import NeighEntry, delete_neigh, list_neigh, set_neigh, sync_neigh
+from .netns import (
+    call_in_netns,
+    current_netns_identity,
+    ensure_sandbox,
+    netns_identity,
+    remove_sandbox,
+    resolve_netns,
+    sandbox_exists,
+)
+from .underlay import is_local_address, underlay_device, underlay_mtu
+from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_veth
+from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan
+
+__all__ = [
+    "BRIDGE_NAME",
+    "FLOOD_MAC",
+    "Changes",
+    "FdbEntry",
+    "KernelError",
+    "NeighEntry",
+    "VethInfo",
+    "VethSpec",
+    "VxlanSpec",
+    "call_in_netns",
+    "container_veth_name",
+    "current_netns_identity",
+    "delete_fdb",
+    "delete_neigh",
+    "endpoint_prefix",
+    "ensure_bridge",
+    "ensure_port",
+    "ensure_sandbox",
+    "ensure_veth",
+    "ensure_vxlan",
+    "host_veth_name",
+    "is_local_address",
+    "list_endpoint_links",
+    "list_fdb",
+    "list_neigh",
+    "netns_identity",
+    "remove_sandbox",
+    "remove_veth",
+    "remove_vxlan",
+    "resolve_netns",
+    "sandbox_exists",
+    "sandbox_path",
+    "set_fdb",
+    "set_flood_list",
+    "set_neigh",
+    "sync_fdb",
+    "sync_neigh",
+    "tap_name",
+    "underlay_device",
+    "underlay_mtu",
+    "vxlan_name",
+]
