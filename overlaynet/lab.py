@@ -39,6 +39,51 @@ def enter_netns(name: str) -> Callable[[], None]:
 
 
 @dataclass
+class TransferResult:
+    nbytes: int
+    sent_sha256: str
+    received_sha256: str
+    received_bytes: int
+    seconds: float
+
+    @property
+    def intact(self) -> bool:
+        return self.received_bytes == self.nbytes and self.sent_sha256 == self.received_sha256
+
+    @property
+    def mbit_per_s(self) -> float:
+        return self.nbytes * 8 / 1e6 / self.seconds if self.seconds else 0.0
+
+
+# Tiny TCP endpoints run inside namespaces: the sink prints "<sha256> <bytes>", the source "<sha256>".
+_TCP_SINK = """
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(60)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    h.update(b); n += len(b)
+print(h.hexdigest(), n)
+"""
+_TCP_SOURCE = """
+import hashlib, os, socket, sys, time
+h = hashlib.sha256(); left = int(sys.argv[3]); deadline = time.time() + 20
+while True:
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2); break
+    except OSError:
+        if time.time() > deadline: raise
+        time.sleep(0.05)
+while left:
+    b = os.urandom(min(left, 1 << 16)); s.sendall(b); h.update(b); left -= len(b)
+s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
+print(h.hexdigest())
+"""
+
+
+@dataclass
 class Host:
     label: str
     netns: str
@@ -193,6 +238,26 @@ class Lab:
             if self.ping(netns, address, wait=0.5):
                 return time.monotonic() - started
         raise TimeoutError(f"{address} did not answer pings from {netns} within {timeout}s")
+
+    def tcp_transfer(self, src_netns: str, dst_netns: str, dst_ip: str, nbytes: int,
+                     port: int = 5201, timeout: float = 60.0) -> TransferResult:
+        """Send `nbytes` of random data over TCP and compare SHA-256 on both ends."""
+        sink = self.popen(dst_netns, [sys.executable, "-c", _TCP_SINK, dst_ip, str(port)],
+                          stdout=subprocess.PIPE, text=True)
+        try:
+            started = time.monotonic()
+            sent = self.run(src_netns, [sys.executable, "-c", _TCP_SOURCE, dst_ip, str(port), str(nbytes)],
+                            timeout=timeout)
+            elapsed = time.monotonic() - started
+            received, _ = sink.communicate(timeout=timeout)
+        finally:
+            if sink.poll() is None:
+                sink.kill()
+                sink.wait()
+        if sent.returncode != 0:
+            raise RuntimeError(f"TCP sender failed: {sent.stderr.strip()[-500:]}")
+        recv_digest, _, recv_len = received.strip().partition(" ")
+        return TransferResult(nbytes, sent.stdout.strip(), recv_digest, int(recv_len or 0), elapsed)
 
     # ---- teardown --------------------------------------------------------------------------
 
