@@ -1,0 +1,5 @@
+import sys
+
+from overlaynet.plugins.cni import main
+
+sys.exit(main())

@@ -1,0 +1,189 @@
+"""The CNI protocol (spec 1.1.0, results also in 0.3.x/0.4.0 shape): environment, config, results,
+errors. Pure: no I/O, so every mapping is unit tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+LATEST = "1.1.0"
+DEFAULT_SOCKET = "/run/overlaynet/overlayd.sock"
+# Endpoint ids this plugin makes end in "cni" (overlayd ids are otherwise hex), so GC can tell its
+# own endpoints from Docker's or overlayctl's without any state of its own.
+ID_SUFFIX = "cni"
+
+# Error codes from the spec; 100+ are ours.
+ERR_INCOMPATIBLE_VERSION = 1
+ERR_UNSUPPORTED_FIELD = 2
+ERR_UNKNOWN_CONTAINER = 3
+ERR_INVALID_ENV = 4
+ERR_IO = 5
+ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN_LATER = 11
+ERR_NOT_READY = 50
+ERR_DAEMON = 100  # overlayd refused the request (its message says why)
+ERR_CHECK_FAILED = 101
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+    def to_json(self, version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"cniVersion": version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+@dataclass
+class Invocation:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+
+REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "STATUS": (),
+    "VERSION": (),
+    "GC": (),
+}
+
+
+def parse_env(env: dict[str, str]) -> Invocation:
+    command = env.get("CNI_COMMAND", "")
+    if command not in REQUIRED_ENV:
+        raise CniError(ERR_INVALID_ENV, f"unknown CNI_COMMAND {command!r}: expected one of "
+                       + ", ".join(REQUIRED_ENV))
+    missing = [k for k in REQUIRED_ENV[command] if not env.get(k)]
+    if missing:
+        raise CniError(ERR_INVALID_ENV, f"{command} needs the environment variable(s) {', '.join(missing)}")
+    args: dict[str, str] = {}
+    for item in (env.get("CNI_ARGS") or "").split(";"):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            args[key.strip()] = value.strip()
+    return Invocation(
+        command=command, container_id=env.get("CNI_CONTAINERID", ""), netns=env.get("CNI_NETNS", ""),
+        ifname=env.get("CNI_IFNAME", ""), args=args, path=env.get("CNI_PATH", ""),
+    )
+
+
+@dataclass
+class NetConf:
+    cni_version: str
+    name: str
+    network: str  # the overlaynet network
+    socket: str
+    subnet: str | None
+    raw: dict[str, Any]
+
+
+def parse_config(text: str, command: str) -> NetConf:
+    try:
+        raw = json.loads(text) if text.strip() else {}
+    except ValueError as e:
+        raise CniError(ERR_DECODE, f"network configuration on stdin is not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise CniError(ERR_DECODE, "network configuration on stdin must be a JSON object")
+    version = str(raw.get("cniVersion") or "")
+    if command != "VERSION":
+        if version not in SUPPORTED_VERSIONS:
+            raise CniError(ERR_INCOMPATIBLE_VERSION,
+                           f"cniVersion {version!r} is not supported; use one of {', '.join(SUPPORTED_VERSIONS)}")
+        if not isinstance(raw.get("name"), str) or not raw["name"]:
+            raise CniError(ERR_INVALID_CONFIG, "the network configuration needs a \"name\"")
+    name = str(raw.get("name") or "")
+    network = raw.get("network") or name
+    socket = raw.get("socket") or DEFAULT_SOCKET
+    subnet = raw.get("subnet") or None
+    for key, value in (("network", network), ("socket", socket)):
+        if not isinstance(value, str):
+            raise CniError(ERR_INVALID_CONFIG, f"config key {key!r} must be a string")
+    return NetConf(version or LATEST, name, network, socket, subnet, raw)
+
+
+def endpoint_id(network: str, container_id: str, ifname: str) -> str:
+    """Stable per attachment, so DEL/CHECK/GC find the endpoint from what the runtime passes."""
+    digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
+    return digest[: 32 - len(ID_SUFFIX)] + ID_SUFFIX
+
+
+def is_ours(endpoint_id_: str) -> bool:
+    return endpoint_id_.endswith(ID_SUFFIX)
+
+
+def requested_ip(conf: NetConf, inv: Invocation) -> str | None:
+    """A static address: runtimeConfig "ips" (podman --ip, capability "ips") or CNI_ARGS IP=."""
+    runtime = conf.raw.get("runtimeConfig") or {}
+    ips = runtime.get("ips") or []
+    if ips:
+        return str(ips[0]).split("/")[0]
+    args = conf.raw.get("args") or {}
+    cni_args = args.get("cni") if isinstance(args, dict) else None
+    if isinstance(cni_args, dict) and cni_args.get("ips"):
+        return str(cni_args["ips"][0]).split("/")[0]
+    return inv.args.get("IP") or None
+
+
+def requested_mac(conf: NetConf, inv: Invocation) -> str | None:
+    runtime = conf.raw.get("runtimeConfig") or {}
+    return runtime.get("mac") or inv.args.get("MAC") or None
+
+
+def build_result(conf: NetConf, inv: Invocation, endpoint: dict[str, Any]) -> dict[str, Any]:
+    version = conf.cni_version
+    interfaces = [
+        {"name": endpoint.get("host_ifname", ""), "sandbox": ""},
+        {"name": inv.ifname, "mac": endpoint["mac"], "sandbox": inv.netns},
+    ]
+    if version >= "1.0.0":
+        interfaces[1]["mtu"] = endpoint["mtu"]
+    ip: dict[str, Any] = {"address": f"{endpoint['ip']}/{endpoint['prefixlen']}", "interface": 1}
+    if endpoint.get("gateway"):
+        ip["gateway"] = endpoint["gateway"]
+    if version.startswith("0.3."):
+        ip["version"] = "4"
+    interfaces[0] = {k: v for k, v in interfaces[0].items() if v or k == "name"}
+    result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": [ip]}
+    routes = []
+    if endpoint.get("gateway"):
+        routes.append({"dst": "0.0.0.0/0", "gw": endpoint["gateway"]})
+    if routes:
+        result["routes"] = routes
+    dns = conf.raw.get("dns")
+    if isinstance(dns, dict) and dns:
+        result["dns"] = dns
+    return result
+
+
+def version_result() -> dict[str, Any]:
+    return {"cniVersion": LATEST, "supportedVersions": SUPPORTED_VERSIONS}
+
+
+def prev_result_ips(conf: NetConf) -> list[str]:
+    prev = conf.raw.get("prevResult") or {}
+    return [str(i.get("address", "")).split("/")[0] for i in prev.get("ips") or [] if isinstance(i, dict)]
+
+
+def valid_attachments(conf: NetConf) -> list[tuple[str, str]]:
+    items = conf.raw.get("cni.dev/valid-attachments") or []
+    out = []
+    for item in items:
+        if isinstance(item, dict) and item.get("containerID"):
+            out.append((str(item["containerID"]), str(item.get("ifname") or "")))
+    return out
