@@ -24,12 +24,13 @@ from .netns import (
     call_in_netns,
     current_netns_identity,
     ensure_sandbox,
+    list_sandboxes,
     netns_identity,
     remove_sandbox,
     resolve_netns,
     sandbox_exists,
 )
-from .underlay import is_local_address, underlay_device, underlay_mtu
+from .underlay import detect_advertise_address, is_local_address, underlay_device, underlay_mtu
 from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_veth
 from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan
 
@@ -46,6 +47,7 @@ __all__ = [
     "call_in_netns",
     "container_veth_name",
     "current_netns_identity",
+    "detect_advertise_address",
     "delete_fdb",
     "delete_neigh",
     "endpoint_prefix",
@@ -59,6 +61,7 @@ __all__ = [
     "list_endpoint_links",
     "list_fdb",
     "list_neigh",
+    "list_sandboxes",
     "netns_identity",
     "remove_sandbox",
     "remove_veth",

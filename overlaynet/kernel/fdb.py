@@ -78,7 +78,7 @@ def _delete(ipr: IPRoute, index: int, mac: str, vtep: str | None = None) -> None
 def list_fdb(sandbox: str, vni: int) -> list[FdbEntry]:
     """All VTEP entries of the device, flood entries (FLOOD_MAC) included."""
     with vxlan_device(sandbox, vni) as (ipr, index):
-        return _entries(ipr, index)
+        return sorted(_entries(ipr, index), key=lambda e: (e.mac, e.vtep))
 
 
 def set_fdb(sandbox: str, vni: int, mac: str, vtep: str) -> None:

@@ -120,7 +120,7 @@ def ensure_port(sandbox: str, ifname: str, mtu: int | None = None) -> None:
         with rtnl(sandbox) as ipr:
             link = find_link(ipr, ifname)
             if link is None:
-                with IPRoute() as here:
+                with rtnl() as here:
                     outside = find_link(here, ifname)
                     if outside is None:
                         raise KernelError(

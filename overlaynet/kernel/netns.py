@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .errors import KernelError
+from .names import sandbox_path
 
 T = TypeVar("T")
 
@@ -207,3 +208,13 @@ def remove_sandbox(path: str) -> None:
         pass
     except (OSError, NetlinkError) as exc:
         raise KernelError(f"cannot remove sandbox namespace at {path}: {exc}") from None
+
+
+def list_sandboxes(state_dir: str) -> list[str]:
+    """Paths of every sandbox mount point under a daemon's state dir (live or dangling)."""
+    directory = os.path.dirname(sandbox_path(state_dir, 0))
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(directory, name) for name in names if name.startswith("vni-")]

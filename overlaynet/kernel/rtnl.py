@@ -7,6 +7,7 @@ the netlink socket in a private thread that entered the netns, and hand its fd t
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,12 @@ def rtnl(netns: str | None = None) -> Iterator[IPRoute]:
 
     Closed on exit, so a long-running daemon never accumulates sockets or event loops.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # the normal case: a plain or executor thread
+    else:
+        raise RuntimeError("kernel verbs block: call them via loop.run_in_executor, not on the event loop")
     if netns is None:
         ipr = IPRoute()
     else:

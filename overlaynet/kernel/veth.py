@@ -74,7 +74,7 @@ def _create_pair(sandbox: str, host_ifname: str, peer_ifname: str, target: str |
         if target is not None:
             fds.append(_open_fd(target))
             peer["net_ns_fd"] = fds[1]
-        with IPRoute() as here:
+        with rtnl() as here:
             here.link("add", ifname=host_ifname, kind="veth", mtu=spec.mtu, net_ns_fd=fds[0], peer=peer)
     finally:
         for fd in fds:
@@ -109,7 +109,7 @@ def ensure_veth(sandbox: str, spec: VethSpec) -> VethInfo:
     peer_ifname = container_veth_name(spec.endpoint_id) if docker_mode else spec.ifname
     where = f"sandbox {sandbox}"
     try:
-        with rtnl(sandbox) as sb, (IPRoute() if target is None else rtnl(target)) as ct:
+        with rtnl(sandbox) as sb, rtnl(target) as ct:
             bridge = bridge_index(sb, sandbox)
             host_end = find_link(sb, host_ifname)
             peer_end = find_link(ct, peer_ifname)
@@ -160,7 +160,7 @@ def remove_veth(sandbox: str, endpoint_id: str) -> bool:
                 if link is not None:
                     delete_link(sb, link["index"])
                     removed = True
-        with IPRoute() as here:
+        with rtnl() as here:
             link = find_link(here, container_veth_name(endpoint_id))
             if link is not None and link_kind(link) == "veth":
                 delete_link(here, link["index"])

@@ -92,7 +92,7 @@ def ensure_vxlan(sandbox: str, spec: VxlanSpec) -> bool:
         raise KernelError(f"VNI {spec.vni} out of range: use 1..{MAX_VNI}")
     name = vxlan_name(spec.vni)
     try:
-        with IPRoute() as host, rtnl(sandbox) as sb:
+        with rtnl() as host, rtnl(sandbox) as sb:
             link_index = None
             if spec.underlay_dev is not None:
                 underlay = find_link(host, spec.underlay_dev)
