@@ -63,6 +63,19 @@ def _matches(link: Link, wanted: dict[str, object]) -> bool:
     return all(get(("linkinfo", "data", key)) == value for key, value in wanted.items())
 
 
+def _socket_in_calling_netns(sandbox: IPRoute, link: Link) -> bool:
+    """True if the device's UDP socket lives in the calling (host) netns: the sandbox's id for our
+    netns equals the device's link-netnsid. A device made inside the sandbox has none."""
+    if link.get("link_netnsid") is None:
+        return False
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        reply = sandbox.get_netnsid(fd=fd)
+    finally:
+        os.close(fd)
+    return reply is not None and reply.get("nsid") == link.get("link_netnsid")
+
+
 def _remove_stale_in_host(host: IPRoute, spec: VxlanSpec) -> None:
     """Delete our leftover same-VNI device in the host netns; refuse to touch a foreign one."""
     for link in host.get_links():
@@ -102,7 +115,7 @@ def ensure_vxlan(sandbox: str, spec: VxlanSpec) -> bool:
             wanted = _wanted_attrs(spec, link_index)
             bridge = bridge_index(sb, sandbox)
             link = find_link(sb, name)
-            if link is not None and _matches(link, wanted) and link.get("link_netnsid") is not None:
+            if link is not None and _matches(link, wanted) and _socket_in_calling_netns(sb, link):
                 converge_link(sb, link, mtu=spec.mtu, master=bridge)
                 return False
             if link is not None:

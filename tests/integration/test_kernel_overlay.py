@@ -275,3 +275,12 @@ def test_underlay_facts(netns, prefix: str, topo: Topology) -> None:
     kernel.remove_vxlan(host.sandbox, VNI)
     kernel.remove_vxlan(host.sandbox, VNI)
     assert kernel.vxlan_name(VNI) not in in_sandbox(host.sandbox, "ip", "link")
+
+
+def test_vxlan_whose_socket_is_in_another_host_netns_is_replaced(netns, prefix: str, topo: Topology) -> None:
+    first, second = make_hosts(netns, prefix, topo)
+    assert as_daemon(first.ns, setup_network, first) is True
+    # Same sandbox, managed from another host netns: the UDP socket must move there.
+    assert as_daemon(second.ns, setup_network, first) is True
+    assert as_daemon(second.ns, setup_network, first) is False
+    assert f"link-netns {second.ns}" in in_sandbox(first.sandbox, "ip", "-d", "link", "show", kernel.vxlan_name(VNI))
