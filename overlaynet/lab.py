@@ -22,7 +22,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from overlaynet.kernel import netns as knetns
+from overlaynet import kernel
 
 UNDERLAY_PREFIX = "198.18.0"
 UNDERLAY_BRIDGE = "ul0"
@@ -266,9 +266,9 @@ class Lab:
         for host in self.hosts.values():
             self.stop_daemon(host, signal.SIGKILL, timeout=5)
         for host in self.hosts.values():
-            for sandbox in knetns.list_sandboxes(host.state_dir):
+            for sandbox in kernel.list_sandboxes(host.state_dir):
                 try:
-                    knetns.remove_sandbox(sandbox)
+                    kernel.remove_sandbox(sandbox)
                 except Exception as e:  # keep going: the rest must still be removed
                     print(f"lab: could not remove {sandbox}: {e}", file=sys.stderr)
         for name in self.containers + [h.netns for h in self.hosts.values()] + [self.underlay_ns]:

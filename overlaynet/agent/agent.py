@@ -18,15 +18,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from overlaynet import __version__, model
+from overlaynet import __version__, kernel, model
 from overlaynet.agent.config import Config
 from overlaynet.agent.state import StateStore
 from overlaynet.errors import BadRequest, Conflict, NotFound, OverlayError
 from overlaynet.ipam import AddressPool
-from overlaynet.kernel import links as klinks
-from overlaynet.kernel import names as knames
-from overlaynet.kernel import netns as knetns
-from overlaynet.kernel.errors import KernelError
+from overlaynet.kernel import KernelError
 from overlaynet.model import Endpoint, Network
 
 log = logging.getLogger("overlaynet.agent")
@@ -55,13 +52,13 @@ class Agent:
         self.store.prepare()
         self._load_identity()
         if not self.advertise:
-            self.advertise = await self._kernel(klinks.detect_advertise_address)
-        elif not await self._kernel(klinks.is_local_address, self.advertise):
+            self.advertise = await self._kernel(kernel.detect_advertise_address)
+        elif not await self._kernel(kernel.is_local_address, self.advertise):
             raise BadRequest(
                 f"advertise address {self.advertise} is not configured on this host; "
                 "pass --advertise with one of this host's IPv4 addresses"
             )
-        self.underlay_mtu = await self._kernel(klinks.underlay_mtu, self.advertise)
+        self.underlay_mtu = await self._kernel(kernel.underlay_mtu, self.advertise)
         self._load_state()
         await self.reconcile()
 
@@ -154,7 +151,7 @@ class Agent:
                 )
             for ep in attached:
                 await self._unplug(net, ep)
-            await self._kernel(knetns.remove_sandbox, self._sandbox(net))
+            await self._kernel(kernel.remove_sandbox, self._sandbox(net))
             for ip in self.reservations.pop(name, set()):
                 self.store.delete("addresses", name, f"{ip}.json")
             self.store.delete("networks", f"{name}.json")
@@ -194,10 +191,10 @@ class Agent:
             netns_path: str | None = None
             if target is not None:
                 try:
-                    netns_path = await self._kernel(knetns.resolve_netns, str(target))
+                    netns_path = await self._kernel(kernel.resolve_netns, str(target))
                 except KernelError as e:
                     raise BadRequest(str(e)) from None
-                identity = await self._kernel(knetns.netns_identity, netns_path)
+                identity = await self._kernel(kernel.netns_identity, netns_path)
                 for ep in self.endpoints.values():
                     if ep.network == net.name and ep.netns and self._same_netns(ep.netns, identity):
                         raise Conflict(
@@ -225,9 +222,9 @@ class Agent:
             )
             await self._ensure_network_plumbing(net)
             try:
-                await self._kernel(klinks.ensure_veth, self._sandbox(net), self._veth_spec(ep))
+                await self._kernel(kernel.ensure_veth, self._sandbox(net), self._veth_spec(ep))
             except KernelError as e:
-                await self._kernel(klinks.remove_veth, self._sandbox(net), ep.id)
+                await self._kernel(kernel.remove_veth, self._sandbox(net), ep.id)
                 raise BadRequest(f"cannot attach: {e}") from None
             self.endpoints[ep.id] = ep
             self.store.write(ep.to_dict(), "endpoints", f"{ep.id}.json")
@@ -247,8 +244,8 @@ class Agent:
     async def delete_endpoint_by_netns(self, network: str, netns_spec: str) -> Endpoint:
         net = self.get_network(network)
         try:
-            path = await self._kernel(knetns.resolve_netns, netns_spec)
-            identity = await self._kernel(knetns.netns_identity, path)
+            path = await self._kernel(kernel.resolve_netns, netns_spec)
+            identity = await self._kernel(kernel.netns_identity, path)
         except KernelError as e:
             raise BadRequest(str(e)) from None
         for ep in list(self.endpoints.values()):
@@ -258,18 +255,18 @@ class Agent:
 
     def _same_netns(self, path: str, identity: tuple[int, int]) -> bool:
         try:
-            return knetns.netns_identity(path) == identity
+            return kernel.netns_identity(path) == identity
         except KernelError:
             return False
 
     async def _unplug(self, net: Network, ep: Endpoint) -> None:
-        await self._kernel(klinks.remove_veth, self._sandbox(net), ep.id)
+        await self._kernel(kernel.remove_veth, self._sandbox(net), ep.id)
         self.store.delete("endpoints", f"{ep.id}.json")
         self.endpoints.pop(ep.id, None)
         log.info("event=detached endpoint=%s network=%s ip=%s", ep.id[:12], net.name, ep.ip)
         if not any(e.network == net.name for e in self.endpoints.values()):
             # The sandbox exists only while the network has endpoints on this host.
-            await self._kernel(knetns.remove_sandbox, self._sandbox(net))
+            await self._kernel(kernel.remove_sandbox, self._sandbox(net))
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
         ep = self.endpoints.get(endpoint_id)
@@ -282,8 +279,8 @@ class Agent:
 
     def endpoint_view(self, ep: Endpoint) -> dict[str, Any]:
         view = ep.to_dict()
-        view["host_ifname"] = knames.host_veth_name(ep.id)
-        view["container_ifname"] = knames.container_veth_name(ep.id)
+        view["host_ifname"] = kernel.host_veth_name(ep.id)
+        view["container_ifname"] = kernel.container_veth_name(ep.id)
         view["gateway"] = self.networks[ep.network].gateway if ep.network in self.networks else None
         return view
 
@@ -307,20 +304,20 @@ class Agent:
     # ---- kernel programming ----------------------------------------------------------------
 
     def _sandbox(self, net: Network) -> str:
-        return knames.sandbox_path(self.config.state_dir, net.vni)
+        return kernel.sandbox_path(self.config.state_dir, net.vni)
 
-    def _veth_spec(self, ep: Endpoint) -> klinks.VethSpec:
-        return klinks.VethSpec(
+    def _veth_spec(self, ep: Endpoint) -> kernel.VethSpec:
+        return kernel.VethSpec(
             endpoint_id=ep.id, target_netns=ep.netns, ifname=ep.ifname, mac=ep.mac,
             address_cidr=ep.address_cidr, mtu=ep.mtu, gateway=None,
         )
 
     async def _ensure_network_plumbing(self, net: Network) -> None:
         sandbox = self._sandbox(net)
-        await self._kernel(knetns.ensure_sandbox, sandbox)
-        await self._kernel(klinks.ensure_bridge, sandbox, net.mtu)
-        spec = klinks.VxlanSpec(vni=net.vni, local=self.advertise, port=self.config.vxlan_port, mtu=net.mtu)
-        await self._kernel(klinks.ensure_vxlan, sandbox, spec)
+        await self._kernel(kernel.ensure_sandbox, sandbox)
+        await self._kernel(kernel.ensure_bridge, sandbox, net.mtu)
+        spec = kernel.VxlanSpec(vni=net.vni, local=self.advertise, port=self.config.vxlan_port, mtu=net.mtu)
+        await self._kernel(kernel.ensure_vxlan, sandbox, spec)
 
     async def reconcile(self) -> dict[str, Any]:
         """Make the kernel match the desired state; forget endpoints whose container is gone."""
@@ -336,9 +333,9 @@ class Agent:
                 wanted_sandboxes.add(sandbox)
                 try:
                     await self._ensure_network_plumbing(net)
-                    present = await self._kernel(klinks.list_endpoint_links, sandbox)
+                    present = await self._kernel(kernel.list_endpoint_links, sandbox)
                     for ep in local:
-                        if knames.endpoint_key(ep.id) in present:
+                        if kernel.endpoint_prefix(ep.id) in present:
                             continue
                         if ep.netns is not None and not os.path.exists(ep.netns):
                             # The container's namespace is gone, and its veth with it.
@@ -347,20 +344,20 @@ class Agent:
                             summary["forgotten"] += 1
                             log.info("event=endpoint-gone endpoint=%s network=%s ip=%s", ep.id[:12], net.name, ep.ip)
                             continue
-                        await self._kernel(klinks.ensure_veth, sandbox, self._veth_spec(ep))
+                        await self._kernel(kernel.ensure_veth, sandbox, self._veth_spec(ep))
                         summary["repaired"] += 1
                         log.info("event=endpoint-repaired endpoint=%s network=%s", ep.id[:12], net.name)
-                    known = {knames.endpoint_key(ep.id) for ep in self.endpoints.values() if ep.network == net.name}
+                    known = {kernel.endpoint_prefix(ep.id) for ep in self.endpoints.values() if ep.network == net.name}
                     for key in present - known:
-                        await self._kernel(klinks.remove_veth, sandbox, key)
+                        await self._kernel(kernel.remove_veth, sandbox, key)
                         summary["stale_removed"] += 1
                         log.info("event=stale-veth-removed key=%s network=%s", key, net.name)
                 except (KernelError, OSError) as e:
                     summary["errors"].append(f"{net.name}: {e}")
                     log.error("event=reconcile-failed network=%s error=%s", net.name, e)
-            for sandbox in await self._kernel(knetns.list_sandboxes, self.config.state_dir):
+            for sandbox in await self._kernel(kernel.list_sandboxes, self.config.state_dir):
                 if sandbox not in wanted_sandboxes:
-                    await self._kernel(knetns.remove_sandbox, sandbox)
+                    await self._kernel(kernel.remove_sandbox, sandbox)
                     summary["stale_removed"] += 1
                     log.info("event=stale-sandbox-removed path=%s", sandbox)
             summary["duration_ms"] = round((time.monotonic() - started) * 1000, 1)

@@ -103,7 +103,7 @@ def load(args: argparse.Namespace) -> Config:
                 data: dict[str, Any] = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise BadRequest(f"cannot read config {path}: {e}") from None
-        known = {f.name for f in fields(Config)}
+        known = {option.name for option in fields(Config)}
         for key, value in data.items():
             attr = key.replace("-", "_")
             if attr not in known:
@@ -111,10 +111,10 @@ def load(args: argparse.Namespace) -> Config:
             setattr(config, attr, value)
     elif args.config:
         raise BadRequest(f"config file {path} does not exist")
-    for f in fields(Config):
-        value = getattr(args, f.name, None)
+    for option in fields(Config):
+        value = getattr(args, option.name, None)
         if value is not None:
-            setattr(config, f.name, value)
+            setattr(config, option.name, value)
     if isinstance(config.join, str):
         config.join = [config.join]
     return config.validate()

@@ -19,7 +19,7 @@ from overlaynet.agent import config as config_mod
 from overlaynet.agent.agent import Agent
 from overlaynet.api.server import make_app, serve
 from overlaynet.errors import OverlayError
-from overlaynet.kernel.errors import KernelError
+from overlaynet.kernel import KernelError
 
 log = logging.getLogger("overlaynet.daemon")
 

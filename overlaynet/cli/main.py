@@ -125,7 +125,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     common.add_argument("--socket", default=argparse.SUPPRESS,
                         help=f"overlayd API socket (default ${SOCKET_ENV} or {default_socket()})")

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from overlaynet.kernel import names as knames
+from overlaynet import kernel as knames
 from overlaynet.lab import Lab
+from tests.as_nobody import run_as_nobody
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +43,10 @@ def test_refuses_to_start_with_clear_reasons(lab):
     assert "invalid --advertise" in start_failure(lab, host, "--advertise", "banana")
     lab.start_daemon(host)
     assert "already running" in start_failure(lab, host, "--advertise", host.address)
-    non_root = subprocess.run([sys.executable, "-m", "overlaynet.agent.daemon", "--config", os.devnull],
-                              capture_output=True, text=True, user=65534)
-    assert non_root.returncode != 0 and "must run as root" in non_root.stderr
+    from overlaynet.agent.daemon import main
+
+    code, err = run_as_nobody(lambda: main(["--config", os.devnull, "--advertise", host.address]))
+    assert code == 1 and "overlayd: must run as root" in err, err
 
 
 def test_sigterm_keeps_containers_connected_and_restart_restores(lab):
