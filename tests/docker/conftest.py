@@ -1,0 +1,88 @@
+"""Two Docker "hosts": lab host namespaces a and b, each with its own overlayd, dockerd and
+overlaynet-docker plugin, and the test busybox image imported into both engines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from overlaynet.lab import Host, Lab
+from tests.engines import (
+    DockerEngine,
+    EngineUnavailable,
+    build_busybox_rootfs,
+    ensure_packages,
+    rootfs_tar,
+)
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(prefix: str) -> bytes:
+    try:
+        ensure_packages()
+    except EngineUnavailable as e:
+        pytest.skip(f"container engines unavailable: {e}")
+    rootfs = f"/tmp/{prefix}-rootfs"
+    try:
+        return rootfs_tar(build_busybox_rootfs(rootfs))
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+@dataclass
+class DockerHost:
+    host: Host
+    engine: DockerEngine
+
+
+@dataclass
+class DockerCluster:
+    lab: Lab
+    a: DockerHost
+    b: DockerHost
+
+    def overlayctl_json(self, h: DockerHost, *args: str) -> object:
+        return self.lab.overlayctl_json(h.host, *args)
+
+
+def gossip_args(lab: Lab, label: str) -> list[str]:
+    """Flags that make the lab's daemons one cluster (the first host is the seed)."""
+    first = next(iter(lab.hosts.values()))
+    args = ["--plaintext"]
+    if first.label != label:
+        args += ["--join", first.address]
+    return args
+
+
+@pytest.fixture(scope="module")
+def docker_cluster(prefix: str, busybox_tar: bytes) -> Iterator[DockerCluster]:
+    lab = Lab(f"{prefix}d")
+    engines: list[DockerEngine] = []
+    try:
+        hosts = {}
+        for label in ("a", "b"):
+            host = lab.add_host(label)
+            lab.start_daemon(host, *gossip_args(lab, label))
+            engine = DockerEngine(label, host.netns, os.path.join(lab.workdir, f"docker-{label}"), host.socket)
+            os.makedirs(engine.dir, exist_ok=True)
+            engines.append(engine)
+            try:
+                engine.start()
+            except EngineUnavailable as e:
+                pytest.skip(f"dockerd cannot start here: {e}")
+            engine.start_plugin()
+            engine.import_image(busybox_tar)
+            hosts[label] = DockerHost(host, engine)
+        yield DockerCluster(lab, hosts["a"], hosts["b"])
+    finally:
+        for engine in engines:
+            try:
+                engine.stop()
+            except (OSError, subprocess.SubprocessError, AssertionError) as e:
+                print(f"docker teardown on {engine.label}: {e}")
+        lab.close()

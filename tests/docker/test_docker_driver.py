@@ -1,0 +1,158 @@
+"""A real dockerd drives overlaynet-docker: networks, containers, errors, restarts, no leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from overlaynet.api.client import Client
+from tests.docker.conftest import DockerCluster
+from tests.engines import IMAGE, run_in, wait_until
+
+pytestmark = pytest.mark.docker
+
+
+def api(cluster: DockerCluster, label: str = "a") -> Client:
+    return Client(cluster.lab.hosts[label].socket)
+
+
+def wait_network(cluster: DockerCluster, label: str, name: str, timeout: float = 15.0) -> dict:
+    def find() -> dict | None:
+        return next((n for n in api(cluster, label).list_networks() if n["name"] == name), None)
+
+    return wait_until(find, timeout, f"overlaynet network {name} on host {label}")
+
+
+def host_links(netns: str) -> list[str]:
+    out = run_in(netns, ["ip", "-o", "link", "show"]).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
+def overlay_links(netns: str) -> list[str]:
+    return [name for name in host_links(netns) if name.startswith(("ovc", "ove"))]
+
+
+@pytest.fixture
+def net_a(docker_cluster: DockerCluster, prefix: str):
+    """A Docker network on host a, removed (with its containers) after the test."""
+    engine = docker_cluster.a.engine
+    name = f"{prefix}-dnet"
+    engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                  "--subnet", "198.19.20.0/24", name)
+    yield name
+    ids = engine.docker("ps", "-aq", "--filter", f"network={name}", check=False).stdout.split()
+    if ids:
+        engine.docker("rm", "-f", *ids, check=False)
+    engine.docker("network", "rm", name, check=False)
+
+
+def test_network_create_makes_overlaynet_network_named_after_docker_network(
+        docker_cluster: DockerCluster, net_a: str) -> None:
+    net = wait_network(docker_cluster, "a", net_a)
+    assert net["subnet"] == "198.19.20.0/24"
+    assert net["options"].get("docker.network_id")
+    inspect = docker_cluster.a.engine.docker_json("network", "inspect", net_a)[0]
+    assert inspect["Driver"] == "overlaynet"
+    assert inspect["IPAM"]["Driver"] == "overlaynet"
+    assert net["options"]["docker.network_id"] == inspect["Id"]
+
+
+def test_containers_reach_each_other_by_name_and_ip_with_overlay_mtu_and_mac(
+        docker_cluster: DockerCluster, net_a: str, prefix: str) -> None:
+    engine = docker_cluster.a.engine
+    web, db = f"{prefix}-web", f"{prefix}-db"
+    engine.docker("run", "-d", "--name", web, "--network", net_a, "--stop-signal", "SIGKILL", IMAGE,
+                  "httpd", "-f", "-p", "80", "-h", "/var/www")
+    engine.docker("run", "-d", "--name", db, "--network", net_a, "--stop-signal", "SIGKILL", IMAGE,
+                  "sleep", "3600")
+    endpoints = {ep["ip"]: ep for ep in api(docker_cluster).list_endpoints(net_a)}
+    web_ip = engine.docker_json("inspect", web)[0]["NetworkSettings"]["Networks"][net_a]["IPAddress"]
+    assert web_ip in endpoints, f"Docker's address {web_ip} is not one overlayd allocated: {endpoints}"
+    ep = endpoints[web_ip]
+    link = engine.docker("exec", web, "ip", "-o", "link", "show", "eth0").stdout
+    assert f"mtu {ep['mtu']}" in link and ep["mac"] in link, link
+    assert "gw" not in engine.docker("exec", web, "ip", "route").stdout  # no docker_gwbridge, no eth1
+    assert "eth1" not in engine.docker("exec", web, "ip", "-o", "link").stdout
+    assert engine.docker("exec", db, "wget", "-qO-", "http://" + web + "/").stdout.strip() == "overlaynet-ok"
+    assert engine.docker("exec", db, "wget", "-qO-", f"http://{web_ip}/").stdout.strip() == "overlaynet-ok"
+    db_ip = engine.docker_json("inspect", db)[0]["NetworkSettings"]["Networks"][net_a]["IPAddress"]
+    assert "0% packet loss" in engine.docker("exec", web, "ping", "-c", "2", "-W", "2", db_ip).stdout
+
+
+def test_stop_start_and_rm_never_leak_veths_or_endpoints(
+        docker_cluster: DockerCluster, net_a: str, prefix: str) -> None:
+    engine, netns = docker_cluster.a.engine, docker_cluster.a.host.netns
+    name = f"{prefix}-cycle"
+    engine.docker("run", "-d", "--name", name, "--network", net_a, "--stop-signal", "SIGKILL", IMAGE,
+                  "sleep", "3600")
+    assert len(api(docker_cluster).list_endpoints(net_a)) == 1
+    engine.docker("stop", "-t", "0", name)
+    assert api(docker_cluster).list_endpoints(net_a) == []
+    assert overlay_links(netns) == []
+    engine.docker("start", name)  # a new EndpointID, a new veth
+    assert len(api(docker_cluster).list_endpoints(net_a)) == 1
+    assert "0% packet loss" in engine.docker("exec", name, "ping", "-c", "1", "127.0.0.1").stdout
+    engine.docker("rm", "-f", name)
+    assert api(docker_cluster).list_endpoints(net_a) == []
+    assert overlay_links(netns) == [], "veth pairs leaked into the host namespace"
+
+
+def test_static_ip_and_mac_are_honoured_and_conflicts_explained(
+        docker_cluster: DockerCluster, net_a: str, prefix: str) -> None:
+    engine = docker_cluster.a.engine
+    engine.docker("run", "-d", "--name", f"{prefix}-st", "--network", net_a, "--ip", "198.19.20.50",
+                  "--mac-address", "02:aa:bb:cc:dd:ee", "--stop-signal", "SIGKILL", IMAGE, "sleep", "3600")
+    (ep,) = api(docker_cluster).list_endpoints(net_a)
+    assert (ep["ip"], ep["mac"]) == ("198.19.20.50", "02:aa:bb:cc:dd:ee")
+    clash = engine.docker("run", "--rm", "--network", net_a, "--ip", "198.19.20.50", IMAGE, "true", check=False)
+    assert clash.returncode != 0
+    assert "198.19.20.50" in clash.stderr and "in use" in clash.stderr, clash.stderr
+    assert len(api(docker_cluster).list_endpoints(net_a)) == 1  # the failed run left nothing behind
+
+
+def test_user_errors_come_back_as_one_clear_line(docker_cluster: DockerCluster, prefix: str) -> None:
+    engine = docker_cluster.a.engine
+    no_subnet = engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                              f"{prefix}-nosub", check=False)
+    assert no_subnet.returncode != 0 and "--subnet" in no_subnet.stderr, no_subnet.stderr
+    v6 = engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet", "--ipv6",
+                       "--subnet", "198.19.21.0/24", "--subnet", "fd00:21::/64", f"{prefix}-v6", check=False)
+    assert v6.returncode != 0 and "IPv4" in v6.stderr, v6.stderr
+    api(docker_cluster).create_network(f"{prefix}-taken", "198.19.22.0/24")
+    try:
+        clash = engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                              "--subnet", "198.19.22.0/25", f"{prefix}-clash", check=False)
+        assert clash.returncode != 0 and "overlaps" in clash.stderr and f"{prefix}-taken" in clash.stderr, clash.stderr
+    finally:
+        api(docker_cluster).delete_network(f"{prefix}-taken")
+    names = engine.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert not [n for n in names if n.startswith(f"{prefix}-") and n != f"{prefix}-dnet"], names
+
+
+def test_restarted_plugin_keeps_serving_existing_networks_and_removes_its_socket(
+        docker_cluster: DockerCluster, net_a: str, prefix: str) -> None:
+    engine = docker_cluster.a.engine
+    first = f"{prefix}-before"
+    engine.docker("run", "-d", "--name", first, "--network", net_a, "--stop-signal", "SIGKILL", IMAGE,
+                  "sleep", "3600")
+    assert engine.stop_plugin(signal.SIGTERM) == 0
+    assert not os.path.exists(engine.plugin_socket), "SIGTERM must unlink the plugin socket"
+    engine.start_plugin()
+    second = f"{prefix}-after"
+    engine.docker("run", "-d", "--name", second, "--network", net_a, "--stop-signal", "SIGKILL", IMAGE,
+                  "sleep", "3600")
+    assert "0% packet loss" in engine.docker("exec", second, "ping", "-c", "2", "-W", "2", first).stdout
+    engine.docker("rm", "-f", first, second)
+    assert api(docker_cluster).list_endpoints(net_a) == []
+
+
+def test_network_rm_removes_the_overlaynet_network(docker_cluster: DockerCluster, prefix: str) -> None:
+    engine = docker_cluster.a.engine
+    name = f"{prefix}-gone"
+    engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                  "--subnet", "198.19.23.0/24", name)
+    wait_network(docker_cluster, "a", name)
+    engine.docker("network", "rm", name)
+    assert all(n["name"] != name for n in api(docker_cluster).list_networks())

@@ -1,0 +1,414 @@
+"""Real container engines for the docker/cni tests: install them, run each inside a lab "host"
+namespace next to that host's overlayd, and remove every trace afterwards.
+
+How two engines share one machine:
+- dockerd runs in the host's network namespace and in a private mount namespace of its own
+  (`unshare -m --propagation slave` + `nsenter --net`). In it, a fresh sysfs shows the host
+  namespace's devices (the cgroup hierarchies are carried over), and a bind mount puts this engine's
+  plugin directory on /run/docker/plugins, where dockerd discovers plugins — so each engine finds
+  its own `overlaynet.sock`. Own --data-root/--exec-root/-H; dockerd supervises its own containerd.
+  Its overlay2 and sandbox mounts live and die in that mount namespace.
+- podman runs in the host's network namespace (so the CNI plugin, and overlayd, see the same
+  namespace files under /run/netns) with its own CONTAINERS_CONF (ulimits this sandbox allows, the
+  CNI bin and config dirs), its own --root/--runroot/--tmpdir, and the vfs storage driver (no mounts
+  that could outlive it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from overlaynet.lab import enter_netns
+
+APT_PACKAGES = ["docker.io", "containerd", "docker-compose", "busybox-static", "podman",
+                "containernetworking-plugins"]
+# The binary each package brings (Debian paths: a newer docker client may come first in PATH).
+REQUIRED = {
+    "/usr/sbin/dockerd": "docker.io",
+    "/usr/bin/docker": "docker.io",
+    "/usr/bin/containerd": "containerd",
+    "/usr/bin/docker-compose": "docker-compose",
+    "/bin/busybox": "busybox-static",
+    "/usr/bin/podman": "podman",
+    "/usr/lib/cni/loopback": "containernetworking-plugins",
+}
+DOCKER = "/usr/bin/docker"
+IMAGE = "overlaynet-test/busybox:latest"
+
+
+class EngineUnavailable(Exception):
+    """The engine truly cannot run here; tests skip with this message."""
+
+
+def _missing() -> list[str]:
+    return sorted({pkg for path, pkg in REQUIRED.items() if not os.path.exists(path)})
+
+
+def ensure_packages() -> None:
+    """Install the engines from Debian if any is missing; EngineUnavailable if that fails."""
+    missing = _missing()
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    steps = [
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES],
+    ]
+    for argv in steps:
+        try:
+            result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise EngineUnavailable(f"cannot install {' '.join(missing)}: {' '.join(argv)}: {e}") from None
+        if result.returncode != 0:
+            raise EngineUnavailable(
+                f"cannot install {' '.join(missing)}: `{' '.join(argv)}` failed: {result.stderr.strip()[-800:]}"
+            )
+    still = _missing()
+    if still:
+        raise EngineUnavailable(f"packages {' '.join(still)} still missing after apt-get install")
+
+
+def build_busybox_rootfs(dest: str) -> str:
+    """A minimal image root: static busybox and its applets, passwd/group for `id`/`ps`."""
+    busybox = "/bin/busybox"
+    os.makedirs(dest, exist_ok=True)
+    for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "root", "var/www"):
+        os.makedirs(os.path.join(dest, d), exist_ok=True)
+    shutil.copy2(busybox, os.path.join(dest, "bin", "busybox"))
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        link = os.path.join(dest, "bin", applet)
+        if applet != "busybox" and not os.path.lexists(link):
+            os.symlink("busybox", link)
+    with open(os.path.join(dest, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    with open(os.path.join(dest, "etc", "group"), "w") as f:
+        f.write("root:x:0:\nnogroup:x:65534:\n")
+    with open(os.path.join(dest, "var", "www", "index.html"), "w") as f:
+        f.write("overlaynet-ok\n")
+    return dest
+
+
+def rootfs_tar(rootfs: str) -> bytes:
+    return subprocess.run(["tar", "-C", rootfs, "-c", "."], capture_output=True, check=True).stdout
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def kill_processes_mentioning(text: str, timeout: float = 10.0) -> None:
+    """TERM, then KILL, every process whose command line names `text` (our per-run work dir)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _processes_mentioning(text)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _is_zombie(p)]
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def unmount_under(path: str) -> None:
+    """Detach any mount left under `path` in our mount namespace (deepest first)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p == path or p.startswith(path + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http_get_unix(sock_path: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock_path)
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+class DockerEngine:
+    """dockerd + our overlaynet-docker plugin for one lab host."""
+
+    def __init__(self, label: str, netns: str, workdir: str, api_socket: str) -> None:
+        self.label = label
+        self.netns = netns
+        self.dir = workdir
+        self.api_socket = api_socket
+        self.sock = os.path.join(workdir, "docker.sock")
+        self.plugin_dir = os.path.join(workdir, "plugins")
+        self.plugin_socket = os.path.join(self.plugin_dir, "overlaynet.sock")
+        self.plugin_state = os.path.join(workdir, "plugin-state")
+        self.log_path = os.path.join(workdir, "dockerd.log")
+        self.plugin_log_path = os.path.join(workdir, "plugin.log")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.plugin: subprocess.Popen[bytes] | None = None
+        self._made_plugin_root = False
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.sock}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        os.makedirs(self.plugin_dir, exist_ok=True)
+        if not os.path.isdir("/run/docker/plugins"):
+            os.makedirs("/run/docker/plugins", exist_ok=True)
+            self._made_plugin_root = True
+        script = os.path.join(self.dir, "dockerd.sh")
+        cg = os.path.join(self.dir, "cgroup")
+        os.makedirs(cg, exist_ok=True)
+        with open(script, "w") as f:
+            f.write(f"""#!/bin/sh
+set -e
+# Private mount namespace, host network namespace: show this namespace's devices in /sys, keep the
+# cgroup hierarchies, and give this engine its own plugin directory.
+mount --rbind /sys/fs/cgroup {cg}
+mount -t sysfs sysfs /sys
+mount --rbind {cg} /sys/fs/cgroup
+umount -l {cg}
+mount --bind {self.plugin_dir} /run/docker/plugins
+exec /usr/sbin/dockerd --host {self.host} --data-root {self.dir}/data --exec-root {self.dir}/exec \\
+  --pidfile {self.dir}/dockerd.pid --iptables=false --ip-masq=false --ip-forward=false \\
+  --bridge=none --storage-driver=overlay2 --log-level=info
+""")
+        log = open(self.log_path, "ab")
+        # unshare, nsenter and sh all exec: the child's PID is dockerd's.
+        self.process = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "slave", "nsenter", f"--net=/run/netns/{self.netns}",
+             "sh", script],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EngineUnavailable(f"dockerd on {self.label} exited with {self.process.returncode}: "
+                                        + self.log()[-1500:])
+            try:
+                if http_get_unix(self.sock, "/_ping")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise EngineUnavailable(f"dockerd on {self.label} not answering after {timeout}s: " + self.log()[-1500:])
+
+    def start_plugin(self, timeout: float = 20.0) -> None:
+        log = open(self.plugin_log_path, "ab")
+        self.plugin = subprocess.Popen(
+            [sys.executable, "-m", "overlaynet.plugins.docker", "--socket", self.plugin_socket,
+             "--api-socket", self.api_socket, "--docker-host", self.host, "--state-dir", self.plugin_state,
+             "--log-level", "debug"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_until(lambda: os.path.exists(self.plugin_socket) or self.plugin.poll() is not None,  # type: ignore[union-attr]
+                   timeout, f"plugin socket {self.plugin_socket}")
+        if self.plugin.poll() is not None:
+            raise RuntimeError(f"overlaynet-docker exited with {self.plugin.returncode}: {self.plugin_log()[-2000:]}")
+
+    def stop_plugin(self, sig: int = signal.SIGTERM) -> int | None:
+        proc, self.plugin = self.plugin, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                return proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return proc.wait()
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120.0,
+               input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([DOCKER, "-H", self.host, *args], capture_output=True, timeout=timeout,
+                                input=input)
+        out = subprocess.CompletedProcess(result.args, result.returncode,
+                                          result.stdout.decode(errors="replace"),
+                                          result.stderr.decode(errors="replace"))
+        if check and out.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} on {self.label} failed ({out.returncode}): "
+                                 f"{out.stderr.strip()}\n--- plugin log tail ---\n{self.plugin_log()[-2500:]}")
+        return out
+
+    def docker_json(self, *args: str) -> Any:
+        return json.loads(self.docker(*args).stdout)
+
+    def compose(self, project_dir: str, *args: str, check: bool = True,
+                timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DOCKER_HOST": self.host, "COMPOSE_INTERACTIVE_NO_CLI": "1"}
+        result = subprocess.run(["/usr/bin/docker-compose", *args], cwd=project_dir, env=env,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker-compose {' '.join(args)} on {self.label} failed: "
+                                 f"{result.stderr.strip()[-2000:]}\n--- plugin log ---\n{self.plugin_log()[-2500:]}")
+        return result
+
+    def import_image(self, tar: bytes, tag: str = IMAGE) -> None:
+        self.docker("import", "-c", 'CMD ["/bin/sh"]', "-", tag, input=tar)
+
+    def log(self) -> str:
+        return _read(self.log_path)
+
+    def plugin_log(self) -> str:
+        return _read(self.plugin_log_path)
+
+    def stop(self) -> None:
+        """Containers and networks first (through the plugin, which must still run), then dockerd,
+        its containerd and shims, the plugin, and the work dir."""
+        if self.process is not None and self.process.poll() is None:
+            ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False, timeout=60)
+            nets = self.docker("network", "ls", "-q", "--filter", "driver=overlaynet", check=False,
+                               timeout=30).stdout.split()
+            if nets:
+                self.docker("network", "rm", *nets, check=False, timeout=60)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        self.stop_plugin()
+        kill_processes_mentioning(self.dir)
+        if self._made_plugin_root:
+            try:
+                os.rmdir("/run/docker/plugins")
+            except OSError:
+                pass
+        unmount_under(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PodmanEngine:
+    """podman (CNI backend) for one lab host, with our CNI plugin installed for it."""
+
+    def __init__(self, label: str, netns: str, workdir: str, api_socket: str) -> None:
+        self.label = label
+        self.netns = netns
+        self.dir = workdir
+        self.api_socket = api_socket
+        self.cni_bin = os.path.join(workdir, "cni-bin")
+        self.cni_conf = os.path.join(workdir, "cni-conf")
+        self.conf_path = os.path.join(workdir, "containers.conf")
+        os.makedirs(self.cni_conf, exist_ok=True)
+        with open(self.conf_path, "w") as f:
+            f.write(f"""[containers]
+# No CAP_SYS_RESOURCE here: podman's default rlimits for root (1048576) would fail.
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{self.cni_bin}", "/usr/lib/cni"]
+network_config_dir = "{self.cni_conf}"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+""")
+
+    def install_plugin(self) -> str:
+        result = subprocess.run([sys.executable, "-m", "overlaynet.plugins.cni", "install", "--dir", self.cni_bin],
+                                capture_output=True, text=True, check=True)
+        assert "installed" in result.stdout
+        return os.path.join(self.cni_bin, "overlaynet-cni")
+
+    def add_network(self, name: str, network: str | None = None, subnet: str | None = None,
+                    cni_version: str = "1.0.0") -> str:
+        plugin: dict[str, Any] = {"type": "overlaynet-cni", "socket": self.api_socket,
+                                  "capabilities": {"ips": True}}
+        if network:
+            plugin["network"] = network
+        if subnet:
+            plugin["subnet"] = subnet
+        conf = {"cniVersion": cni_version, "name": name, "plugins": [plugin]}
+        path = os.path.join(self.cni_conf, f"{name}.conflist")
+        with open(path, "w") as f:
+            json.dump(conf, f)
+        return path
+
+    def podman(self, *args: str, check: bool = True, timeout: float = 120.0,
+               input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        argv = ["/usr/bin/podman", "--root", f"{self.dir}/storage", "--runroot", f"{self.dir}/run",
+                "--tmpdir", f"{self.dir}/tmp", "--storage-driver", "vfs", *args]
+        env = {**os.environ, "CONTAINERS_CONF": self.conf_path}
+        result = subprocess.run(argv, capture_output=True, timeout=timeout, input=input, env=env,
+                                preexec_fn=enter_netns(self.netns))
+        out = subprocess.CompletedProcess(result.args, result.returncode,
+                                          result.stdout.decode(errors="replace"),
+                                          result.stderr.decode(errors="replace"))
+        if check and out.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} on {self.label} failed ({out.returncode}): "
+                                 f"{out.stderr.strip()[-2500:]}")
+        return out
+
+    def import_image(self, tar: bytes, tag: str = IMAGE) -> None:
+        self.podman("import", "-q", "-", tag, input=tar)
+
+    def stop(self) -> None:
+        if os.path.isdir(self.dir):
+            self.podman("rm", "-f", "-a", "-t", "0", check=False, timeout=120)
+        kill_processes_mentioning(self.dir)
+        unmount_under(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def run_in(netns: str, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=enter_netns(netns))
