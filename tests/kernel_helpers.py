@@ -35,12 +35,16 @@ def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
 
 def in_sandbox(sandbox: str, *cmd: str) -> str:
     """Run a command inside a sandbox netns (a bind mount, not under /run/netns)."""
-    return subprocess.run(["nsenter", f"--net={sandbox}", *cmd], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["nsenter", f"--net={sandbox}", *cmd], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def ping(ns: str, address: str, count: int = 1) -> bool:
     result = subprocess.run(
-        ["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", "1", address], capture_output=True, text=True
+        ["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", "1", address],
+        capture_output=True,
+        text=True,
     )
     return result.returncode == 0
 
@@ -115,11 +119,15 @@ def program_remote(host: Host, remote: Host, container: Container) -> None:
     kernel.set_flood_list(host.sandbox, VNI, {remote.underlay_ip})
 
 
-def two_host_overlay(netns: Callable[[str], str], prefix: str, topo: Topology) -> tuple[list[Host], list[Container]]:
+def two_host_overlay(
+    netns: Callable[[str], str], prefix: str, topo: Topology
+) -> tuple[list[Host], list[Container]]:
     """Two hosts, one container each on 198.19.1.0/24, fully programmed."""
     hosts = make_hosts(netns, prefix, topo)
     containers = [
-        Container(netns("c"), f"{prefix}ep{i}aaaaaaaaaaaa", f"198.19.1.{10 + i}", f"02:42:c6:13:01:{10 + i:02x}")
+        Container(
+            netns("c"), f"{prefix}ep{i}aaaaaaaaaaaa", f"198.19.1.{10 + i}", f"02:42:c6:13:01:{10 + i:02x}"
+        )
         for i in (1, 2)
     ]
     topo.containers.extend(containers)

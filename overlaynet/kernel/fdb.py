@@ -42,7 +42,9 @@ def vxlan_device(sandbox: str, vni: int) -> Iterator[tuple[IPRoute, int]]:
         with rtnl(sandbox) as ipr:
             link = find_link(ipr, name)
             if link is None:
-                raise KernelError(f"VXLAN device {name} not found in sandbox {sandbox}: call ensure_vxlan first")
+                raise KernelError(
+                    f"VXLAN device {name} not found in sandbox {sandbox}: call ensure_vxlan first"
+                )
             yield ipr, int(link["index"])
     except NetlinkError as exc:
         raise KernelError(f"cannot program {name} in sandbox {sandbox}: {describe(exc)}") from None

@@ -108,7 +108,9 @@ def ensure_bridge(sandbox: str, mtu: int) -> bool:
             converge_link(ipr, link, mtu=mtu)
             return created
     except NetlinkError as exc:
-        raise KernelError(f"cannot set up bridge {BRIDGE_NAME} in sandbox {sandbox}: {describe(exc)}") from None
+        raise KernelError(
+            f"cannot set up bridge {BRIDGE_NAME} in sandbox {sandbox}: {describe(exc)}"
+        ) from None
 
 
 def ensure_port(sandbox: str, ifname: str, mtu: int | None = None) -> None:

@@ -66,7 +66,9 @@ def _open_fd(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _create_pair(sandbox: str, host_ifname: str, peer_ifname: str, target: str | None, spec: VethSpec) -> None:
+def _create_pair(
+    sandbox: str, host_ifname: str, peer_ifname: str, target: str | None, spec: VethSpec
+) -> None:
     peer: dict[str, object] = {"ifname": peer_ifname, "address": spec.mac.lower(), "mtu": spec.mtu}
     fds: list[int] = []
     try:

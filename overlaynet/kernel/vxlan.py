@@ -149,7 +149,9 @@ def ensure_vxlan(sandbox: str, spec: VxlanSpec) -> bool:
                 raise
             return True
     except NetlinkError as exc:
-        raise KernelError(f"cannot set up VXLAN device {name} in sandbox {sandbox}: {describe(exc)}") from None
+        raise KernelError(
+            f"cannot set up VXLAN device {name} in sandbox {sandbox}: {describe(exc)}"
+        ) from None
 
 
 def remove_vxlan(sandbox: str, vni: int) -> None:
@@ -163,4 +165,6 @@ def remove_vxlan(sandbox: str, vni: int) -> None:
             if link is not None:
                 delete_link(sb, link["index"])
     except NetlinkError as exc:
-        raise KernelError(f"cannot remove VXLAN device {name} in sandbox {sandbox}: {describe(exc)}") from None
+        raise KernelError(
+            f"cannot remove VXLAN device {name} in sandbox {sandbox}: {describe(exc)}"
+        ) from None

@@ -126,7 +126,10 @@ def test_restarted_daemon_adopts_without_disturbing_traffic(netns, prefix: str, 
     try:
         # The "daemon" (its threads) is gone; a new one runs its whole reconcile pass twice.
         for _ in range(2):
-            for host, container, remote, remote_c in ((hosts[0], c1, hosts[1], c2), (hosts[1], c2, hosts[0], c1)):
+            for host, container, remote, remote_c in (
+                (hosts[0], c1, hosts[1], c2),
+                (hosts[1], c2, hosts[0], c1),
+            ):
                 assert as_daemon(host.ns, setup_network, host) is False
                 assert as_daemon(host.ns, attach, host, container).created is False
                 as_daemon(host.ns, program_remote, host, remote, remote_c)
@@ -170,7 +173,20 @@ def test_stale_same_vni_vxlan_in_host_netns_is_replaced(netns, prefix: str, topo
     host, _ = make_hosts(netns, prefix, topo)
     # A crash of some older layout left the device in the host netns, up (its UDP socket bound).
     stale = kernel.vxlan_name(VNI)
-    ip("link", "add", stale, "type", "vxlan", "id", str(VNI), "dstport", "4789", "local", host.underlay_ip, ns=host.ns)
+    ip(
+        "link",
+        "add",
+        stale,
+        "type",
+        "vxlan",
+        "id",
+        str(VNI),
+        "dstport",
+        "4789",
+        "local",
+        host.underlay_ip,
+        ns=host.ns,
+    )
     ip("link", "set", stale, "up", ns=host.ns)
 
     assert as_daemon(host.ns, setup_network, host) is True
@@ -190,7 +206,24 @@ def test_remove_veth_is_idempotent(netns, prefix: str, topo: Topology) -> None:
     host, _ = make_hosts(netns, prefix, topo)
     container = Container(netns("c"), f"{prefix}rmaaaaaaaaaa", "198.19.1.20", "02:42:c6:13:01:20")
     as_daemon(host.ns, setup_network, host)
-    as_daemon(host.ns, attach, host, container)
+    spec = kernel.VethSpec(
+        container.endpoint_id,
+        f"/run/netns/{container.ns}",
+        "eth0",
+        container.mac,
+        f"{container.ip}/24",
+        OVERLAY_MTU,
+        gateway="198.19.1.1",
+    )
+    for _ in range(2):
+        as_daemon(host.ns, kernel.ensure_veth, host.sandbox, spec)
+    assert ip("route", "show", "default", ns=container.ns).split()[:5] == [
+        "default",
+        "via",
+        "198.19.1.1",
+        "dev",
+        "eth0",
+    ]
     assert kernel.list_endpoint_links(host.sandbox) == {kernel.endpoint_prefix(container.endpoint_id)}
 
     assert as_daemon(host.ns, kernel.remove_veth, host.sandbox, container.endpoint_id) is True
@@ -229,7 +262,9 @@ def test_ensure_veth_errors_are_clear(netns, prefix: str, topo: Topology) -> Non
     host, _ = make_hosts(netns, prefix, topo)
     container_ns = netns("c")
     as_daemon(host.ns, setup_network, host)
-    missing = kernel.VethSpec(f"{prefix}eraaaaaaaaaa", f"{prefix}-gone", "eth0", "02:42:c6:13:01:40", None, 1450)
+    missing = kernel.VethSpec(
+        f"{prefix}eraaaaaaaaaa", f"{prefix}-gone", "eth0", "02:42:c6:13:01:40", None, 1450
+    )
     with pytest.raises(kernel.KernelError, match=f"network namespace '{prefix}-gone' not found"):
         as_daemon(host.ns, kernel.ensure_veth, host.sandbox, missing)
 
@@ -283,4 +318,6 @@ def test_vxlan_whose_socket_is_in_another_host_netns_is_replaced(netns, prefix: 
     # Same sandbox, managed from another host netns: the UDP socket must move there.
     assert as_daemon(second.ns, setup_network, first) is True
     assert as_daemon(second.ns, setup_network, first) is False
-    assert f"link-netns {second.ns}" in in_sandbox(first.sandbox, "ip", "-d", "link", "show", kernel.vxlan_name(VNI))
+    assert f"link-netns {second.ns}" in in_sandbox(
+        first.sandbox, "ip", "-d", "link", "show", kernel.vxlan_name(VNI)
+    )
