@@ -6,6 +6,7 @@ gateway if the network has one. Everything else is handed out lowest-first, neve
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 
@@ -60,3 +61,41 @@ class AddressPool:
         if addr is None:
             raise Conflict(f"network subnet {self.network} is full: no free address left")
         return addr
+
+
+# ---- cluster-wide allocation: per-host address blocks ---------------------------------------
+#
+# Each subnet is cut into at least four blocks (a /24 into sixteen /28s). A host allocates only
+# inside blocks it has claimed through the replicated "ipam" table, so concurrent attaches on
+# different hosts never race for an address. Concurrent claims of one block are resolved by a
+# rule every host computes the same way: the earliest claim wins, the host name breaks ties.
+
+MIN_BLOCK_PREFIX = 28
+
+
+def block_prefix(subnet: str) -> int:
+    net = ipaddress.IPv4Network(subnet)
+    return min(32, max(MIN_BLOCK_PREFIX, net.prefixlen + 2))
+
+
+def blocks(subnet: str) -> list[str]:
+    net = ipaddress.IPv4Network(subnet)
+    return [str(b) for b in net.subnets(new_prefix=block_prefix(subnet))]
+
+
+def block_of(subnet: str, ip: str) -> str:
+    prefix = block_prefix(subnet)
+    return str(ipaddress.IPv4Network(f"{ip}/{prefix}", strict=False))
+
+
+def block_order(subnet: str, host: str) -> list[str]:
+    """All blocks, starting at one derived from the host name: hosts claiming at the same moment
+    usually try different blocks, so real conflicts are rare."""
+    all_blocks = blocks(subnet)
+    start = int.from_bytes(hashlib.sha256(host.encode()).digest()[:4], "big") % len(all_blocks)
+    return all_blocks[start:] + all_blocks[:start]
+
+
+def claim_winner(claims: Iterable[tuple[float, str]]) -> str:
+    """The owner whose claim wins: earliest claim time, then the smaller host name."""
+    return min(claims)[1]

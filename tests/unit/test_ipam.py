@@ -59,3 +59,32 @@ def test_never_hands_out_an_address_twice(requests, prefixlen):
         ip = ipaddress.IPv4Address(addr)
         assert ip in pool.network and ip not in pool.reserved
         used.append(addr)
+
+
+def test_blocks_cover_the_subnet_in_at_least_four_parts():
+    from overlaynet import ipam
+
+    assert ipam.blocks("198.19.0.0/24")[:2] == ["198.19.0.0/28", "198.19.0.16/28"]
+    assert len(ipam.blocks("198.19.0.0/24")) == 16
+    assert len(ipam.blocks("198.19.0.0/29")) == 4
+    assert ipam.blocks("198.19.0.0/30") == [f"198.19.0.{i}/32" for i in range(4)]
+    assert len(ipam.blocks("198.19.0.0/16")) == 4096
+    assert ipam.block_of("198.19.0.0/24", "198.19.0.17") == "198.19.0.16/28"
+
+
+def test_block_order_is_a_rotation_that_depends_on_the_host():
+    from overlaynet import ipam
+
+    a = ipam.block_order("198.19.0.0/24", "host-a")
+    assert sorted(a) == sorted(ipam.blocks("198.19.0.0/24"))
+    assert a == ipam.block_order("198.19.0.0/24", "host-a")
+    starts = {ipam.block_order("198.19.0.0/24", f"host-{i}")[0] for i in range(10)}
+    assert len(starts) > 3
+
+
+@given(st.lists(st.tuples(st.floats(0, 100, allow_nan=False), st.sampled_from("abcde")), min_size=1, max_size=6))
+def test_claim_winner_is_order_independent(claims):
+    from overlaynet import ipam
+
+    assert ipam.claim_winner(claims) == ipam.claim_winner(list(reversed(claims)))
+    assert ipam.claim_winner(claims) == min(claims)[1]
