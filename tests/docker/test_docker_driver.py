@@ -78,7 +78,7 @@ def test_containers_reach_each_other_by_name_and_ip_with_overlay_mtu_and_mac(
     assert engine.docker("exec", db, "wget", "-qO-", "http://" + web + "/").stdout.strip() == "overlaynet-ok"
     assert engine.docker("exec", db, "wget", "-qO-", f"http://{web_ip}/").stdout.strip() == "overlaynet-ok"
     db_ip = engine.docker_json("inspect", db)[0]["NetworkSettings"]["Networks"][net_a]["IPAddress"]
-    assert "0% packet loss" in engine.docker("exec", web, "ping", "-c", "2", "-W", "2", db_ip).stdout
+    assert ", 0% packet loss" in engine.docker("exec", web, "ping", "-c", "2", "-W", "2", db_ip).stdout
 
 
 def test_stop_start_and_rm_never_leak_veths_or_endpoints(
@@ -93,7 +93,7 @@ def test_stop_start_and_rm_never_leak_veths_or_endpoints(
     assert overlay_links(netns) == []
     engine.docker("start", name)  # a new EndpointID, a new veth
     assert len(api(docker_cluster).list_endpoints(net_a)) == 1
-    assert "0% packet loss" in engine.docker("exec", name, "ping", "-c", "1", "127.0.0.1").stdout
+    assert ", 0% packet loss" in engine.docker("exec", name, "ping", "-c", "1", "127.0.0.1").stdout
     engine.docker("rm", "-f", name)
     assert api(docker_cluster).list_endpoints(net_a) == []
     assert overlay_links(netns) == [], "veth pairs leaked into the host namespace"
@@ -143,7 +143,7 @@ def test_restarted_plugin_keeps_serving_existing_networks_and_removes_its_socket
     second = f"{prefix}-after"
     engine.docker("run", "-d", "--name", second, "--network", net_a, "--stop-signal", "SIGKILL", IMAGE,
                   "sleep", "3600")
-    assert "0% packet loss" in engine.docker("exec", second, "ping", "-c", "2", "-W", "2", first).stdout
+    assert ", 0% packet loss" in engine.docker("exec", second, "ping", "-c", "2", "-W", "2", first).stdout
     engine.docker("rm", "-f", first, second)
     assert api(docker_cluster).list_endpoints(net_a) == []
 
