@@ -1,0 +1,88 @@
+"""Two podman "hosts": lab host namespaces a and b, each with its own overlayd, podman (CNI backend)
+and our CNI plugin installed into a per-host CNI bin dir; the busybox image imported into both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from overlaynet.lab import Host, Lab
+from tests.engines import (
+    EngineUnavailable,
+    PodmanEngine,
+    build_busybox_rootfs,
+    ensure_packages,
+    rootfs_tar,
+)
+
+NETWORK = "cninet"
+SUBNET = "198.19.40.0/24"
+
+
+@pytest.fixture(scope="session")
+def cni_busybox_tar(prefix: str) -> bytes:
+    try:
+        ensure_packages()
+    except EngineUnavailable as e:
+        pytest.skip(f"container engines unavailable: {e}")
+    rootfs = f"/tmp/{prefix}-cnirootfs"
+    try:
+        return rootfs_tar(build_busybox_rootfs(rootfs))
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+@dataclass
+class PodmanHost:
+    host: Host
+    engine: PodmanEngine
+    plugin: str  # the installed plugin executable
+
+
+@dataclass
+class PodmanCluster:
+    lab: Lab
+    a: PodmanHost
+    b: PodmanHost
+
+
+def gossip_args(lab: Lab, label: str) -> list[str]:
+    first = next(iter(lab.hosts.values()))
+    args = ["--plaintext"]
+    if first.label != label:
+        args += ["--join", first.address]
+    return args
+
+
+@pytest.fixture(scope="module")
+def podman_cluster(prefix: str, cni_busybox_tar: bytes) -> Iterator[PodmanCluster]:
+    lab = Lab(f"{prefix}p")
+    engines: list[PodmanEngine] = []
+    try:
+        hosts = {}
+        for label in ("a", "b"):
+            host = lab.add_host(label)
+            lab.start_daemon(host, *gossip_args(lab, label))
+            engine = PodmanEngine(label, host.netns, os.path.join(lab.workdir, f"podman-{label}"), host.socket)
+            engines.append(engine)
+            plugin = engine.install_plugin()
+            # "subnet" lets the first ADD anywhere create the network; later ones (any host) find it.
+            engine.add_network(NETWORK, subnet=SUBNET)
+            try:
+                engine.import_image(cni_busybox_tar)
+            except AssertionError as e:
+                pytest.skip(f"podman cannot run here: {e}")
+            hosts[label] = PodmanHost(host, engine, plugin)
+        yield PodmanCluster(lab, hosts["a"], hosts["b"])
+    finally:
+        for engine in engines:
+            try:
+                engine.stop()
+            except (OSError, subprocess.SubprocessError, AssertionError) as e:
+                print(f"podman teardown on {engine.label}: {e}")
+        lab.close()
