@@ -8,7 +8,8 @@ from overlaynet.api.client import Client
 from tests.cni.conftest import NETWORK, PodmanCluster, PodmanHost
 from tests.engines import IMAGE, run_in, wait_until
 
-pytestmark = pytest.mark.cni
+# Generous: the first test also pays for installing (apt) and preparing two podman hosts.
+pytestmark = [pytest.mark.cni, pytest.mark.timeout(900)]
 
 
 def run_container(h: PodmanHost, name: str, *extra: str) -> str:

@@ -17,7 +17,8 @@ from overlaynet.lab import enter_netns
 from tests.cni.conftest import PodmanCluster, PodmanHost
 from tests.engines import run_in
 
-pytestmark = pytest.mark.cni
+# Generous: the first test also pays for installing (apt) and preparing two podman hosts.
+pytestmark = [pytest.mark.cni, pytest.mark.timeout(900)]
 NET = "cniproto"
 SUBNET = "198.19.41.0/24"
 

@@ -13,7 +13,8 @@ from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster, DockerHost
 from tests.engines import IMAGE, wait_until
 
-pytestmark = pytest.mark.docker
+# Generous: the first test also pays for installing (apt) and starting two engines.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 CLASSIC = f"""version: '3'
 services:

@@ -11,7 +11,8 @@ from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster
 from tests.engines import IMAGE, run_in, wait_until
 
-pytestmark = pytest.mark.docker
+# Generous: the first test also pays for installing (apt) and starting two engines.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 
 def api(cluster: DockerCluster, label: str = "a") -> Client:
@@ -156,3 +157,60 @@ def test_network_rm_removes_the_overlaynet_network(docker_cluster: DockerCluster
     wait_network(docker_cluster, "a", name)
     engine.docker("network", "rm", name)
     assert all(n["name"] != name for n in api(docker_cluster).list_networks())
+
+
+def test_docker_network_attaches_to_an_existing_overlaynet_network(
+        docker_cluster: DockerCluster, prefix: str) -> None:
+    """What host b sees once gossip brought host a's network: the same `docker network create` joins
+    it instead of making a second one, and `docker network rm` there leaves it in place."""
+    engine, client = docker_cluster.a.engine, api(docker_cluster)
+    name = f"{prefix}-shared"
+    client.create_network(name, "198.19.24.0/24")
+    try:
+        engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                      "--subnet", "198.19.24.0/24", name)
+        engine.docker("run", "-d", "--name", f"{prefix}-sh", "--network", name, "--stop-signal", "SIGKILL",
+                      IMAGE, "sleep", "3600")
+        (ep,) = client.list_endpoints(name)
+        assert ep["ip"].startswith("198.19.24.")
+        assert [n["name"] for n in client.list_networks()].count(name) == 1
+        engine.docker("rm", "-f", f"{prefix}-sh")
+        engine.docker("network", "rm", name)
+        assert client.get_network(name)["subnet"] == "198.19.24.0/24"  # not ours to delete
+        # Docker's gateway reservation was handed back.
+        assert client.reserve_address(name, "198.19.24.1")["ip"] == "198.19.24.1"
+        client.release_address(name, "198.19.24.1")
+    finally:
+        client.delete_network(name, force=True)
+
+
+def test_same_name_with_another_subnet_is_refused_with_the_right_subnet(
+        docker_cluster: DockerCluster, prefix: str) -> None:
+    engine, client = docker_cluster.a.engine, api(docker_cluster)
+    name = f"{prefix}-mism"
+    client.create_network(name, "198.19.25.0/24")
+    try:
+        # Docker does not send the name with CreateNetwork, so the mismatch shows at first use ...
+        engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                      "--subnet", "198.19.26.0/24", name)
+        run = engine.docker("run", "--rm", "--network", name, IMAGE, "true", check=False)
+        assert run.returncode != 0 and "--subnet 198.19.25.0/24" in run.stderr, run.stderr
+        engine.docker("network", "rm", name)
+        # ... unless the name is given with -o name=, which fails `docker network create` itself.
+        named = engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                              "--subnet", "198.19.26.0/24", "-o", f"name={name}", f"{name}2", check=False)
+        assert named.returncode != 0 and "--subnet 198.19.25.0/24" in named.stderr, named.stderr
+        assert client.list_endpoints(name) == []
+    finally:
+        engine.docker("network", "rm", name, check=False)
+        client.delete_network(name, force=True)
+
+
+def test_plugin_killed_hard_leaves_a_stale_socket_that_the_next_start_replaces(
+        docker_cluster: DockerCluster, net_a: str, prefix: str) -> None:
+    engine = docker_cluster.a.engine
+    engine.stop_plugin(signal.SIGKILL)
+    assert os.path.exists(engine.plugin_socket)
+    engine.start_plugin()
+    engine.docker("run", "--rm", "--network", net_a, IMAGE, "true")
+    assert api(docker_cluster).list_endpoints(net_a) == []
