@@ -73,7 +73,13 @@ def test_podman_containers_on_two_hosts_ping_each_other(podman_cluster: PodmanCl
                         f"{NETWORK} created on host a never appeared on host b")
         ip_b = run_container(b, two)
         assert ip_a != ip_b
-        ping_ab = a.engine.podman("exec", one, "ping", "-c", "3", "-W", "2", ip_b).stdout
+
+        def ping_b(count: int) -> str:
+            return a.engine.podman("exec", one, "ping", "-c", str(count), "-W", "2", ip_b, check=False).stdout
+
+        # Gossip needs a moment to tell each host where the other's endpoint is; then no loss at all.
+        wait_until(lambda: ", 0% packet loss" in ping_b(1), 30, "container on a to ping the one on b")
+        ping_ab = ping_b(3)
         assert ", 0% packet loss" in ping_ab, ping_ab
         ping_ba = b.engine.podman("exec", two, "ping", "-c", "3", "-W", "2", ip_a).stdout
         assert ", 0% packet loss" in ping_ba, ping_ba

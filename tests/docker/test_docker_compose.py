@@ -123,8 +123,15 @@ def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project:
     b.engine.compose(path, "-p", name, "up", "-d", "db")
     net_b = network_on(b, "my-network")
     assert net_b is not None and net_b["owner"] == "a", net_b  # one network, not a second one
-    ping = b.engine.compose(path, "-p", name, "exec", "-T", "db", "ping", "-c", "3", "-W", "2", "198.19.30.10")
-    assert ", 0% packet loss" in ping.stdout, ping.stdout
+
+    def ping_web(count: int) -> str:
+        return b.engine.compose(path, "-p", name, "exec", "-T", "db", "ping", "-c", str(count), "-W", "2",
+                                "198.19.30.10", check=False).stdout
+
+    # Gossip needs a moment to tell each host where the other's endpoint is; then no loss at all.
+    wait_until(lambda: ", 0% packet loss" in ping_web(1), 30, "db on host b to ping web on host a")
+    ping = ping_web(3)
+    assert ", 0% packet loss" in ping, ping
 
     def fetch() -> bool:
         page = b.engine.compose(path, "-p", name, "exec", "-T", "db", "wget", "-T", "3", "-qO-", "http://web/",
