@@ -9,6 +9,19 @@ extensions = [
         sources=["dataplane/vxlan.pyx"],
         extra_compile_args=["-O3"],
     ),
+    Extension(
+        "overlaynet.dataplane.fastpath",
+        sources=[
+            "dataplane/fastpath.pyx",
+            "dataplane/csrc/fp_frame.c",
+            "dataplane/csrc/fp_tables.c",
+            "dataplane/csrc/fp_engine.c",
+        ],
+        include_dirs=["dataplane/csrc"],
+        depends=["dataplane/csrc/fp.h"],
+        extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+        extra_link_args=["-pthread"],
+    ),
 ]
 
 setup(

@@ -1,0 +1,218 @@
+/* overlaynet userspace VXLAN fast path: shared types.
+ *
+ * Split like wireguard-go's tun/ + conn/ + device/:
+ *   fp_frame.c  - pure frame logic (checksums, VXLAN decap, TSO split, GRO coalescing, ARP reply,
+ *                 flow hash). No I/O; unit-tested through the Cython wrapper.
+ *   fp_tables.c - immutable lookup tables (FDB, ARP, IPv4 sets) built by the control side.
+ *   fp_engine.c - the I/O: TAP fds, UDP sockets, worker threads, RCU-style table swaps, counters.
+ */
+#ifndef OVERLAYNET_FP_H
+#define OVERLAYNET_FP_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define FP_VXLAN_HLEN 8
+#define FP_VNET_HLEN 10 /* struct virtio_net_hdr (no mergeable-rx num_buffers) */
+#define FP_ETH_HLEN 14
+#define FP_MAX_HDRS 160 /* eth + IPv6/IPv4 with options + TCP with options */
+#define FP_MAX_GSO_SEGS 64 /* UDP GSO: segments per sendmsg (kernel limit is >= 64) */
+#define FP_MAX_GSO_BYTES 65000 /* UDP GSO: payload bytes per sendmsg (IPv4 limit 65507) */
+
+/* virtio_net_hdr flag and gso_type values (include/uapi/linux/virtio_net.h) */
+#define FP_VNET_F_NEEDS_CSUM 1
+#define FP_VNET_F_DATA_VALID 2
+#define FP_VNET_GSO_NONE 0
+#define FP_VNET_GSO_TCPV4 1
+#define FP_VNET_GSO_UDP 3
+#define FP_VNET_GSO_TCPV6 4
+#define FP_VNET_GSO_UDP_L4 5
+#define FP_VNET_GSO_ECN 0x80
+
+struct fp_vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+} __attribute__((packed));
+
+/* ---- decapsulation results (negative = drop reason) ---- */
+enum {
+    FP_OK = 0,
+    FP_ERR_TRUNCATED = -1, /* shorter than VXLAN header + Ethernet header */
+    FP_ERR_BAD_FLAGS = -2, /* I flag missing or a reserved bit set */
+    FP_ERR_BAD_INNER = -3, /* inner frame has a multicast/zero source MAC */
+};
+
+/* ---- checksums (Internet checksum, computed in memory byte order like the kernel) ---- */
+uint64_t fp_csum_partial(const void *buf, size_t len, uint64_t acc);
+uint16_t fp_csum_fold(uint64_t acc); /* folded, not inverted */
+uint64_t fp_pseudo_v4(const uint8_t *iph, uint8_t proto, uint32_t l4len);
+uint64_t fp_pseudo_v6(const uint8_t *ip6h, uint8_t proto, uint32_t l4len);
+
+/* ---- VXLAN ---- */
+void fp_vxlan_header(uint8_t out[8], uint32_t vni);
+int fp_decap(const uint8_t *pkt, size_t len, uint32_t *vni, size_t *inner_off);
+
+/* ---- inner flow hash (outer UDP source port selection, ECMP entropy) ---- */
+uint32_t fp_flow_hash(const uint8_t *frame, size_t len);
+
+/* ---- complete a CHECKSUM_PARTIAL frame (virtio NEEDS_CSUM) in place ---- */
+int fp_finish_csum(uint8_t *frame, size_t len, uint16_t csum_start, uint16_t csum_offset);
+
+/* ---- TSO: split one large TCP frame into MSS-sized frames, one at a time ---- */
+struct fp_tso {
+    const uint8_t *frame;
+    size_t len;
+    size_t l3off, l4off, hlen; /* IP header offset, TCP header offset, total header length */
+    int is_v6;
+    uint32_t mss;
+    uint32_t seq0;
+    uint16_t id0;
+    size_t next; /* offset of the next payload byte */
+    uint32_t index;
+    uint32_t nseg;
+};
+int fp_tso_init(struct fp_tso *st, const uint8_t *frame, size_t len, const struct fp_vnet_hdr *vh);
+/* Writes the next segment's headers (eth+ip+tcp, checksums done) to hdr_out; returns the header
+ * length, sets the payload pointer and length, or returns 0 when done. */
+size_t fp_tso_next(struct fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, size_t *paylen);
+
+/* ---- GRO: coalesce consecutive in-order TCP segments of one flow into one vnet_hdr frame ---- */
+#define FP_GRO_MAX_IOV 96
+typedef void (*fp_emit_fn)(void *ctx, void *net, const struct iovec *iov, int niov, int ncoalesced);
+struct fp_gro {
+    int verify; /* verify IPv4 header + TCP checksums of segments before merging them */
+    void *net; /* opaque owner (the network); segments of different owners never merge */
+    int active;
+    uint8_t hdr[FP_VNET_HLEN + FP_MAX_HDRS];
+    size_t hlen; /* eth + ip + tcp, without vnet header */
+    size_t l3off, l4off;
+    int is_v6;
+    uint32_t next_seq;
+    uint32_t mss;
+    uint32_t nseg;
+    uint32_t paylen;
+    int closed; /* last segment was short or had PSH: nothing more may follow */
+    int verified;
+    int partial; /* first segment carried only the pseudo-header checksum */
+    struct iovec iov[FP_GRO_MAX_IOV];
+    int niov;
+};
+/* Offer one inner frame (data stays valid until the next fp_gro_flush). `vnet` says whether the
+ * TAP takes a virtio_net_hdr; without it nothing is coalesced. Returns 1 if the frame was merged
+ * into a coalesced group, 0 if emitted on its own. `*csum_bad` is set for TCP with a bad checksum. */
+int fp_gro_offer(struct fp_gro *g, void *net, int vnet, const uint8_t *frame, size_t len,
+                 fp_emit_fn emit, void *ctx, int *csum_bad);
+void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx);
+
+/* ---- lookup tables: immutable once built, swapped RCU-style ---- */
+struct fp_fdb_ent {
+    uint8_t mac[6];
+    uint8_t used;
+    uint8_t pad;
+    uint32_t vtep; /* IPv4, network byte order */
+};
+struct fp_arp_ent {
+    uint32_t ip; /* network byte order */
+    uint8_t mac[6];
+    uint8_t used;
+    uint8_t pad;
+};
+struct fp_tables {
+    uint32_t fdb_mask, nfdb;
+    struct fp_fdb_ent *fdb;
+    uint32_t arp_mask, narp;
+    struct fp_arp_ent *arp;
+    uint32_t nflood;
+    uint32_t *flood;
+};
+struct fp_ipset {
+    uint32_t mask, n;
+    uint32_t *slots; /* 0 = empty (0.0.0.0 is never a VTEP) */
+};
+
+struct fp_tables *fp_tables_new(uint32_t nfdb, uint32_t narp, uint32_t nflood);
+int fp_tables_fdb_put(struct fp_tables *t, const uint8_t mac[6], uint32_t vtep);
+int fp_tables_arp_put(struct fp_tables *t, uint32_t ip, const uint8_t mac[6]);
+int fp_tables_flood_put(struct fp_tables *t, uint32_t vtep);
+struct fp_tables *fp_tables_clone(const struct fp_tables *t, int keep_fdb, int keep_arp, int keep_flood,
+                                  uint32_t nfdb, uint32_t narp, uint32_t nflood);
+void fp_tables_free(struct fp_tables *t);
+int fp_fdb_lookup(const struct fp_tables *t, const uint8_t mac[6], uint32_t *vtep);
+int fp_arp_lookup(const struct fp_tables *t, uint32_t ip, uint8_t mac[6]);
+struct fp_ipset *fp_ipset_new(uint32_t n);
+int fp_ipset_put(struct fp_ipset *s, uint32_t ip);
+int fp_ipset_has(const struct fp_ipset *s, uint32_t ip);
+void fp_ipset_free(struct fp_ipset *s);
+
+/* ---- forwarding decision for one frame read from a TAP ---- */
+enum { FP_FWD_DROP = 0, FP_FWD_UNICAST = 1, FP_FWD_FLOOD = 2, FP_FWD_ARP_REPLY = 3 };
+/* For ARP_REPLY the reply frame is written to `reply` (>= 42 bytes) and *reply_len set. */
+int fp_classify(const struct fp_tables *t, const uint8_t *frame, size_t len, uint32_t *vtep,
+                uint8_t *reply, size_t *reply_len);
+
+/* ---- the engine (fp_engine.c) ---- */
+enum {
+    FP_NC_RX_PACKETS, FP_NC_RX_BYTES, FP_NC_RX_COALESCED, FP_NC_RX_TAP_WRITES,
+    FP_NC_RX_DROP_BAD_SENDER, FP_NC_RX_DROP_MALFORMED, FP_NC_RX_CSUM_BAD, FP_NC_RX_TAP_ERRORS,
+    FP_NC_TX_PACKETS, FP_NC_TX_BYTES, FP_NC_TX_TAP_READS, FP_NC_TX_TSO_FRAMES, FP_NC_TX_FLOODED,
+    FP_NC_TX_ARP_SUPPRESSED, FP_NC_TX_DROP_NO_DEST, FP_NC_TX_DROP_MALFORMED, FP_NC_TX_ERRORS,
+    FP_NC_MAX
+};
+enum {
+    FP_GC_RX_DATAGRAMS, FP_GC_RX_SEGMENTS, FP_GC_RX_DROP_UNKNOWN_VNI, FP_GC_RX_DROP_MALFORMED,
+    FP_GC_RX_DROP_TRUNCATED, FP_GC_RX_ERRORS, FP_GC_RECVMMSG_CALLS, FP_GC_SENDMMSG_CALLS,
+    FP_GC_TX_GSO_SENDS, FP_GC_TX_ERRORS, FP_GC_MAX
+};
+extern const char *const fp_net_counter_names[FP_NC_MAX];
+extern const char *const fp_global_counter_names[FP_GC_MAX];
+
+struct fp_engine;
+struct fp_engine_opts {
+    uint32_t bind_addr; /* network byte order, 0 = any */
+    uint16_t port;      /* host byte order */
+    int ntx;            /* tx sockets (distinct outer source ports) */
+    int gso;            /* allow UDP GSO */
+    int gro;            /* allow UDP GRO */
+    int verify_csum;    /* verify inner TCP checksums before coalescing (default on) */
+};
+struct fp_offloads {
+    int udp_gso, udp_gro, ntx;
+    uint16_t tx_ports[64];
+};
+struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, size_t errlen);
+int fp_engine_start(struct fp_engine *e);
+void fp_engine_stop(struct fp_engine *e);
+void fp_engine_destroy(struct fp_engine *e);
+void fp_engine_offloads(struct fp_engine *e, struct fp_offloads *out);
+
+/* TAP handling */
+struct fp_tap_info {
+    int fd;
+    int ifindex;
+    int vnet_hdr;
+    unsigned offload; /* TUN_F_* flags accepted by TUNSETOFFLOAD */
+};
+int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, struct fp_tap_info *out,
+                char *err, size_t errlen);
+int fp_tap_delete(int fd); /* clear persistence and close */
+int fp_setns_path(const char *path, char *err, size_t errlen);
+
+int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_info *tap, int persist);
+int fp_engine_remove_net(struct fp_engine *e, uint32_t vni);
+int fp_engine_has_net(struct fp_engine *e, uint32_t vni);
+/* Takes ownership of t (frees the old tables after a grace period). */
+int fp_engine_set_tables(struct fp_engine *e, uint32_t vni, struct fp_tables *t);
+/* Returns a private copy of the current tables (caller frees) to build an update from. */
+struct fp_tables *fp_engine_get_tables_copy(struct fp_engine *e, uint32_t vni, int keep_fdb, int keep_arp,
+                                            int keep_flood, uint32_t nfdb, uint32_t narp, uint32_t nflood);
+void fp_engine_set_peers(struct fp_engine *e, struct fp_ipset *s);
+int fp_engine_net_counters(struct fp_engine *e, uint32_t vni, uint64_t out[FP_NC_MAX]);
+void fp_engine_global_counters(struct fp_engine *e, uint64_t out[FP_GC_MAX]);
+
+#endif

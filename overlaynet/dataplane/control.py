@@ -1,0 +1,244 @@
+"""How overlayd drives fastpathd: a small client (sync and asyncio) and a start helper.
+
+    from overlaynet.dataplane.control import FastpathClient, start_fastpathd
+    proc = start_fastpathd("/run/overlaynet/fastpath.sock", bind="198.18.0.1")
+    with FastpathClient("/run/overlaynet/fastpath.sock") as fp:
+        fp.sync_peers(["198.18.0.2"])
+        fp.add_network(4097, "/run/netns/ovs-4097", "ovt4097", 1450)
+        fp.sync_flood(4097, ["198.18.0.2"])
+
+Every sync_* call replaces the whole table (level-triggered): after a controller restart, simply
+sync everything again. `networks()` tells what fastpathd currently programs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from overlaynet.dataplane import protocol
+
+
+class FastpathControlError(Exception):
+    """fastpathd refused a request (the message says what was wrong) or cannot be reached."""
+
+
+class FastpathClient:
+    """Blocking client; one request in flight at a time. Reconnects once if fastpathd restarted."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._unpacker = protocol.unpacker()
+        self._ids = itertools.count(1)
+
+    def __enter__(self) -> FastpathClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.path)
+            except OSError as e:
+                s.close()
+                raise FastpathControlError(f"fastpathd at {self.path} not reachable: {e.strerror or e}") from None
+            self._sock = s
+            self._unpacker = protocol.unpacker()
+        return self._sock
+
+    def call(self, op: str, **args: Any) -> Any:
+        for attempt in (0, 1):
+            req_id = next(self._ids)
+            try:
+                s = self._connect()
+                s.sendall(protocol.request(req_id, op, args))
+                while True:
+                    for msg in self._unpacker:
+                        if msg.get("id") == req_id:
+                            if msg.get("ok"):
+                                return msg.get("result")
+                            raise FastpathControlError(msg.get("error", "request failed"))
+                    data = s.recv(1 << 16)
+                    if not data:
+                        raise ConnectionResetError("fastpathd closed the connection")
+                    self._unpacker.feed(data)
+            except (ConnectionError, BrokenPipeError, TimeoutError) as e:
+                self.close()
+                if attempt:
+                    raise FastpathControlError(f"fastpathd at {self.path}: {e}") from None
+        raise AssertionError("unreachable")
+
+    # ---- the API
+    def ping(self) -> dict[str, Any]:
+        return self.call("ping")
+
+    def add_network(self, vni: int, netns: str, tap: str, mtu: int) -> dict[str, Any]:
+        return self.call("add_network", vni=vni, netns=netns, tap=tap, mtu=mtu)
+
+    def remove_network(self, vni: int) -> bool:
+        return self.call("remove_network", vni=vni)
+
+    def sync_fdb(self, vni: int, fdb: Mapping[str, str]) -> int:
+        return self.call("sync_fdb", vni=vni, fdb=dict(fdb))
+
+    def sync_flood(self, vni: int, vteps: Iterable[str]) -> int:
+        return self.call("sync_flood", vni=vni, vteps=list(vteps))
+
+    def sync_arp(self, vni: int, arp: Mapping[str, str]) -> int:
+        return self.call("sync_arp", vni=vni, arp=dict(arp))
+
+    def sync_peers(self, vteps: Iterable[str]) -> int:
+        return self.call("sync_peers", vteps=list(vteps))
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("stats")
+
+    def offloads(self) -> dict[str, Any]:
+        return self.call("offloads")
+
+    def networks(self) -> dict[str, Any]:
+        return self.call("networks")
+
+
+class AsyncFastpathClient:
+    """asyncio flavour of FastpathClient with the same methods (all coroutines)."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._rw: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._unpacker = protocol.unpacker()
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._rw is not None:
+            self._rw[1].close()
+            self._rw = None
+
+    async def call(self, op: str, **args: Any) -> Any:
+        async with self._lock:
+            for attempt in (0, 1):
+                req_id = next(self._ids)
+                try:
+                    if self._rw is None:
+                        self._rw = await asyncio.wait_for(asyncio.open_unix_connection(self.path), self.timeout)
+                        self._unpacker = protocol.unpacker()
+                    reader, writer = self._rw
+                    writer.write(protocol.request(req_id, op, args))
+                    await writer.drain()
+                    while True:
+                        for msg in self._unpacker:
+                            if msg.get("id") == req_id:
+                                if msg.get("ok"):
+                                    return msg.get("result")
+                                raise FastpathControlError(msg.get("error", "request failed"))
+                        data = await asyncio.wait_for(reader.read(1 << 16), self.timeout)
+                        if not data:
+                            raise ConnectionResetError("fastpathd closed the connection")
+                        self._unpacker.feed(data)
+                except (TimeoutError, OSError) as e:
+                    await self.close()
+                    if attempt:
+                        raise FastpathControlError(f"fastpathd at {self.path}: {e}") from None
+            raise AssertionError("unreachable")
+
+    async def ping(self) -> dict[str, Any]:
+        return await self.call("ping")
+
+    async def add_network(self, vni: int, netns: str, tap: str, mtu: int) -> dict[str, Any]:
+        return await self.call("add_network", vni=vni, netns=netns, tap=tap, mtu=mtu)
+
+    async def remove_network(self, vni: int) -> bool:
+        return await self.call("remove_network", vni=vni)
+
+    async def sync_fdb(self, vni: int, fdb: Mapping[str, str]) -> int:
+        return await self.call("sync_fdb", vni=vni, fdb=dict(fdb))
+
+    async def sync_flood(self, vni: int, vteps: Iterable[str]) -> int:
+        return await self.call("sync_flood", vni=vni, vteps=list(vteps))
+
+    async def sync_arp(self, vni: int, arp: Mapping[str, str]) -> int:
+        return await self.call("sync_arp", vni=vni, arp=dict(arp))
+
+    async def sync_peers(self, vteps: Iterable[str]) -> int:
+        return await self.call("sync_peers", vteps=list(vteps))
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.call("stats")
+
+    async def offloads(self) -> dict[str, Any]:
+        return await self.call("offloads")
+
+    async def networks(self) -> dict[str, Any]:
+        return await self.call("networks")
+
+
+def fastpathd_command(control: str, bind: str = "0.0.0.0", port: int = 4789, state: str | None = None,
+                      netns: str | None = None, extra: Sequence[str] = (), python: str | None = None) -> list[str]:
+    """The command line that runs fastpathd (for a supervisor unit or subprocess)."""
+    cmd = [python or sys.executable, "-m", "overlaynet.dataplane.fastpathd", "--control", control,
+           "--bind", bind, "--port", str(port)]
+    if state:
+        cmd += ["--state", state]
+    if netns:
+        cmd += ["--netns", netns]
+    return cmd + list(extra)
+
+
+def start_fastpathd(control: str, bind: str = "0.0.0.0", port: int = 4789, state: str | None = None,
+                    netns: str | None = None, extra: Sequence[str] = (), timeout: float = 15.0,
+                    log: Any = None) -> subprocess.Popen[bytes]:
+    """Start fastpathd in its own session (it outlives its starter) and wait until it answers.
+
+    `log` is a file object for fastpathd's stderr (default: an anonymous temporary file, so that
+    fastpathd never blocks or fails on a pipe whose reader died). Raises FastpathControlError with
+    fastpathd's own last line if it exits or does not answer in time.
+    """
+    logf = log if log is not None else tempfile.TemporaryFile()
+    proc = subprocess.Popen(fastpathd_command(control, bind, port, state, netns, extra),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def last_line() -> str:
+        try:
+            logf.seek(0)
+            lines = logf.read().decode(errors="replace").strip().splitlines()
+            return lines[-1] if lines else ""
+        except (OSError, AttributeError):
+            return ""
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FastpathControlError(last_line() or f"fastpathd exited with {proc.returncode}")
+        if os.path.exists(control):
+            try:
+                with FastpathClient(control, timeout=2.0) as c:
+                    c.ping()
+                return proc
+            except FastpathControlError:
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise FastpathControlError(f"fastpathd did not answer on {control} within {timeout:.0f}s: {last_line()}")
