@@ -214,3 +214,18 @@ def test_plugin_killed_hard_leaves_a_stale_socket_that_the_next_start_replaces(
     engine.start_plugin()
     engine.docker("run", "--rm", "--network", net_a, IMAGE, "true")
     assert api(docker_cluster).list_endpoints(net_a) == []
+
+
+def test_ipam_opt_network_takes_the_subnet_from_overlaynet(docker_cluster: DockerCluster, prefix: str) -> None:
+    engine, client = docker_cluster.a.engine, api(docker_cluster)
+    name = f"{prefix}-byname"
+    client.create_network(name, "198.19.27.0/24")
+    try:
+        engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+                      "--ipam-opt", f"network={name}", name)
+        inspect = engine.docker_json("network", "inspect", name)[0]
+        assert inspect["IPAM"]["Config"][0]["Subnet"] == "198.19.27.0/24"
+        engine.docker("run", "--rm", "--network", name, IMAGE, "true")
+    finally:
+        engine.docker("network", "rm", name, check=False)
+        client.delete_network(name, force=True)
