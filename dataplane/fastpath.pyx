@@ -81,6 +81,7 @@ cdef extern from "fp.h" nogil:
         int fd
         int ifindex
         int vnet_hdr
+        int mtu
         unsigned offload
 
     const char *const fp_net_counter_names[]
@@ -92,7 +93,7 @@ cdef extern from "fp.h" nogil:
     int fp_finish_csum(uint8_t *frame, size_t len, uint16_t csum_start, uint16_t csum_offset)
     int fp_tso_init(fp_tso *st, const uint8_t *frame, size_t len, const fp_vnet_hdr *vh)
     size_t fp_tso_next(fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, size_t *paylen)
-    int fp_gro_offer(fp_gro *g, void *net, int vnet, const uint8_t *frame, size_t len, fp_emit_fn emit,
+    int fp_gro_offer(fp_gro *g, void *net, int vnet, uint32_t mtu, const uint8_t *frame, size_t len, fp_emit_fn emit,
                      void *ctx, int *csum_bad)
     void fp_gro_flush(fp_gro *g, fp_emit_fn emit, void *ctx)
 
@@ -279,9 +280,10 @@ cdef void _collect_emit(void *ctx, void *net, const iovec *iov, int niov, int nc
     c.n += 1
 
 
-def coalesce(frames, bint verify=True, bint vnet=True):
+def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0):
     """What the receive path writes into a TAP for these inner frames arriving in this order:
-    a list of (virtio_net_hdr + frame) byte strings (just frames when vnet is False)."""
+    a list of (virtio_net_hdr + frame) byte strings (just frames when vnet is False). `mtu` is the
+    TAP's MTU: longer frames are GSO super-packets (0: no limit)."""
     cdef list keep = [bytes(f) for f in frames]
     cdef size_t total = sum(len(f) for f in keep) + (len(keep) + 1) * (FP_VNET_HLEN + FP_MAX_HDRS)
     cdef _collect c
@@ -301,7 +303,7 @@ def coalesce(frames, bint verify=True, bint vnet=True):
         memset(g, 0, sizeof(fp_gro))
         g.verify = verify
         for f in keep:
-            fp_gro_offer(g, <void *>1, vnet, <const uint8_t *><const char *>f, len(f), _collect_emit, &c, &bad)
+            fp_gro_offer(g, <void *>1, vnet, mtu, <const uint8_t *><const char *>f, len(f), _collect_emit, &c, &bad)
         fp_gro_flush(g, _collect_emit, &c)
         out = []
         off = 0
@@ -477,7 +479,7 @@ cdef class Engine:
             if rc:
                 fp_tap_delete(info.fd) if persist else None
                 raise FastpathError(f"add network {vni}: error {rc}")
-            self.networks[vni] = {"vni": vni, "netns": netns, "tap": tap, "mtu": mtu, "ifindex": info.ifindex,
+            self.networks[vni] = {"vni": vni, "netns": netns, "tap": tap, "mtu": info.mtu, "ifindex": info.ifindex,
                                   "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload, "persist": persist}
             return dict(self.networks[vni])
 

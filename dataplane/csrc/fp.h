@@ -104,9 +104,10 @@ struct fp_gro {
     int niov;
 };
 /* Offer one inner frame (data stays valid until the next fp_gro_flush). `vnet` says whether the
- * TAP takes a virtio_net_hdr; without it nothing is coalesced. Returns 1 if the frame was merged
+ * TAP takes a virtio_net_hdr; without it nothing is coalesced. Frames longer than `mtu` (+ Ethernet
+ * header) are GSO super-packets and get a GSO description of their own. Returns 1 if the frame was merged
  * into a coalesced group, 0 if emitted on its own. `*csum_bad` is set for TCP with a bad checksum. */
-int fp_gro_offer(struct fp_gro *g, void *net, int vnet, const uint8_t *frame, size_t len,
+int fp_gro_offer(struct fp_gro *g, void *net, int vnet, uint32_t mtu, const uint8_t *frame, size_t len,
                  fp_emit_fn emit, void *ctx, int *csum_bad);
 void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx);
 
@@ -196,6 +197,7 @@ struct fp_tap_info {
     int fd;
     int ifindex;
     int vnet_hdr;
+    int mtu;
     unsigned offload; /* TUN_F_* flags accepted by TUNSETOFFLOAD */
 };
 int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, struct fp_tap_info *out,

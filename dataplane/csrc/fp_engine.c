@@ -63,6 +63,7 @@ struct fp_net {
     int fd;
     int vnet;
     int persist;
+    uint32_t mtu;
     unsigned offload;
     uint8_t vxhdr[8];
     _Atomic(struct fp_tables *) tables;
@@ -228,6 +229,11 @@ static int tap_configure(int fd, const char *name, int mtu, struct fp_tap_info *
         seterr(err, errlen, "set up");
         goto out;
     }
+    if (ioctl(s, SIOCGIFMTU, &ifr)) {
+        seterr(err, errlen, "get MTU");
+        goto out;
+    }
+    out->mtu = ifr.ifr_mtu;
     if (ioctl(s, SIOCGIFINDEX, &ifr)) {
         seterr(err, errlen, "ifindex");
         goto out;
@@ -881,7 +887,7 @@ static void *rx_main(void *arg)
                 cnt(&net->c[FP_NC_RX_PACKETS], 1);
                 cnt(&net->c[FP_NC_RX_BYTES], seg - ioff);
                 int bad = 0;
-                if (fp_gro_offer(gro, net, net->vnet, pk + ioff, seg - ioff, rx_emit, e, &bad))
+                if (fp_gro_offer(gro, net, net->vnet, net->mtu, pk + ioff, seg - ioff, rx_emit, e, &bad))
                     cnt(&net->c[FP_NC_RX_COALESCED], 1);
                 if (bad)
                     cnt(&net->c[FP_NC_RX_CSUM_BAD], 1);
@@ -988,6 +994,7 @@ int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_inf
     n->vni = vni;
     n->fd = tap->fd;
     n->vnet = tap->vnet_hdr;
+    n->mtu = (uint32_t)tap->mtu;
     n->offload = tap->offload;
     n->persist = persist;
     fp_vxlan_header(n->vxhdr, vni);

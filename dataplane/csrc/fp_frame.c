@@ -456,8 +456,37 @@ void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx)
     emit(ctx, g->net, g->iov, g->niov, (int)g->nseg);
 }
 
-int fp_gro_offer(struct fp_gro *g, void *net, int vnet, const uint8_t *f, size_t len, fp_emit_fn emit, void *ctx,
-                 int *csum_bad)
+/* An inner frame bigger than the TAP's MTU: a GSO super-packet that a kernel VXLAN peer on the same
+ * machine sent over veth without segmenting it (its GSO type is UDP_TUNNEL, which a plain UDP socket
+ * accepts whole). Its original MSS is lost; segments of MTU size are always right. */
+static int emit_super(void *net, const uint8_t *f, size_t len, const struct l4info *x, uint32_t mtu,
+                      fp_emit_fn emit, void *ctx)
+{
+    size_t l3h = x->hlen - FP_ETH_HLEN;
+    if (mtu <= l3h + 8 || x->hlen > FP_MAX_HDRS)
+        return 0;
+    uint8_t hdr[FP_VNET_HLEN + FP_MAX_HDRS];
+    struct fp_vnet_hdr vh = {FP_VNET_F_NEEDS_CSUM, 0, (uint16_t)x->hlen, (uint16_t)(mtu - l3h),
+                             (uint16_t)x->l4off, (uint16_t)x->csum_off};
+    if (x->proto == 6) {
+        vh.gso_type = x->is_v6 ? FP_VNET_GSO_TCPV6 : FP_VNET_GSO_TCPV4;
+        if (f[x->l4off + 13] & TCP_CWR)
+            vh.gso_type |= FP_VNET_GSO_ECN;
+    } else {
+        vh.gso_type = FP_VNET_GSO_UDP_L4;
+    }
+    memcpy(hdr, &vh, FP_VNET_HLEN);
+    memcpy(hdr + FP_VNET_HLEN, f, x->hlen);
+    const uint8_t *ip = f + FP_ETH_HLEN;
+    uint64_t ps = x->is_v6 ? fp_pseudo_v6(ip, x->proto, x->l4len) : fp_pseudo_v4(ip, x->proto, x->l4len);
+    store_csum(hdr + FP_VNET_HLEN + x->l4off + x->csum_off, fp_csum_fold(ps));
+    struct iovec iov[2] = {{hdr, FP_VNET_HLEN + x->hlen}, {(void *)(f + x->hlen), len - x->hlen}};
+    emit(ctx, net, iov, 2, 1);
+    return 1;
+}
+
+int fp_gro_offer(struct fp_gro *g, void *net, int vnet, uint32_t mtu, const uint8_t *f, size_t len,
+                 fp_emit_fn emit, void *ctx, int *csum_bad)
 {
     struct l4info x;
     *csum_bad = 0;
@@ -475,6 +504,13 @@ int fp_gro_offer(struct fp_gro *g, void *net, int vnet, const uint8_t *f, size_t
     int state = l4_csum_state(f, &x, g->verify);
     if (state == CS_BAD)
         *csum_bad = 1; /* handed on untouched: the kernel drops and counts it */
+    if (mtu && len > FP_ETH_HLEN + mtu && state != CS_BAD) {
+        fp_gro_flush(g, emit, ctx);
+        if (emit_super(net, f, len, &x, mtu, emit, ctx))
+            return 0;
+        emit_single(net, vnet, f, len, &x, state, emit, ctx);
+        return 0;
+    }
     uint32_t paylen = x.l4len - (uint32_t)(x.hlen - x.l4off);
     const uint8_t *tcp = f + x.l4off;
     uint8_t flags = x.proto == 6 ? tcp[13] : 0;

@@ -1,0 +1,209 @@
+"""TSO split (transmit) and TCP coalescing (receive): checksums and headers checked with scapy."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw, raw
+
+from overlaynet.dataplane import fastpath
+
+pytestmark = pytest.mark.unit
+
+ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+NEEDS_CSUM, DATA_VALID = 1, 2
+GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4 = 1, 4, 5
+
+
+def vnet(flags: int = 0, gso_type: int = 0, hdr_len: int = 0, gso_size: int = 0, start: int = 0, off: int = 0) -> bytes:
+    return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, start, off)
+
+
+def unvnet(b: bytes) -> tuple[tuple[int, ...], bytes]:
+    return struct.unpack("<BBHHHH", b[:10]), b[10:]
+
+
+def checksums_ok(frame: bytes) -> bool:
+    pkt = Ether(frame)
+    l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
+    got = l4.chksum
+    del l4.chksum
+    ok = Ether(raw(pkt))
+    good = (ok[TCP] if TCP in ok else ok[UDP]).chksum == got
+    if IP in pkt:
+        ip_got = pkt[IP].chksum
+        del pkt[IP].chksum
+        good = good and Ether(raw(pkt))[IP].chksum == ip_got
+    return good
+
+
+def tso_frame(payload: bytes, v6: bool = False, flags: str = "PA", seq: int = 1000) -> bytes:
+    l3 = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="198.19.1.1", dst="198.19.1.2", id=100, flags="DF")
+    return raw(ETH / l3 / TCP(sport=40000, dport=5001, flags=flags, seq=seq, ack=7,
+                              options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]) / Raw(payload))
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("size, mss", [(3000, 1000), (65000, 1398), (1399, 1398), (1, 1398), (8898 * 7, 8898)])
+def test_tso_split_headers_and_checksums(v6: bool, size: int, mss: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    frame = tso_frame(payload, v6)
+    hlen = 14 + (40 if v6 else 20) + 32
+    segs = fastpath.segment(vnet(NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, hlen, mss, hlen - 32, 16), frame)
+    assert len(segs) == -(-size // mss)
+    got = b""
+    for i, s in enumerate(segs):
+        pkt = Ether(s)
+        assert checksums_ok(s), f"segment {i} has a bad checksum"
+        assert pkt[TCP].seq == 1000 + i * mss
+        last = i == len(segs) - 1
+        assert ("P" in str(pkt[TCP].flags)) == last  # PSH only on the last segment
+        if not v6:
+            assert pkt[IP].id == (100 + i) & 0xFFFF and pkt[IP].len == len(s) - 14
+        else:
+            assert pkt[IPv6].plen == len(s) - 54
+        got += bytes(pkt[TCP].payload)
+    assert got == payload
+
+
+def test_tso_fin_and_cwr_only_where_they_belong() -> None:
+    frame = tso_frame(b"z" * 2500, flags="FPAC")
+    segs = fastpath.segment(vnet(NEEDS_CSUM, GSO_TCPV4 | 0x80, 66, 1000, 34, 16), frame)
+    flags = [str(Ether(s)[TCP].flags) for s in segs]
+    assert "C" in flags[0] and all("C" not in f for f in flags[1:])
+    assert "F" in flags[-1] and all("F" not in f for f in flags[:-1])
+
+
+def test_tso_rejects_non_tcp() -> None:
+    frame = raw(ETH / IP(src="198.19.1.1", dst="198.19.1.2") / UDP() / Raw(b"u" * 3000))
+    with pytest.raises(ValueError):
+        fastpath.segment(vnet(NEEDS_CSUM, GSO_TCPV4, 42, 1000, 34, 6), frame)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_needs_csum_is_completed(proto: str) -> None:
+    l4 = TCP(sport=1, dport=2, flags="A") if proto == "tcp" else UDP(sport=1, dport=2)
+    pkt = ETH / IP(src="198.19.1.1", dst="198.19.1.2") / l4 / Raw(b"abc" * 33)
+    frame = bytearray(raw(pkt))
+    off = 16 if proto == "tcp" else 6
+    # what the kernel hands over with CHECKSUM_PARTIAL: the pseudo-header sum in the field
+    psum = partial_field(bytes(frame), 34, 6 if proto == "tcp" else 17)
+    frame[34 + off: 36 + off] = psum
+    (out,) = fastpath.segment(vnet(NEEDS_CSUM, 0, 0, 0, 34, off), bytes(frame))
+    assert checksums_ok(out)
+
+
+def partial_field(frame: bytes, l4off: int, proto: int) -> bytes:
+    ip = frame[14:34]
+    s = sum(struct.unpack("!4H", ip[12:20])) + proto + (len(frame) - l4off)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return struct.pack("!H", s)
+
+
+def split(payload: bytes, mss: int, v6: bool = False, seq: int = 1000) -> list[bytes]:
+    frame = tso_frame(payload, v6, seq=seq)
+    hlen = 14 + (40 if v6 else 20) + 32
+    return fastpath.segment(vnet(NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, hlen, mss, hlen - 32, 16), frame)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_in_order_segments_into_one_gso_frame(v6: bool) -> None:
+    payload = bytes(range(256)) * 100
+    segs = split(payload, 1398, v6)
+    (out,) = fastpath.coalesce(segs)
+    (flags, gso_type, hdr_len, gso_size, start, off), frame = unvnet(out)
+    hl = 14 + (40 if v6 else 20)
+    assert (flags, gso_type, hdr_len, gso_size, start, off) == (
+        NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, hl + 32, 1398, hl, 16)
+    pkt = Ether(frame)
+    assert bytes(pkt[TCP].payload) == payload
+    assert pkt[TCP].seq == 1000 and "P" in str(pkt[TCP].flags)
+    if not v6:
+        assert pkt[IP].len == len(frame) - 14
+        ip_sum = pkt[IP].chksum
+        del pkt[IP].chksum
+        assert Ether(raw(pkt))[IP].chksum == ip_sum
+    # the TCP field holds the pseudo-header sum for the kernel to complete
+    assert frame[hl + 16: hl + 18] == partial_field(frame, hl, 6) or v6
+
+
+def test_single_verified_segment_is_marked_data_valid() -> None:
+    (seg,) = split(b"q" * 100, 1398)
+    (out,) = fastpath.coalesce([seg])
+    hdr, frame = unvnet(out)
+    assert hdr[0] == DATA_VALID and hdr[1] == 0 and frame == seg
+
+
+def test_out_of_order_and_other_flows_are_not_merged() -> None:
+    a = split(b"a" * 4000, 1000)
+    b = split(b"b" * 2000, 1000, seq=50000)
+    out = fastpath.coalesce([a[0], a[2], a[1], b[0], b[1]])
+    kinds = [unvnet(o)[0][1] for o in out]
+    assert len(out) == 4  # a0 | a2 | a1 | b0+b1
+    assert kinds == [0, 0, 0, GSO_TCPV4]
+    frames = [unvnet(o)[1] for o in out]
+    assert frames[0] == a[0] and frames[1] == a[2] and frames[2] == a[1]
+
+
+def test_bad_checksum_is_passed_on_untouched_and_never_merged() -> None:
+    segs = split(b"c" * 3000, 1000)
+    bad = bytearray(segs[1])
+    bad[-1] ^= 0xFF
+    out = fastpath.coalesce([segs[0], bytes(bad), segs[2]])
+    assert len(out) == 3
+    hdr, frame = unvnet(out[1])
+    assert hdr == (0, 0, 0, 0, 0, 0) and frame == bytes(bad)
+
+
+def test_partial_checksum_from_a_kernel_peer_is_passed_as_needs_csum() -> None:
+    pkt = ETH / IP(src="198.19.1.1", dst="198.19.1.2") / UDP(sport=5, dport=6) / Raw(b"k" * 40)
+    frame = bytearray(raw(pkt))
+    frame[40:42] = partial_field(bytes(frame), 34, 17)
+    (out,) = fastpath.coalesce([bytes(frame)])
+    hdr, f = unvnet(out)
+    assert hdr == (NEEDS_CSUM, 0, 0, 0, 34, 6) and f == bytes(frame)
+    # and the completed checksum is right
+    assert checksums_ok(fastpath.finish_checksum(f, 34, 6))
+
+
+def test_oversized_inner_frame_becomes_a_gso_frame() -> None:
+    frame = bytearray(tso_frame(b"s" * 20000))
+    frame[50:52] = partial_field(bytes(frame), 34, 6)
+    (out,) = fastpath.coalesce([bytes(frame)], mtu=1450)
+    (flags, gso_type, hdr_len, gso_size, start, off), f = unvnet(out)
+    assert (flags, gso_type, hdr_len, gso_size, start, off) == (NEEDS_CSUM, GSO_TCPV4, 66, 1450 - 52, 34, 16)
+    assert f == bytes(frame)
+
+
+def test_non_ip_frames_pass_unchanged() -> None:
+    frames = [raw(ETH / IP(src="198.19.1.1", dst="198.19.1.2") / ICMP() / Raw(b"p" * 56)),
+              bytes.fromhex("ffffffffffff020000000001" "0806") + b"\0" * 28]
+    out = fastpath.coalesce(frames)
+    assert [unvnet(o)[1] for o in out] == frames
+    assert fastpath.coalesce(frames, vnet=False) == frames
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=1, max_size=30000), st.integers(200, 9000), st.booleans())
+def test_split_then_coalesce_round_trip(payload: bytes, mss: int, v6: bool) -> None:
+    segs = split(payload, mss, v6)
+    assert all(checksums_ok(s) for s in segs)
+    data = b""
+    for o in fastpath.coalesce(segs):
+        data += bytes(Ether(unvnet(o)[1])[TCP].payload)
+    assert data == payload
+
+
+def test_flow_hash_follows_the_flow() -> None:
+    def f(sport: int) -> bytes:
+        return raw(ETH / IP(src="198.19.1.1", dst="198.19.1.2") / TCP(sport=sport, dport=80) / Raw(b"x"))
+    assert fastpath.flow_hash(f(1000)) == fastpath.flow_hash(f(1000) + b"pad")
+    assert len({fastpath.flow_hash(f(p)) % 16 for p in range(1000, 1100)}) > 8  # spreads over ports
+    assert isinstance(fastpath.flow_hash(b""), int)
