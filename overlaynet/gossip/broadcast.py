@@ -1,0 +1,76 @@
+"""Transmit-limited broadcast queue: what gets piggybacked on outgoing packets.
+
+Every update this host learns or makes is queued once under a key; a newer update with the same key
+(same member, same table entry) replaces the older one, so stale news is never sent. Packets are filled
+with the least-transmitted (then newest) items first, up to the byte budget, and an item is dropped
+after `limit` transmissions (retransmit_mult * ceil(log10(n+1)), see GossipConfig).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+MIN_MSG = 4  # no message is smaller than this; stop scanning when less budget remains
+
+
+class _Item:
+    __slots__ = ("key", "data", "transmits")
+
+    def __init__(self, key: Hashable, data: bytes) -> None:
+        self.key = key
+        self.data = data
+        self.transmits = 0
+
+
+class BroadcastQueue:
+    def __init__(self) -> None:
+        self._items: dict[Hashable, _Item] = {}
+        # _buckets[t] holds keys sent t times, in insertion order (newest last).
+        self._buckets: list[dict[Hashable, None]] = [{}]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def queue(self, key: Hashable, data: bytes) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            del self._buckets[old.transmits][key]
+        self._items[key] = _Item(key, data)
+        self._buckets[0][key] = None
+
+    def transmits(self, key: Hashable) -> int | None:
+        """How often the item was sent, None if it is no longer (or never was) queued."""
+        item = self._items.get(key)
+        return None if item is None else item.transmits
+
+    def get(self, budget: int, limit: int) -> list[bytes]:
+        """Pick messages totalling at most budget bytes and count one transmission for each."""
+        picked: list[_Item] = []
+        used = 0
+        for bucket in self._buckets:
+            if budget - used < MIN_MSG:
+                break
+            for key in reversed(bucket):
+                item = self._items[key]
+                if used + len(item.data) <= budget:
+                    used += len(item.data)
+                    picked.append(item)
+                    if budget - used < MIN_MSG:
+                        break
+        for item in picked:
+            del self._buckets[item.transmits][item.key]
+            item.transmits += 1
+            if item.transmits >= limit:
+                del self._items[item.key]
+                continue
+            if item.transmits == len(self._buckets):
+                self._buckets.append({})
+            self._buckets[item.transmits][item.key] = None
+        return [item.data for item in picked]
+
+    def prune(self, limit: int) -> None:
+        """Drop items already sent `limit` times (the limit shrinks when the cluster does)."""
+        for t in range(limit, len(self._buckets)):
+            for key in self._buckets[t]:
+                del self._items[key]
+            self._buckets[t] = {}
