@@ -218,11 +218,11 @@ def test_fastpathd_survives_controller_death_and_resyncs(make_lab: Callable[...,
 
     # a controller process programs fastpathd, holds its connection open, and dies hard
     ctl = (
-        "import sys,time\nsys.path.insert(0, %r)\n"
+        "import sys,time\nsys.path.insert(0, {!r})\n"
         "from overlaynet.dataplane.control import FastpathClient\n"
-        "c=FastpathClient(%r); c.sync_peers([%r]); c.sync_flood(4097, [%r]); print('programmed', flush=True)\n"
+        "c=FastpathClient({!r}); c.sync_peers([{!r}]); c.sync_flood(4097, [{!r}]); print('programmed', flush=True)\n"
         "time.sleep(60)\n"
-    ) % (os.getcwd(), a.control, lab.hosts["b"].vtep, lab.hosts["b"].vtep)
+    ).format(os.getcwd(), a.control, lab.hosts["b"].vtep, lab.hosts["b"].vtep)
     proc = subprocess.Popen([sys.executable, "-c", ctl], stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"programmed"
     proc.kill()
