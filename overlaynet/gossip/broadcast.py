@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 MIN_MSG = 4  # no message is smaller than this; stop scanning when less budget remains
+MAX_MISSES = 8  # items that did not fit before we call the packet full (keeps get() O(packet))
 
 
 class _Item:
@@ -47,15 +48,22 @@ class BroadcastQueue:
         """Pick messages totalling at most budget bytes and count one transmission for each."""
         picked: list[_Item] = []
         used = 0
+        misses = 0  # stop scanning a long queue once the packet is nearly full
+        items = self._items
         for bucket in self._buckets:
-            if budget - used < MIN_MSG:
+            if budget - used < MIN_MSG or misses >= MAX_MISSES:
                 break
             for key in reversed(bucket):
-                item = self._items[key]
-                if used + len(item.data) <= budget:
-                    used += len(item.data)
+                item = items[key]
+                size = len(item.data)
+                if used + size <= budget:
+                    used += size
                     picked.append(item)
                     if budget - used < MIN_MSG:
+                        break
+                else:
+                    misses += 1
+                    if misses >= MAX_MISSES:
                         break
         for item in picked:
             del self._buckets[item.transmits][item.key]

@@ -67,6 +67,36 @@ class _Relay:
         self.start = start
 
 
+class _NameSet:
+    """Names with O(1) add/remove and a list view for random sampling (hot paths at n=1000)."""
+
+    __slots__ = ("items", "_pos")
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._pos: dict[str, int] = {}
+
+    def add(self, name: str) -> None:
+        if name not in self._pos:
+            self._pos[name] = len(self.items)
+            self.items.append(name)
+
+    def discard(self, name: str) -> None:
+        i = self._pos.pop(name, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if i < len(self.items):
+            self.items[i] = last
+            self._pos[last] = i
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._pos
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 class GossipCore:
     def __init__(self, name: str, addr: str, port: int, *, config: GossipConfig | None = None,
                  rng: random.Random | None = None, keyring: Keyring | None = None,
@@ -92,13 +122,17 @@ class GossipCore:
         self._relays: dict[int, _Relay] = {}
         self._probe_order: list[str] = []
         self._probe_idx = 0
-        self._live_others: list[str] | None = None  # cache, rebuilt after membership changes
+        self._live_others = _NameSet()  # alive or suspect, not us: probe/gossip candidates
+        # dead or left: reaping and gossip-to-the-dead (a dict: ordered, so runs are reproducible)
+        self._down: dict[str, None] = {}
         self._timers: list[tuple[float, int, Callable[..., None], Any]] = []
         self._timer_seq = 0
         self._datagrams: list[Datagram] = []
         self._streams: list[StreamRequest] = []
         self._events: list[Event] = []
         self._unknown_owner_since: dict[str, float] = {}
+        # Recently reaped names: their records still echo from hosts that reap a moment later.
+        self._reaped: dict[str, float] = {}
         self._leaving = False
         self._started = False
         self._eager_pending = False
@@ -121,6 +155,7 @@ class GossipCore:
         self._at(now + self.rng.uniform(0, c.gossip_interval), self._gossip_tick)
         self._at(now + self.rng.uniform(0, c.push_pull_interval), self._push_pull_tick)
         self._at(now + c.reap_interval, self._reap_tick)
+        self._at(now + self.rng.uniform(0, c.reconnect_interval), self._reconnect_tick)
         self._queue(("m", self.name), self._alive_msg(self._self))
 
     def join(self, seeds: list[Addr], now: float) -> None:
@@ -310,7 +345,7 @@ class GossipCore:
                 if m is not None and m.live and m is not self._self:
                     return m
             # One full pass done: reshuffle (randomised round-robin bounds time-to-first-probe).
-            self._probe_order = [n for n, m in self._members.items() if m.live and m is not self._self]
+            self._probe_order = list(self._live_others.items)
             self.rng.shuffle(self._probe_order)
             self._probe_idx = 0
             if not self._probe_order:
@@ -322,9 +357,13 @@ class GossipCore:
         target = None if probe is None else self._members.get(probe.target)
         if probe is None or target is None:
             return
-        others = [n for n in self._live_other_names() if n != target.name]
-        helpers = self.rng.sample(others, min(self.cfg.indirect_checks, len(others)))
+        names = self._live_other_names()
+        helpers = self.rng.sample(names, min(self.cfg.indirect_checks + 1, len(names)))
+        helpers = [h for h in helpers if h != target.name][: self.cfg.indirect_checks]
         probe.expected_nacks = len(helpers)
+        if self.cfg.probe_retry_direct:
+            # A second direct try is one more independent path (memberlist uses a TCP ping here).
+            self._send((target.addr, target.port), [codec.pack([codec.MSG_PING, seq, target.name, self.name])])
         msg = codec.pack([codec.MSG_INDIRECT_PING, seq, target.name, target.addr, target.port])
         for h in helpers:
             m = self._members[h]
@@ -392,17 +431,29 @@ class GossipCore:
         self.stats["push_pulls"] += 1
         self._stream((m.addr, m.port), [self._push_pull_msg(0, None)], expect_reply=True, tag="push-pull")
 
+    def _reconnect_tick(self) -> None:
+        """Serf's reconnect: full sync with one random dead member, so a healed partition (or a host
+        that came back without rejoining) is found again even after we stopped gossiping to it."""
+        self._at(self._now + self.cfg.reconnect_interval, self._reconnect_tick)
+        dead = [n for n in self._down if self._members[n].state is DEAD]
+        if not dead or self._leaving:
+            return
+        m = self._members[self.rng.choice(dead)]
+        self._stream((m.addr, m.port), [self._push_pull_msg(0, None)], expect_reply=True, tag="reconnect")
+
     def _reap_tick(self) -> None:
         c = self.cfg
         now = self._now
         self._at(now + c.reap_interval, self._reap_tick)
         self.stats["tombstones_expired"] += self._tables.expire(now)
-        for name, m in list(self._members.items()):
+        for name in list(self._down):
+            m = self._members[name]
             if m.state is DEAD and now - m.state_change > c.dead_reap_timeout or \
-                    m.state is LEFT and now - m.state_change > c.left_reap_timeout and m is not self._self:
+                    m.state is LEFT and now - m.state_change > c.left_reap_timeout:
                 del self._members[name]
+                del self._down[name]
+                self._reaped[name] = now
                 self._suspicions.pop(name, None)
-                self._live_others = None
                 self.stats["reaped"] += 1
                 self._events.append(MemberChange(name, m.state.value, None, m.info()))
                 self._events.extend(self._tables.forget_owner(name))
@@ -413,6 +464,8 @@ class GossipCore:
             elif now - self._unknown_owner_since.setdefault(owner, now) > c.dead_reap_timeout:
                 self._events.extend(self._tables.forget_owner(owner))
                 del self._unknown_owner_since[owner]
+        for name in [n for n, t in self._reaped.items() if now - t > c.left_reap_timeout]:
+            del self._reaped[name]
         for seq in [s for s, r in self._relays.items() if now - r.start > 4 * c.probe_interval]:
             del self._relays[seq]
         for key in [k for k in self._own_intent if self._tables.get(*k) is None]:
@@ -545,15 +598,15 @@ class GossipCore:
         return m is not None and m.live
 
     def _live_other_names(self) -> list[str]:
-        if self._live_others is None:
-            me = self.name
-            self._live_others = [n for n, m in self._members.items() if m.live and n != me]
-        return self._live_others
+        return self._live_others.items
 
     def _gossip_targets(self) -> list[str]:
-        names = self._live_other_names()
+        names = self._live_others.items
+        if not self._down:
+            return names
         horizon = self._now - self.cfg.gossip_to_the_dead_time
-        dead = [n for n, m in self._members.items() if m.state is DEAD and m.state_change > horizon]
+        members = self._members
+        dead = [n for n in self._down if members[n].state is DEAD and members[n].state_change > horizon]
         return names + dead if dead else names
 
     def _set_state(self, m: Member, state: MemberState) -> None:
@@ -564,7 +617,13 @@ class GossipCore:
         m.state_change = self._now
         if was_live != m.live:
             self._n_live += 1 if m.live else -1
-            self._live_others = None
+        if m is not self._self:
+            if m.live:
+                self._live_others.add(m.name)
+                self._down.pop(m.name, None)
+            else:
+                self._live_others.discard(m.name)
+                self._down[m.name] = None
 
     def _alive_msg(self, m: Member) -> bytes:
         return codec.pack([codec.MSG_ALIVE, m.name, m.incarnation, m.addr, m.port, m.meta])
@@ -588,8 +647,9 @@ class GossipCore:
         if m is None:
             m = Member(name, addr, port, inc, ALIVE, self._now, meta)
             self._members[name] = m
+            self._reaped.pop(name, None)
             self._n_live += 1
-            self._live_others = None
+            self._live_others.add(name)
             # Random position in the probe order so a new member is probed within one pass.
             self._probe_order.insert(self.rng.randint(self._probe_idx, len(self._probe_order)), name)
             self._events.append(MemberChange(name, None, ALIVE.value, m.info()))
@@ -679,6 +739,8 @@ class GossipCore:
         self._queue(("t", rec.table, rec.key), self._record_msg(rec))
 
     def _merge_record(self, rec: Record, gossip: bool) -> None:
+        if rec.owner in self._reaped:
+            return
         if rec.owner == self.name:
             cur = self._tables.get(rec.table, rec.key)
             if cur is not None and newer(rec, cur) <= 0:
@@ -712,6 +774,9 @@ class GossipCore:
 
     def _on_push_pull(self, msg: list[Any], sender: str) -> bytes | None:
         flags, lamport, members, digests, records = msg[1], msg[2], msg[3], msg[4], msg[5]
+        # Records new to us are news for our side of the cluster too (e.g. a healed partition), so
+        # re-gossip them -- except the full dump a joining host pulls, which the cluster already has.
+        regossip = flags != PP_JOIN | PP_REPLY
         for entry in members:
             if type(entry) is not list or len(entry) < 6:
                 raise DecodeError("push-pull member")
@@ -737,13 +802,15 @@ class GossipCore:
             if not (codec._check(table, "s") and codec._check(key, "s") and codec._check(value, "M")
                     and codec._check(lam, "i") and codec._check(owner, "s") and codec._check(ttl, "f")):
                 raise DecodeError("push-pull record field")
+            if owner not in self._members:
+                continue  # the full member list came first: an owner still unknown is gone/forgotten
             ttl = min(max(0.0, float(ttl)), self.cfg.tombstone_ttl)
             self._merge_record(Record(table, key, value, lam, owner,
-                                      self._now + ttl if value is None else None), gossip=False)
+                                      self._now + ttl if value is None else None), gossip=regossip)
         self._tables.clock = max(self._tables.clock, lamport)
         if flags & PP_REPLY:
             return None
-        return self._push_pull_msg(PP_REPLY, digests)
+        return self._push_pull_msg(PP_REPLY | (flags & PP_JOIN), digests)
 
     # ------------------------------------------------------------------ keyring ops
     def _apply_key_op(self, op: str, key: bytes) -> bool:

@@ -48,6 +48,7 @@ class Simulation:
         self.observers: list[Observer] = []
         self.delivered = 0
         self.dropped = 0
+        self.max_datagram = 0  # largest UDP payload any core produced (must stay <= udp_payload_max)
         self.join_replies: dict[str, int] = {}
 
     # ------------------------------------------------------------------ topology
@@ -209,7 +210,14 @@ class Simulation:
     def _flush(self, node: SimNode) -> None:
         core = node.core
         rnd = self.rng.random
+        if not node.up:  # a crashed host's process is gone: nothing it "sends" leaves
+            core.pop_datagrams()
+            core.pop_streams()
+            core.pop_events()
+            return
         for d in core.pop_datagrams():
+            if len(d.data) > self.max_datagram:
+                self.max_datagram = len(d.data)
             dest = self._by_addr.get(d.dest)
             if dest is None or not self.reachable(node, dest) or rnd() < self.loss:
                 self.dropped += 1

@@ -21,6 +21,7 @@ from .config import GossipConfig
 from .core import GossipCore
 from .keyring import Keyring, KeyringError
 from .state import Addr, Event, KeyringChange, MemberInfo, StreamRequest
+from .tables import Record
 
 log = logging.getLogger(__name__)
 
