@@ -133,11 +133,17 @@ def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project:
     ping = ping_web(3)
     assert ", 0% packet loss" in ping, ping
 
+    said = [""]  # (busybox 1.35's `wget -T` segfaults: hence `timeout 5 wget`)
+
     def fetch() -> bool:
-        page = b.engine.compose(path, "-p", name, "exec", "-T", "db", "wget", "-T", "3", "-qO-", "http://web/",
+        page = b.engine.compose(path, "-p", name, "exec", "-T", "db", "timeout", "5", "wget", "-qO-", "http://web/",
                                 check=False)
+        said[0] = (page.stdout + page.stderr)[-300:]
         return page.stdout.strip() == "overlaynet-ok"
 
-    wait_until(fetch, 30, "db on host b to fetch http://web/ from host a")
+    try:
+        wait_until(fetch, 30, "db on host b to fetch http://web/ from host a")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; wget said: {said[0]}") from None
     back = a.engine.compose(path, "-p", name, "exec", "-T", "web", "ping", "-c", "2", "-W", "2", "db")
     assert ", 0% packet loss" in back.stdout
