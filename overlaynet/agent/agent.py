@@ -1,15 +1,16 @@
-"""The agent: owns this host's networks and endpoints, and keeps the kernel equal to them.
+"""The agent: this host's endpoints, its view of the cluster, and the kernel kept equal to both.
 
-Every mutation is: validate -> allocate -> program the kernel -> persist. A failure while
-programming the kernel undoes what was programmed, so the state dir never names an object that
-was not made. `reconcile()` is level-triggered and idempotent: it compares the desired state
-with what exists and makes the difference, at start (adoption after a restart or crash) and
-periodically (repairs anything changed behind our back).
+Desired state = networks and endpoints of the whole cluster (gossip tables) + this host's own
+endpoints (state dir). Every mutation is: validate -> allocate -> program -> persist -> publish.
+A failure while programming undoes what was programmed, so the state dir never names an object
+that was not made. `reconcile()` is level-triggered and idempotent: at start (adoption after a
+restart or crash), after gossip events (coalesced), and periodically (repairs drift).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import time
@@ -18,10 +19,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from overlaynet import __version__, kernel, model
-from overlaynet.agent.config import Config
+from overlaynet import __version__, ipam, kernel, model
+from overlaynet.agent.cluster import ENDPOINTS, IPAM, NETWORKS, Cluster
+from overlaynet.agent.config import Config, parse_seed
+from overlaynet.agent.forwarding import Forwarding, forwarding_for
+from overlaynet.agent.kernel_mode import KernelMode
 from overlaynet.agent.state import StateStore
-from overlaynet.errors import BadRequest, Conflict, NotFound, OverlayError
+from overlaynet.errors import BadRequest, Conflict, NotFound
+from overlaynet.gossip.keyring import Keyring, KeyringError, decode_key, key_id
+from overlaynet.gossip.state import KeyringChange, MemberChange, TableChange
+from overlaynet.gossip.transport import GossipNode
 from overlaynet.ipam import AddressPool
 from overlaynet.kernel import KernelError
 from overlaynet.model import Endpoint, Network
@@ -31,18 +38,25 @@ T = TypeVar("T")
 
 
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, keyring: Keyring | None) -> None:
         self.config = config
+        self.keyring = keyring
         self.store = StateStore(config.state_dir)
         self.node_id = ""
         self.advertise = config.advertise or ""
         self.underlay_mtu = 1500
-        self.networks: dict[str, Network] = {}
-        self.endpoints: dict[str, Endpoint] = {}
-        self.reservations: dict[str, set[str]] = {}  # network name -> reserved IPs (Docker IPAM)
+        self.mode: KernelMode | Any = None
+        self.node: GossipNode | None = None
+        self.cluster: Cluster = None  # type: ignore[assignment]  # set in start()
+        self.endpoints: dict[str, Endpoint] = {}  # this host's endpoints
+        self.reservations: dict[str, set[str]] = {}  # network -> reserved IPs (Docker IPAM)
         self.started_at = time.time()
         self.last_reconcile: dict[str, Any] = {}
+        self.counters = {"programmed_passes": 0, "entries_changed": 0, "program_errors": 0}
+        self._programmed: dict[str, tuple[Any, ...]] = {}  # network -> last forwarding pushed
         self._lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         # One thread for all netlink work: kernel verbs run in order, never concurrently.
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
 
@@ -59,12 +73,54 @@ class Agent:
                 "pass --advertise with one of this host's IPv4 addresses"
             )
         self.underlay_mtu = await self._kernel(kernel.underlay_mtu, self.advertise)
-        self._load_state()
+        self.mode = self._make_mode()
+        cached_networks = self._load_state()
+
+        self.node = GossipNode(
+            name=self.config.name, advertise=self.advertise, bind=self.config.bind, port=self.config.gossip_port,
+            keyring=self.keyring, meta={"vtep": self.advertise, "node_id": self.node_id,
+                                        "dataplane": self.config.dataplane},
+        )
+        self.cluster = Cluster(self.node, self.config.name)
+        self.node.subscribe(self._on_gossip_event)
+        await self.node.start()
+        seeds = [parse_seed(s, self.config.gossip_port) for s in self.config.join]
+        if seeds:
+            contacted = await self.node.join(seeds)
+            if not contacted:
+                log.warning("event=join-failed seeds=%s action=retrying-in-background", ",".join(self.config.join))
+                self._tasks.append(asyncio.create_task(self._join_until_contact(seeds)))
+        self._restore(cached_networks)
         await self.reconcile()
+        self._tasks.append(asyncio.create_task(self._program_on_change()))
+        self._tasks.append(asyncio.create_task(self._resync_forever()))
+
+    def _make_mode(self) -> KernelMode:
+        return KernelMode(self.advertise, self.config.vxlan_port)
 
     async def close(self) -> None:
-        """Stop without touching the kernel: attached containers keep their networking."""
+        """Stop without touching the kernel: attached containers keep their networking.
+
+        Gossip stops without a leave message: to the others this host is failed, not gone for
+        good, so its entries come back untouched when it returns (a restart is not a departure).
+        """
+        for task in self._tasks:
+            task.cancel()
+        if self.node is not None:
+            await self.node.stop()
         self._kernel_pool.shutdown(wait=True)
+
+    async def _join_until_contact(self, seeds: list[tuple[str, int]]) -> None:
+        assert self.node is not None
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            if await self.node.join(seeds):
+                log.info("event=joined seeds=%s", ",".join(self.config.join))
+                self._restore([])
+                self._dirty.set()
+                return
+            delay = min(delay * 2, 30.0)
 
     def _load_identity(self) -> None:
         node = self.store.read("node.json")
@@ -77,42 +133,109 @@ class Agent:
             self.store.write(node, "node.json")
         self.node_id = node["id"]
 
-    def _load_state(self) -> None:
-        for _, data in self.store.items("networks"):
-            net = Network.from_dict(data)
-            self.networks[net.name] = net
+    def _load_state(self) -> list[Network]:
+        cached = [Network.from_dict(data) for _, data in self.store.items("networks")]
         for _, data in self.store.items("endpoints"):
             ep = Endpoint.from_dict(data)
-            if ep.network in self.networks:
-                self.endpoints[ep.id] = ep
-            else:
-                log.warning("event=orphan-endpoint id=%s network=%s action=forget", ep.id, ep.network)
-                self.store.delete("endpoints", f"{ep.id}.json")
-        for name in self.networks:
-            self.reservations[name] = {ip for ip, _ in self.store.items("addresses", name)}
-        log.info("event=state-loaded networks=%d endpoints=%d", len(self.networks), len(self.endpoints))
+            self.endpoints[ep.id] = ep
+        for net in cached:
+            self.reservations[net.name] = {ip for ip, _ in self.store.items("addresses", net.name)}
+        log.info("event=state-loaded networks=%d endpoints=%d", len(cached), len(self.endpoints))
+        return cached
+
+    def _restore(self, cached_networks: list[Network]) -> None:
+        """Put this host's part of the cluster state back after a start or a (re)join.
+
+        A cached network the cluster does not know is re-published, unless a tombstone says it was
+        removed while we were away; our endpoints are re-published; entries the cluster still holds
+        in our name but we no longer have are withdrawn.
+        """
+        known = self.cluster.networks()
+        for net in cached_networks:
+            if net.name not in known and not self.cluster.network_deleted(net.name):
+                self.cluster.put_network(net)
+                log.info("event=network-republished name=%s vni=%d", net.name, net.vni)
+        for ep in self.endpoints.values():
+            self.cluster.put_endpoint(ep)
+            block = ipam.block_of(self._subnet_for(ep), ep.ip)
+            if block not in self.cluster.my_blocks(ep.network):
+                self.cluster.claim_block(ep.network, block)
+        for stale in self.cluster.my_endpoint_ids() - set(self.endpoints):
+            self.cluster.delete_endpoint(stale)
+
+    def _subnet_for(self, ep: Endpoint) -> str:
+        net = self.networks.get(ep.network)
+        return net.subnet if net else f"{ep.ip}/{ep.prefixlen}"
 
     async def _kernel(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._kernel_pool, fn, *args)
 
+    # ---- gossip events ---------------------------------------------------------------------
+
+    def _on_gossip_event(self, event: object) -> None:
+        if isinstance(event, TableChange):
+            if event.table == NETWORKS:
+                self._cache_network(event.key)
+            if event.table in (NETWORKS, ENDPOINTS):
+                self._dirty.set()
+        elif isinstance(event, KeyringChange):
+            if self.keyring is not None and self.keyring.path is not None:
+                self.keyring.save()  # a rotation that came in by gossip survives our restart
+            log.info("event=key-%s key_id=%s source=gossip", event.op, event.key_id)
+        elif isinstance(event, MemberChange):
+            log.info("event=member-%s name=%s addr=%s", event.new or "reaped", event.name, event.member.addr)
+            self._dirty.set()
+
+    def _cache_network(self, name: str) -> None:
+        """Mirror the cluster's networks in the state dir, for a start with nobody else around."""
+        net = self.cluster.networks().get(name)
+        if net is None:
+            self.store.delete("networks", f"{name}.json")
+        else:
+            self.store.write(net.to_dict(), "networks", f"{name}.json")
+
+    async def _program_on_change(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(0.002)  # coalesce a burst of table changes into one pass
+            self._dirty.clear()
+            try:
+                await self.program()
+            except Exception:
+                self.counters["program_errors"] += 1
+                log.exception("event=program-failed")
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("event=resync-failed")
+
     # ---- networks --------------------------------------------------------------------------
+
+    @property
+    def networks(self) -> dict[str, Network]:
+        return self.cluster.networks()
 
     async def create_network(self, request: dict[str, Any]) -> Network:
         name = model.validate_name(request.get("name"))
         subnet = model.validate_subnet(request.get("subnet"))
         async with self._lock:
-            if name in self.networks:
+            networks = self.networks
+            if name in networks:
                 raise Conflict(f"network {name!r} already exists; pick another name or remove it first")
-            taken_vnis = {n.vni for n in self.networks.values()}
+            taken_vnis = {n.vni for n in networks.values()}
             if request.get("vni") is not None:
                 vni = model.validate_vni(request["vni"])
                 if vni in taken_vnis:
-                    other = next(n.name for n in self.networks.values() if n.vni == vni)
+                    other = next(n.name for n in networks.values() if n.vni == vni)
                     raise Conflict(f"VNI {vni} is already used by network {other!r}; pick another or omit --vni")
             else:
                 vni = model.auto_vni(name, taken_vnis)
-            for other_net in self.networks.values():
+            for other_net in networks.values():
                 if other_net.ip_network.overlaps(subnet):
                     raise Conflict(
                         f"subnet {subnet} overlaps network {other_net.name!r} ({other_net.subnet}); pick another"
@@ -134,28 +257,59 @@ class Agent:
                 name=name, vni=vni, subnet=str(subnet), mtu=mtu, gateway=gateway,
                 options=options, created_at=time.time(), owner=self.config.name,
             )
-            self.networks[name] = net
-            self.reservations[name] = set()
-            self.store.write(net.to_dict(), "networks", f"{name}.json")
-            log.info("event=network-created name=%s vni=%d subnet=%s mtu=%d", name, vni, subnet, mtu)
-            return net
+            self.cluster.put_network(net)
+            self.reservations.setdefault(name, set())
+        if self.cluster.others_alive():
+            await self._settle_network(net)
+        log.info("event=network-created name=%s vni=%d subnet=%s mtu=%d", name, vni, subnet, mtu)
+        return net
+
+    async def _settle_network(self, mine: Network) -> None:
+        """Wait out concurrent creations elsewhere; if another host's network wins, say so.
+
+        Same name: the replicated table keeps one version (last writer wins, host name breaks
+        ties). Same VNI or overlapping subnet under another name: the earlier creation wins.
+        """
+        await asyncio.sleep(self.config.settle_time)
+        current = self.networks.get(mine.name)
+        if current is None:
+            raise Conflict(f"network {mine.name!r} was removed by another host while it was being created")
+        if current.owner != mine.owner or current.created_at != mine.created_at:
+            raise Conflict(
+                f"network {mine.name!r} was created at the same time on host {current.owner!r} "
+                f"(vni {current.vni}, subnet {current.subnet}); that one was kept, yours discarded"
+            )
+        for other in self.networks.values():
+            if other.name == mine.name:
+                continue
+            clash = other.vni == mine.vni or other.ip_network.overlaps(mine.ip_network)
+            if clash and (other.created_at, other.name) < (mine.created_at, mine.name):
+                self.cluster.delete_network(mine.name)
+                what = f"VNI {mine.vni}" if other.vni == mine.vni else f"subnet {mine.subnet}"
+                raise Conflict(
+                    f"{what} was claimed at the same time by network {other.name!r} on host "
+                    f"{other.owner!r}; {mine.name!r} was not created, try again"
+                )
 
     async def delete_network(self, name: str, force: bool = False) -> None:
         async with self._lock:
             net = self.get_network(name)
-            attached = [ep for ep in self.endpoints.values() if ep.network == name]
+            attached = [ep for ep in self.cluster.endpoints().values() if ep.get("network") == name]
             if attached and not force:
+                hosts = sorted({ep.get("host", "?") for ep in attached})
                 raise Conflict(
-                    f"network {name!r} has {len(attached)} attached endpoint(s); detach them first "
-                    "or use --force"
+                    f"network {name!r} has {len(attached)} attached endpoint(s) (on {', '.join(hosts)}); "
+                    "detach them first or use --force"
                 )
-            for ep in attached:
+            self.cluster.delete_network(name)
+            for ep in [e for e in self.endpoints.values() if e.network == name]:
                 await self._unplug(net, ep)
-            await self._kernel(kernel.remove_sandbox, self._sandbox(net))
+            await self._kernel(self.mode.remove_network, net, self._sandbox(net))
             for ip in self.reservations.pop(name, set()):
                 self.store.delete("addresses", name, f"{ip}.json")
+            for block in self.cluster.my_blocks(name):
+                self.cluster.release_block(name, block)
             self.store.delete("networks", f"{name}.json")
-            del self.networks[name]
             log.info("event=network-removed name=%s forced_endpoints=%d", name, len(attached))
 
     def get_network(self, name: str) -> Network:
@@ -166,14 +320,97 @@ class Agent:
 
     def network_view(self, net: Network) -> dict[str, Any]:
         view = net.to_dict()
+        everywhere = [ep for ep in self.cluster.endpoints().values() if ep.get("network") == net.name]
         view["endpoints"] = sum(1 for ep in self.endpoints.values() if ep.network == net.name)
+        view["endpoints_cluster"] = len(everywhere)
+        view["hosts"] = sorted({ep.get("host", "") for ep in everywhere})
         return view
 
-    # ---- endpoints -------------------------------------------------------------------------
+    # ---- addresses -------------------------------------------------------------------------
 
     def _used_ips(self, net: Network) -> set[str]:
-        used = {ep.ip for ep in self.endpoints.values() if ep.network == net.name}
+        used = {ep["ip"] for ep in self.cluster.endpoints().values() if ep.get("network") == net.name}
+        used |= {ep.ip for ep in self.endpoints.values() if ep.network == net.name}
         return used | self.reservations.get(net.name, set())
+
+    def _block_holder(self, net: Network, block: str) -> str | None:
+        """Who holds a block now: the winning live claim, or a dead host's within the reclaim delay."""
+        now = time.time()
+        claims = [c for c in self.cluster.block_claims(net.name) if c.block == block]
+        valid = [(c.claimed_at, c.host) for c in claims
+                 if c.live or (c.dead_since is not None and now - c.dead_since < self.config.ipam_reclaim_after)]
+        return ipam.claim_winner(valid) if valid else None
+
+    async def _allocate(self, net: Network, requested: str | None) -> str:
+        """An address no other endpoint in the cluster has or will get (see ipam.py's blocks)."""
+        pool = AddressPool(net.subnet, net.gateway)
+        if requested:
+            ip = pool.check_requested(requested, self._used_ips(net))
+            block = ipam.block_of(net.subnet, ip)
+            holder = self._block_holder(net, block)
+            if holder is None:
+                await self._claim(net, block)
+            return ip
+        for block in sorted(self.cluster.my_blocks(net.name), key=lambda b: ipam.blocks(net.subnet).index(b)):
+            if self._block_holder(net, block) != self.config.name:
+                continue
+            addr = pool.first_free(self._used_ips(net), within=ipaddress.IPv4Network(block))
+            if addr is not None:
+                return addr
+        for block in ipam.block_order(net.subnet, self.config.name):
+            if self._block_holder(net, block) is not None:
+                continue
+            if pool.first_free(self._used_ips(net), within=ipaddress.IPv4Network(block)) is None:
+                continue
+            if await self._claim(net, block):
+                addr = pool.first_free(self._used_ips(net), within=ipaddress.IPv4Network(block))
+                if addr is not None:
+                    return addr
+        raise Conflict(
+            f"network {net.name!r} ({net.subnet}) has no free address for this host: every address "
+            "block is full or held by another host; use a larger subnet"
+        )
+
+    async def _claim(self, net: Network, block: str) -> bool:
+        """Claim a block; with other hosts alive, wait out concurrent claims and keep it only if we win."""
+        for claim in self.cluster.block_claims(net.name):
+            if claim.block == block and not claim.live and claim.host != self.config.name:
+                log.info("event=block-reclaimed network=%s block=%s from=%s", net.name, block, claim.host)
+                self.cluster.node.delete(IPAM, f"{net.name}|{block}|{claim.host}")
+        self.cluster.claim_block(net.name, block)
+        if self.cluster.others_alive():
+            await asyncio.sleep(self.config.settle_time)
+        if self._block_holder(net, block) == self.config.name:
+            log.info("event=block-claimed network=%s block=%s", net.name, block)
+            return True
+        self.cluster.release_block(net.name, block)
+        log.info("event=block-lost network=%s block=%s winner=%s", net.name, block, self._block_holder(net, block))
+        return False
+
+    def _release_empty_blocks(self, net: Network) -> None:
+        in_use = {ipam.block_of(net.subnet, ip) for ip in
+                  {ep.ip for ep in self.endpoints.values() if ep.network == net.name}
+                  | self.reservations.get(net.name, set())}
+        for block in self.cluster.my_blocks(net.name) - in_use:
+            self.cluster.release_block(net.name, block)
+
+    async def reserve_address(self, network: str, ip: str | None) -> tuple[str, int]:
+        async with self._lock:
+            net = self.get_network(network)
+            addr = await self._allocate(net, ip)
+            self.reservations.setdefault(net.name, set()).add(addr)
+            self.store.write({"ip": addr, "created_at": time.time()}, "addresses", net.name, f"{addr}.json")
+            return addr, net.ip_network.prefixlen
+
+    async def release_address(self, network: str, ip: str) -> None:
+        async with self._lock:
+            net = self.get_network(network)
+            if ip in self.reservations.get(net.name, set()):
+                self.reservations[net.name].discard(ip)
+                self.store.delete("addresses", net.name, f"{ip}.json")
+                self._release_empty_blocks(net)
+
+    # ---- endpoints -------------------------------------------------------------------------
 
     async def create_endpoint(self, request: dict[str, Any]) -> Endpoint:
         net_name = request.get("network")
@@ -203,42 +440,63 @@ class Agent:
                         )
             requested_ip = request.get("ip")
             reserved = self.reservations.get(net.name, set())
-            if requested_ip and requested_ip in reserved:
+            taking_reservation = isinstance(requested_ip, str) and requested_ip in reserved
+            if isinstance(requested_ip, str) and taking_reservation:
                 # Docker IPAM: RequestAddress reserved it; the endpoint takes the reservation over.
-                in_use = {ep.ip for ep in self.endpoints.values() if ep.network == net.name}
-                ip = AddressPool(net.subnet, net.gateway).check_requested(requested_ip, in_use)
-                taking_reservation = True
+                ip = AddressPool(net.subnet, net.gateway).check_requested(
+                    requested_ip, self._used_ips(net) - {requested_ip})
             else:
-                ip = AddressPool(net.subnet, net.gateway).allocate(self._used_ips(net), requested_ip)
-                taking_reservation = False
+                ip = await self._allocate(net, requested_ip)
             mac = model.validate_mac(request["mac"]) if request.get("mac") else model.mac_for(endpoint_id)
-            for ep in self.endpoints.values():
-                if ep.network == net.name and ep.mac == mac:
-                    raise Conflict(f"MAC {mac} is already used by endpoint {ep.id[:12]} in {net.name!r}")
+            for other in self.cluster.endpoints().values():
+                if other.get("network") == net.name and other.get("mac") == mac:
+                    raise Conflict(f"MAC {mac} is already used in network {net.name!r} (host {other.get('host')})")
             ep = Endpoint(
                 id=endpoint_id, network=net.name, ip=ip, prefixlen=net.ip_network.prefixlen, mac=mac,
                 ifname=ifname, netns=netns_path, mtu=net.mtu, host=self.config.name,
                 vtep=self.advertise, created_at=time.time(),
             )
-            await self._ensure_network_plumbing(net)
+            sandbox = self._sandbox(net)
             try:
-                await self._kernel(kernel.ensure_veth, self._sandbox(net), self._veth_spec(ep))
+                await self._kernel(self.mode.ensure_network, net, sandbox)
+                await self._kernel(kernel.ensure_veth, sandbox, self._veth_spec(ep))
             except KernelError as e:
-                await self._kernel(kernel.remove_veth, self._sandbox(net), ep.id)
+                await self._kernel(kernel.remove_veth, sandbox, ep.id)
+                self._release_empty_blocks(net)
                 raise BadRequest(f"cannot attach: {e}") from None
             self.endpoints[ep.id] = ep
             self.store.write(ep.to_dict(), "endpoints", f"{ep.id}.json")
             if taking_reservation:
                 reserved.discard(ip)
                 self.store.delete("addresses", net.name, f"{ip}.json")
+            self.cluster.put_endpoint(ep)
+            self._programmed.pop(net.name, None)
             log.info("event=attached endpoint=%s network=%s ip=%s mac=%s netns=%s",
                      ep.id[:12], net.name, ip, mac, netns_path)
-            return ep
+        if requested_ip and not taking_reservation and self.cluster.others_alive():
+            await self._settle_requested_ip(ep)
+        self._dirty.set()
+        return ep
+
+    async def _settle_requested_ip(self, ep: Endpoint) -> None:
+        """A requested address may sit in another host's block: if that host handed it out at the
+        same moment, its endpoint wins and ours is undone."""
+        net = self.get_network(ep.network)
+        holder = self._block_holder(net, ipam.block_of(net.subnet, ep.ip))
+        if holder == self.config.name:
+            return
+        await asyncio.sleep(self.config.settle_time)
+        for other in self.cluster.endpoints().values():
+            if other.get("network") == ep.network and other.get("ip") == ep.ip and other.get("id") != ep.id:
+                await self.delete_endpoint(ep.id)
+                raise Conflict(f"IP {ep.ip} was handed out at the same moment on host {other.get('host')!r}; "
+                               "pick another or omit --ip")
 
     async def delete_endpoint(self, endpoint_id: str) -> Endpoint:
         async with self._lock:
             ep = self.get_endpoint(endpoint_id)
-            await self._unplug(self.networks[ep.network], ep)
+            net = self.networks.get(ep.network)
+            await self._unplug(net, ep)
             return ep
 
     async def delete_endpoint_by_netns(self, network: str, netns_spec: str) -> Endpoint:
@@ -259,14 +517,22 @@ class Agent:
         except KernelError:
             return False
 
-    async def _unplug(self, net: Network, ep: Endpoint) -> None:
-        await self._kernel(kernel.remove_veth, self._sandbox(net), ep.id)
+    async def _unplug(self, net: Network | None, ep: Endpoint) -> None:
+        """Remove an endpoint everywhere; `net` is None when the network is already gone."""
+        sandbox = self._sandbox(net) if net else None
+        if sandbox is not None:
+            await self._kernel(kernel.remove_veth, sandbox, ep.id)
         self.store.delete("endpoints", f"{ep.id}.json")
         self.endpoints.pop(ep.id, None)
-        log.info("event=detached endpoint=%s network=%s ip=%s", ep.id[:12], net.name, ep.ip)
-        if not any(e.network == net.name for e in self.endpoints.values()):
-            # The sandbox exists only while the network has endpoints on this host.
-            await self._kernel(kernel.remove_sandbox, self._sandbox(net))
+        self.cluster.delete_endpoint(ep.id)
+        log.info("event=detached endpoint=%s network=%s ip=%s", ep.id[:12], ep.network, ep.ip)
+        if net is not None:
+            self._release_empty_blocks(net)
+            if not any(e.network == net.name for e in self.endpoints.values()):
+                # The sandbox exists only while the network has endpoints on this host.
+                await self._kernel(self.mode.remove_network, net, self._sandbox(net))
+                self._programmed.pop(net.name, None)
+        self._dirty.set()
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
         ep = self.endpoints.get(endpoint_id)
@@ -281,27 +547,11 @@ class Agent:
         view = ep.to_dict()
         view["host_ifname"] = kernel.host_veth_name(ep.id)
         view["container_ifname"] = kernel.container_veth_name(ep.id)
-        view["gateway"] = self.networks[ep.network].gateway if ep.network in self.networks else None
+        net = self.networks.get(ep.network)
+        view["gateway"] = net.gateway if net else None
         return view
 
-    # ---- address reservations (Docker IPAM) -----------------------------------------------
-
-    async def reserve_address(self, network: str, ip: str | None) -> tuple[str, int]:
-        async with self._lock:
-            net = self.get_network(network)
-            addr = AddressPool(net.subnet, net.gateway).allocate(self._used_ips(net), ip)
-            self.reservations.setdefault(net.name, set()).add(addr)
-            self.store.write({"ip": addr, "created_at": time.time()}, "addresses", net.name, f"{addr}.json")
-            return addr, net.ip_network.prefixlen
-
-    async def release_address(self, network: str, ip: str) -> None:
-        async with self._lock:
-            net = self.get_network(network)
-            if ip in self.reservations.get(net.name, set()):
-                self.reservations[net.name].discard(ip)
-                self.store.delete("addresses", net.name, f"{ip}.json")
-
-    # ---- kernel programming ----------------------------------------------------------------
+    # ---- programming -----------------------------------------------------------------------
 
     def _sandbox(self, net: Network) -> str:
         return kernel.sandbox_path(self.config.state_dir, net.vni)
@@ -312,27 +562,60 @@ class Agent:
             address_cidr=ep.address_cidr, mtu=ep.mtu, gateway=None,
         )
 
-    async def _ensure_network_plumbing(self, net: Network) -> None:
-        sandbox = self._sandbox(net)
-        await self._kernel(kernel.ensure_sandbox, sandbox)
-        await self._kernel(kernel.ensure_bridge, sandbox, net.mtu)
-        spec = kernel.VxlanSpec(vni=net.vni, local=self.advertise, port=self.config.vxlan_port, mtu=net.mtu)
-        await self._kernel(kernel.ensure_vxlan, sandbox, spec)
+    def desired_forwarding(self, net: Network) -> Forwarding:
+        return forwarding_for(net.name, self.advertise, self.cluster.endpoints().values())
+
+    async def program(self, force: bool = False) -> int:
+        """Push remote endpoints into the dataplane of every network with a local endpoint."""
+        async with self._lock:
+            networks = self.networks
+            changed = 0
+            for name in sorted({ep.network for ep in self.endpoints.values()}):
+                net = networks.get(name)
+                if net is None:
+                    continue
+                fwd = self.desired_forwarding(net)
+                fingerprint = (tuple(sorted(fwd.fdb.items())), tuple(sorted(fwd.neigh.items())),
+                               tuple(sorted(fwd.flood)))
+                if not force and self._programmed.get(name) == fingerprint:
+                    continue
+                try:
+                    n = await self._kernel(self.mode.program, net, self._sandbox(net), fwd)
+                except KernelError as e:
+                    self.counters["program_errors"] += 1
+                    log.error("event=program-failed network=%s error=%s", name, e)
+                    continue
+                self._programmed[name] = fingerprint
+                changed += n
+                if n or not force:
+                    log.info("event=programmed network=%s fdb=%d neigh=%d flood=%d changed=%d",
+                             name, len(fwd.fdb), len(fwd.neigh), len(fwd.flood), n)
+            self.counters["programmed_passes"] += 1
+            self.counters["entries_changed"] += changed
+            return changed
 
     async def reconcile(self) -> dict[str, Any]:
         """Make the kernel match the desired state; forget endpoints whose container is gone."""
+        summary: dict[str, Any] = {"repaired": 0, "forgotten": 0, "stale_removed": 0, "errors": []}
+        started = time.monotonic()
         async with self._lock:
-            started = time.monotonic()
-            summary: dict[str, Any] = {"repaired": 0, "forgotten": 0, "stale_removed": 0, "errors": []}
+            for net in self.cluster.orphaned_networks():
+                self.cluster.put_network(net)
+                log.info("event=network-adopted name=%s previous_writer=%s", net.name, net.owner)
+            networks = self.networks
+            for ep in [e for e in self.endpoints.values() if e.network not in networks]:
+                # The network was removed cluster-wide (maybe while we were away).
+                await self._unplug(None, ep)
+                summary["forgotten"] += 1
             wanted_sandboxes = set()
-            for net in list(self.networks.values()):
+            for net in networks.values():
                 local = [ep for ep in self.endpoints.values() if ep.network == net.name]
                 if not local:
                     continue
                 sandbox = self._sandbox(net)
                 wanted_sandboxes.add(sandbox)
                 try:
-                    await self._ensure_network_plumbing(net)
+                    await self._kernel(self.mode.ensure_network, net, sandbox)
                     present = await self._kernel(kernel.list_endpoint_links, sandbox)
                     for ep in local:
                         if kernel.endpoint_prefix(ep.id) in present:
@@ -341,6 +624,7 @@ class Agent:
                             # The container's namespace is gone, and its veth with it.
                             self.store.delete("endpoints", f"{ep.id}.json")
                             del self.endpoints[ep.id]
+                            self.cluster.delete_endpoint(ep.id)
                             summary["forgotten"] += 1
                             log.info("event=endpoint-gone endpoint=%s network=%s ip=%s", ep.id[:12], net.name, ep.ip)
                             continue
@@ -352,6 +636,7 @@ class Agent:
                         await self._kernel(kernel.remove_veth, sandbox, key)
                         summary["stale_removed"] += 1
                         log.info("event=stale-veth-removed key=%s network=%s", key, net.name)
+                    self._release_empty_blocks(net)
                 except (KernelError, OSError) as e:
                     summary["errors"].append(f"{net.name}: {e}")
                     log.error("event=reconcile-failed network=%s error=%s", net.name, e)
@@ -360,28 +645,80 @@ class Agent:
                     await self._kernel(kernel.remove_sandbox, sandbox)
                     summary["stale_removed"] += 1
                     log.info("event=stale-sandbox-removed path=%s", sandbox)
-            summary["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-            summary["at"] = time.time()
-            self.last_reconcile = summary
-            return summary
+        summary["programmed_changes"] = await self.program(force=True)
+        summary["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        summary["at"] = time.time()
+        self.last_reconcile = summary
+        return summary
+
+    async def programmed(self, name: str) -> dict[str, Any]:
+        """What this host programmed for a network, and what it wants programmed."""
+        net = self.get_network(name)
+        actual = await self._kernel(self.mode.programmed, net, self._sandbox(net))
+        fwd = self.desired_forwarding(net)
+        local = any(ep.network == name for ep in self.endpoints.values())
+        return {
+            "network": name, "vni": net.vni, "local_endpoints": local,
+            "programmed": actual,
+            "desired": {"fdb": [{"mac": m, "vtep": v} for m, v in sorted(fwd.fdb.items())],
+                        "flood": sorted(fwd.flood),
+                        "neigh": [{"ip": i, "mac": m} for i, m in sorted(fwd.neigh.items())]}
+            if local else {"fdb": [], "flood": [], "neigh": []},
+        }
+
+    # ---- keyring ---------------------------------------------------------------------------
+
+    def keys(self) -> dict[str, Any]:
+        if self.keyring is None:
+            return {"encrypted": False, "keys": [], "primary": None, "key_file": None}
+        ids = self.keyring.key_ids()
+        return {"encrypted": True, "primary": ids[0], "key_file": str(self.keyring.path),
+                "keys": [{"id": kid, "primary": i == 0} for i, kid in enumerate(ids)]}
+
+    async def key_op(self, op: str, key_text: object) -> dict[str, Any]:
+        """install / use / remove a key here and on every member (the op is gossiped, encrypted)."""
+        if self.keyring is None or self.node is None:
+            raise BadRequest("gossip runs without encryption (--plaintext): there is no keyring to change")
+        if not isinstance(key_text, str):
+            raise BadRequest("give the key in base64, as `overlayctl keys generate` prints it")
+        try:
+            key = decode_key(key_text)
+            changed = self.node.key_op(op, key)
+        except KeyringError as e:
+            raise BadRequest(str(e)) from None
+        self.keyring.save()
+        log.info("event=key-%s key_id=%s changed=%s", op, key_id(key).hex(), changed)
+        return {"op": op, "changed": changed, **self.keys()}
 
     # ---- status ----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        members = self.cluster.members()
+        gossip = self.node.stats() if self.node is not None else {}
         return {
             "name": self.config.name,
             "node_id": self.node_id,
             "version": __version__,
             "advertise": self.advertise,
             "vxlan_port": self.config.vxlan_port,
+            "gossip_port": self.config.gossip_port,
             "dataplane": self.config.dataplane,
+            "dataplane_status": self.mode.status() if self.mode else {},
             "underlay_mtu": self.underlay_mtu,
             "state_dir": self.config.state_dir,
             "networks": len(self.networks),
             "endpoints": len(self.endpoints),
+            "cluster": {
+                "members": len(members),
+                "alive": sum(1 for m in members if m.state == "alive"),
+                "suspect": sum(1 for m in members if m.state == "suspect"),
+                "dead": sum(1 for m in members if m.state in ("dead", "left")),
+            },
+            "tables": {t: len(self.node.table(t)) if self.node else 0 for t in (NETWORKS, ENDPOINTS, IPAM)},
+            "keyring": {"encrypted": self.keyring is not None,
+                        "keys": gossip.get("keys", []), "primary": gossip.get("primary_key")},
+            "gossip": gossip,
+            "counters": dict(self.counters),
             "uptime_s": round(time.time() - self.started_at, 1),
             "last_reconcile": self.last_reconcile,
         }
-
-
-__all__ = ["Agent", "OverlayError"]

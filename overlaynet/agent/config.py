@@ -35,6 +35,13 @@ class Config:
     key_file: str | None = None
     plaintext: bool = False  # run gossip unencrypted: only when explicitly asked for
     resync_interval: float = 30.0  # seconds between full reconciliations (repairs drift)
+    # Seconds to wait out concurrent cluster-wide claims (network names, address blocks) before
+    # trusting them: well above gossip's propagation time (tens of ms on a LAN), so a conflict is
+    # always seen by both sides. Paid once per network create and per new address block.
+    settle_time: float = 0.5
+    # Seconds after a host is declared dead before its address blocks may be taken by others.
+    # Long enough to ride out a reboot; short enough that a dead host's range never stays stuck.
+    ipam_reclaim_after: float = 300.0
     log_level: str = "info"
 
     def validate(self) -> Config:
@@ -90,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plaintext", action="store_true", default=None, help="run gossip without encryption (insecure)"
     )
     parser.add_argument("--resync-interval", type=float, help="seconds between full reconciliations (default 30)")
+    parser.add_argument("--settle-time", type=float, help="seconds to wait out concurrent claims (default 0.5)")
+    parser.add_argument("--ipam-reclaim-after", type=float,
+                        help="seconds before a dead host's address blocks are reused (default 300)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
 
 

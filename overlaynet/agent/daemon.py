@@ -19,6 +19,7 @@ from overlaynet.agent import config as config_mod
 from overlaynet.agent.agent import Agent
 from overlaynet.api.server import make_app, serve
 from overlaynet.errors import OverlayError
+from overlaynet.gossip.keyring import Keyring, KeyringError, generate_key
 from overlaynet.kernel import KernelError
 
 log = logging.getLogger("overlaynet.daemon")
@@ -74,9 +75,31 @@ def check_socket_free(path: str) -> None:
     )
 
 
+def load_keyring(config: config_mod.Config) -> Keyring | None:
+    """The gossip keyring. Without --key-file, one is kept in the state dir (made on first start)."""
+    if config.plaintext:
+        log.warning("event=gossip-plaintext msg=\"gossip is NOT encrypted or authenticated: anyone who can "
+                    "reach the gossip port can read and change this cluster's state\"")
+        return None
+    if config.key_file:
+        if not os.path.exists(config.key_file):
+            raise StartupError(f"key file {config.key_file} does not exist; create one with "
+                               f"`overlayctl keys generate > {config.key_file}` and copy it to every host")
+        return Keyring.load(config.key_file)
+    path = os.path.join(config.state_dir, "gossip.key")
+    if os.path.exists(path):
+        return Keyring.load(path)
+    keyring = Keyring([generate_key()], path=path)
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    keyring.save()
+    log.warning("event=keyring-generated path=%s msg=\"new cluster key; give other hosts this file "
+                "with --key-file so they can join\"", path)
+    return keyring
+
+
 async def run(config: config_mod.Config) -> int:
     check_socket_free(config.socket)
-    agent = Agent(config)
+    agent = Agent(config, load_keyring(config))
     await agent.start()
     runner = await serve(make_app(agent), config.socket)
     log.info("event=started name=%s advertise=%s dataplane=%s socket=%s state_dir=%s version=%s",
@@ -87,18 +110,8 @@ async def run(config: config_mod.Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    async def resync_forever() -> None:
-        while True:
-            await asyncio.sleep(config.resync_interval)
-            try:
-                await agent.reconcile()
-            except Exception:
-                log.exception("event=resync-failed")
-
-    resync = asyncio.create_task(resync_forever())
     await stop.wait()
     log.info("event=stopping reason=signal teardown=none")
-    resync.cancel()
     await runner.cleanup()
     try:
         os.unlink(config.socket)
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         return uvloop.run(run(config))
-    except (StartupError, OverlayError, KernelError) as e:
+    except (StartupError, OverlayError, KernelError, KeyringError) as e:
         print(f"overlayd: {e}", file=sys.stderr)
         return 1
 

@@ -108,8 +108,11 @@ class AsyncClient:
         await self.request("DELETE", f"/v1/networks/{quote(name, safe='')}",
                            params={"force": "true"} if force else None)
 
-    async def list_endpoints(self, network: str | None = None) -> list[dict[str, Any]]:
-        return await self.request("GET", "/v1/endpoints", params={"network": network} if network else None)
+    async def list_endpoints(self, network: str | None = None, everywhere: bool = False) -> list[dict[str, Any]]:
+        params = {"network": network} if network else {}
+        if everywhere:
+            params["all"] = "true"
+        return await self.request("GET", "/v1/endpoints", params=params or None)
 
     async def create_endpoint(self, network: str, netns: str | None = None, ifname: str | None = None,
                               ip: str | None = None, mac: str | None = None,
@@ -135,6 +138,18 @@ class AsyncClient:
 
     async def release_address(self, network: str, ip: str) -> None:
         await self.request("DELETE", f"/v1/networks/{quote(network, safe='')}/addresses/{quote(ip, safe='')}")
+
+    async def members(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/v1/members")
+
+    async def fdb(self, network: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/networks/{quote(network, safe='')}/fdb")
+
+    async def keys(self) -> dict[str, Any]:
+        return await self.request("GET", "/v1/keys")
+
+    async def key_op(self, op: str, key: str) -> dict[str, Any]:
+        return await self.request("POST", f"/v1/keys/{op}", {"key": key})
 
     async def reconcile(self) -> dict[str, Any]:
         return await self.request("POST", "/v1/reconcile")

@@ -91,6 +91,10 @@ async def list_endpoints(request: web.Request) -> web.Response:
     network = request.query.get("network")
     if network is not None:
         agent.get_network(network)  # 404 for an unknown network rather than an empty list
+    if flag(request, "all"):
+        everywhere = [e for e in agent.cluster.endpoints().values() if network is None or e.get("network") == network]
+        everywhere.sort(key=lambda e: (e.get("network", ""), e.get("host", ""), e.get("ip", "")))
+        return web.json_response(everywhere)
     eps = [e for e in agent.endpoints.values() if network is None or e.network == network]
     eps.sort(key=lambda e: (e.network, e.created_at))
     return web.json_response([agent.endpoint_view(e) for e in eps])
@@ -132,6 +136,32 @@ async def release_address(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def list_members(request: web.Request) -> web.Response:
+    agent = agent_of(request)
+    members = sorted(agent.cluster.members(), key=lambda m: m.name)
+    return web.json_response([
+        {"name": m.name, "addr": m.addr, "port": m.port, "state": m.state, "incarnation": m.incarnation,
+         "last_change": m.last_change, "vtep": m.meta.get("vtep"), "dataplane": m.meta.get("dataplane")}
+        for m in members
+    ])
+
+
+async def network_fdb(request: web.Request) -> web.Response:
+    return web.json_response(await agent_of(request).programmed(request.match_info["name"]))
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    return web.json_response(agent_of(request).keys())
+
+
+async def key_op(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    op = request.match_info["op"]
+    if op not in ("install", "use", "remove"):
+        raise BadRequest(f"unknown key operation {op!r}: install, use or remove")
+    return web.json_response(await agent_of(request).key_op(op, body.get("key")))
+
+
 async def reconcile(request: web.Request) -> web.Response:
     return web.json_response(await agent_of(request).reconcile())
 
@@ -156,6 +186,10 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_delete("/v1/endpoints", delete_endpoint_by_netns)
     app.router.add_get("/v1/endpoints/{id}", get_endpoint)
     app.router.add_delete("/v1/endpoints/{id}", delete_endpoint)
+    app.router.add_get("/v1/networks/{name}/fdb", network_fdb)
+    app.router.add_get("/v1/members", list_members)
+    app.router.add_get("/v1/keys", list_keys)
+    app.router.add_post("/v1/keys/{op}", key_op)
     app.router.add_post("/v1/reconcile", reconcile)
     return app
 

@@ -7,8 +7,10 @@ cannot be reached, 2 for bad usage.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,14 +101,84 @@ def endpoint_rows(eps: list[dict[str, Any]]) -> str:
     )
 
 
+def cluster_endpoint_rows(eps: list[dict[str, Any]]) -> str:
+    return render_table(
+        ["ID", "NETWORK", "IP", "MAC", "HOST", "VTEP"],
+        [[e["id"][:12], e["network"], f"{e['ip']}/{e['prefixlen']}", e["mac"], e.get("host", ""),
+          e.get("vtep", "")] for e in eps],
+    )
+
+
 def cmd_endpoint_ls(client: Client, args: argparse.Namespace) -> None:
-    emit(args, client.list_endpoints(args.network), endpoint_rows)
+    if args.all:
+        emit(args, client.list_endpoints(args.network, everywhere=True), cluster_endpoint_rows)
+    else:
+        emit(args, client.list_endpoints(args.network), endpoint_rows)
+
+
+def cmd_members(client: Client, args: argparse.Namespace) -> None:
+    def rows(members: list[dict[str, Any]]) -> str:
+        now = time.time()
+        return render_table(
+            ["NAME", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE"],
+            [[m["name"], f"{m['addr']}:{m['port']}", m["state"], m["incarnation"],
+              f"{max(0.0, now - m['last_change']):.1f}s ago"] for m in members],
+        )
+
+    emit(args, client.members(), rows)
+
+
+def cmd_fdb(client: Client, args: argparse.Namespace) -> None:
+    def text(d: dict[str, Any]) -> str:
+        prog = d["programmed"]
+        if not d["local_endpoints"]:
+            return f"network {d['network']} has no endpoint on this host: nothing is programmed here"
+        lines = [f"network {d['network']} (vni {d['vni']}): programmed on this host"]
+        lines.append(render_table(["MAC", "VTEP"], [[e["mac"], e["vtep"]] for e in prog["fdb"]]))
+        lines.append(render_table(["IP", "MAC"], [[e["ip"], e["mac"]] for e in prog["neigh"]]))
+        lines.append("flood list: " + (", ".join(prog["flood"]) or "(empty)"))
+        if prog != d["desired"]:
+            lines.append("note: differs from the desired entries; the next reconciliation repairs it")
+        return "\n".join(lines)
+
+    emit(args, client.fdb(args.network), text)
+
+
+def keys_text(d: dict[str, Any]) -> str:
+    if not d["encrypted"]:
+        return "gossip is not encrypted (overlayd runs with --plaintext)"
+    lines = [f"key file: {d['key_file']}"]
+    lines.append(render_table(["KEY ID", "PRIMARY"], [[k["id"], "yes" if k["primary"] else ""] for k in d["keys"]]))
+    return "\n".join(lines)
+
+
+def cmd_keys(client: Client, args: argparse.Namespace) -> None:
+    if args.keys_command == "generate":
+        from overlaynet.gossip.keyring import generate_key
+
+        print(base64.b64encode(generate_key()).decode())
+    elif args.keys_command == "ls":
+        emit(args, client.keys(), keys_text)
+    else:
+        result = client.key_op(args.keys_command, args.key)
+        emit(args, result, lambda d: f"key {args.keys_command}: {'done' if d['changed'] else 'nothing to change'}"
+                                     f" (sent to every member)\n" + keys_text(d))
 
 
 def status_text(s: dict[str, Any]) -> str:
-    keys = ("name", "node_id", "version", "advertise", "vxlan_port", "dataplane", "underlay_mtu",
+    keys = ("name", "node_id", "version", "advertise", "vxlan_port", "gossip_port", "dataplane", "underlay_mtu",
             "state_dir", "networks", "endpoints", "uptime_s")
-    return "\n".join(f"{k}: {s[k]}" for k in keys if k in s)
+    lines = [f"{k}: {s[k]}" for k in keys if k in s]
+    if "cluster" in s:
+        c = s["cluster"]
+        lines.append(f"cluster: {c['members']} members ({c['alive']} alive, {c['suspect']} suspect, "
+                     f"{c['dead']} dead or left)")
+    if "keyring" in s:
+        k = s["keyring"]
+        lines.append(f"gossip encryption: {'on, ' + str(len(k['keys'])) + ' key(s)' if k['encrypted'] else 'OFF'}")
+    if "tables" in s:
+        lines.append("tables: " + ", ".join(f"{name} {n}" for name, n in s["tables"].items()))
+    return "\n".join(lines)
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> None:
@@ -173,7 +245,29 @@ def build_parser() -> Parser:
     ep_sub.required = True
     p = ep_sub.add_parser("ls", help="list endpoints on this host", parents=[common])
     p.add_argument("--network")
+    p.add_argument("--all", action="store_true", help="every endpoint in the cluster, on any host")
     p.set_defaults(func=cmd_endpoint_ls)
+
+    p = sub.add_parser("members", help="cluster members as this host sees them", parents=[common])
+    p.set_defaults(func=cmd_members)
+
+    p = sub.add_parser("fdb", help="forwarding entries this host programmed for a network", parents=[common])
+    p.add_argument("network")
+    p.set_defaults(func=cmd_fdb)
+
+    keys = sub.add_parser("keys", help="the gossip keyring (rotation without restart)", parents=[common])
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", parser_class=Parser)
+    keys_sub.required = True
+    p = keys_sub.add_parser("ls", help="installed keys (ids only) and the primary", parents=[common])
+    p.set_defaults(func=cmd_keys)
+    p = keys_sub.add_parser("generate", help="print a new random key (base64); talks to nobody", parents=[common])
+    p.set_defaults(func=cmd_keys)
+    for op, text in (("install", "add a key on every member (decrypt only)"),
+                     ("use", "make an installed key the primary everywhere (encrypt with it)"),
+                     ("remove", "remove a key everywhere (not the primary)")):
+        p = keys_sub.add_parser(op, help=text, parents=[common])
+        p.add_argument("key", help="the key in base64")
+        p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("status", help="this host's daemon status", parents=[common])
     p.set_defaults(func=cmd_status)

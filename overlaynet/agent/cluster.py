@@ -1,0 +1,135 @@
+"""The agent's window onto the gossip layer: networks, endpoints and address-block claims.
+
+Three replicated tables:
+  networks  key = name                      value = Network.to_dict()
+  endpoints key = endpoint id               value = {network, ip, prefixlen, mac, host, vtep}
+  ipam      key = "<network>|<block>|<host>" value = {network, block, host, claimed_at}
+
+Endpoints and claims are written by the host they belong to, so the gossip layer hides them while
+that host is dead and brings them back if it returns. Networks are shared objects: they must
+outlive the host that created them, so they are read from the raw records (dead writers included),
+and a live host re-asserts a network whose writer died (see `orphaned_networks`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from overlaynet.gossip.state import MemberInfo
+from overlaynet.gossip.tables import Record
+from overlaynet.gossip.transport import GossipNode
+from overlaynet.model import Endpoint, Network
+
+NETWORKS = "networks"
+ENDPOINTS = "endpoints"
+IPAM = "ipam"
+
+
+@dataclass(frozen=True)
+class BlockClaim:
+    network: str
+    block: str
+    host: str
+    claimed_at: float
+    live: bool  # the claiming host is alive (or only suspected)
+    dead_since: float | None  # wall-clock time its host was declared dead/left, if it is
+
+
+class Cluster:
+    def __init__(self, node: GossipNode, name: str) -> None:
+        self.node = node
+        self.name = name
+
+    # ---- members ---------------------------------------------------------------------------
+
+    def members(self) -> list[MemberInfo]:
+        return self.node.members()
+
+    def live_members(self) -> list[MemberInfo]:
+        return [m for m in self.node.members() if m.state in ("alive", "suspect")]
+
+    def others_alive(self) -> bool:
+        return any(m.name != self.name for m in self.live_members())
+
+    # ---- networks --------------------------------------------------------------------------
+
+    def _records(self, table: str) -> list[Record]:
+        return self.node.records(table)
+
+    def networks(self) -> dict[str, Network]:
+        out = {}
+        for rec in self._records(NETWORKS):
+            if rec.value is not None:
+                out[rec.key] = Network.from_dict(rec.value)
+        return out
+
+    def network_deleted(self, name: str) -> bool:
+        """A tombstone says the network was removed (while we were away, perhaps)."""
+        rec = self.node.record(NETWORKS, name)
+        return rec is not None and rec.value is None
+
+    def orphaned_networks(self) -> list[Network]:
+        """Networks whose last writer is not alive, that this host should re-assert.
+
+        Only the live host with the smallest name does it, so there is normally one writer; if two
+        do, last-writer-wins keeps one identical copy.
+        """
+        live = {m.name for m in self.live_members()}
+        if not live or min(live) != self.name:
+            return []
+        return [Network.from_dict(rec.value) for rec in self._records(NETWORKS)
+                if rec.value is not None and rec.owner not in live]
+
+    def put_network(self, net: Network) -> None:
+        self.node.set(NETWORKS, net.name, net.to_dict())
+
+    def delete_network(self, name: str) -> None:
+        self.node.delete(NETWORKS, name)
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    def endpoints(self) -> dict[str, dict[str, Any]]:
+        """Every visible endpoint in the cluster (hosts that are alive), ours included."""
+        return self.node.table(ENDPOINTS)
+
+    def my_endpoint_ids(self) -> set[str]:
+        return {rec.key for rec in self._records(ENDPOINTS) if rec.value is not None and rec.owner == self.name}
+
+    def put_endpoint(self, ep: Endpoint) -> None:
+        self.node.set(ENDPOINTS, ep.id, {
+            "id": ep.id, "network": ep.network, "ip": ep.ip, "prefixlen": ep.prefixlen, "mac": ep.mac,
+            "host": ep.host, "vtep": ep.vtep,
+        })
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self.node.delete(ENDPOINTS, endpoint_id)
+
+    # ---- address blocks --------------------------------------------------------------------
+
+    def block_claims(self, network: str) -> list[BlockClaim]:
+        members = {m.name: m for m in self.node.members()}
+        claims = []
+        for rec in self._records(IPAM):
+            value = rec.value
+            if value is None or value.get("network") != network:
+                continue
+            member = members.get(rec.owner)
+            live = member is not None and member.state in ("alive", "suspect")
+            dead_since = None
+            if not live:
+                dead_since = member.last_change if member is not None else 0.0
+            claims.append(BlockClaim(network, value["block"], rec.owner, float(value["claimed_at"]), live,
+                                     dead_since))
+        return claims
+
+    def claim_block(self, network: str, block: str) -> None:
+        self.node.set(IPAM, f"{network}|{block}|{self.name}",
+                      {"network": network, "block": block, "host": self.name, "claimed_at": time.time()})
+
+    def release_block(self, network: str, block: str) -> None:
+        self.node.delete(IPAM, f"{network}|{block}|{self.name}")
+
+    def my_blocks(self, network: str) -> set[str]:
+        return {c.block for c in self.block_claims(network) if c.host == self.name}

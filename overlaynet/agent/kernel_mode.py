@@ -1,0 +1,57 @@
+"""Kernel dataplane mode: a Linux VXLAN device per network, programmed with static entries.
+
+Learning is off; every remote MAC gets a permanent FDB entry and every remote IP a permanent
+neighbour entry (the device answers ARP itself: no flooding for known addresses); broadcast and
+unknown unicast go to the flood list. Methods block (netlink): the agent calls them from its
+kernel thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overlaynet import kernel
+from overlaynet.agent.forwarding import Forwarding
+from overlaynet.model import Network
+
+
+class KernelMode:
+    name = "kernel"
+
+    def __init__(self, advertise: str, vxlan_port: int) -> None:
+        self.advertise = advertise
+        self.vxlan_port = vxlan_port
+
+    def ensure_network(self, net: Network, sandbox: str) -> None:
+        kernel.ensure_sandbox(sandbox)
+        kernel.ensure_bridge(sandbox, net.mtu)
+        kernel.ensure_vxlan(sandbox, kernel.VxlanSpec(vni=net.vni, local=self.advertise,
+                                                      port=self.vxlan_port, mtu=net.mtu))
+
+    def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
+        """Make the device's entries equal to `fwd`; returns how many entries changed."""
+        changed = 0
+        for changes in (
+            kernel.sync_fdb(sandbox, net.vni, fwd.fdb),
+            kernel.sync_neigh(sandbox, net.vni, fwd.neigh),
+            kernel.set_flood_list(sandbox, net.vni, fwd.flood),
+        ):
+            changed += len(changes.added) + len(changes.replaced) + len(changes.removed)
+        return changed
+
+    def remove_network(self, net: Network, sandbox: str) -> None:
+        kernel.remove_sandbox(sandbox)
+
+    def programmed(self, net: Network, sandbox: str) -> dict[str, Any]:
+        """What the kernel holds now, for `overlayctl fdb`."""
+        if not kernel.sandbox_exists(sandbox):
+            return {"fdb": [], "flood": [], "neigh": []}
+        fdb = kernel.list_fdb(sandbox, net.vni)
+        return {
+            "fdb": [{"mac": e.mac, "vtep": e.vtep} for e in fdb if e.mac != kernel.FLOOD_MAC],
+            "flood": sorted(e.vtep for e in fdb if e.mac == kernel.FLOOD_MAC),
+            "neigh": [{"ip": n.ip, "mac": n.mac} for n in kernel.list_neigh(sandbox, net.vni)],
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": self.name}
