@@ -1,25 +1,30 @@
-"""`make demo`: overlaynet end to end on this machine, then everything torn down.
+"""`make demo`: a three-host overlaynet cluster on this machine, then everything torn down.
 
-Hosts are network namespaces on an underlay bridge, each running its own overlayd; containers are
-namespaces plugged in with `overlayctl attach`. The demo shows a ping and an intact TCP transfer
-between "web" and "db", and what overlayd programmed.
+Hosts are network namespaces on an underlay bridge, each running its own overlayd, joined by
+encrypted gossip; containers are namespaces plugged in with `overlayctl attach`. A network is
+created once; "web" on one host and "db" on another ping each other and exchange a checksummed TCP
+transfer; the members and the FDB entries gossip made overlayd program are shown.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from overlaynet.cli.tables import render_table
+from overlaynet.gossip.keyring import generate_key
 from overlaynet.lab import Lab
 
 SUBNET = "198.19.42.0/24"
 NETWORK = "demo"
 TRANSFER_BYTES = 32 * 1024 * 1024
+HOSTS = ("host-a", "host-b", "host-c")
 
 
 def step(text: str) -> None:
@@ -31,45 +36,86 @@ def show(result_stdout: str) -> None:
         print(f"    {line}")
 
 
+MAIN_PID = os.getpid()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != MAIN_PID:
+        # A helper process forked by a library inherited this handler: die as it would have.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise KeyboardInterrupt
+
+
+def write_cluster_key(lab: Lab) -> str:
+    """One generated key, the same file handed to every host (copy it to real hosts the same way)."""
+    path = os.path.join(lab.workdir, "cluster.key")
+    with open(path, "w") as f:
+        f.write(base64.b64encode(generate_key()).decode() + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
 
 
 def run_demo(lab: Lab) -> list[list[str]]:
     summary: list[list[str]] = []
-    step("starting overlayd on host-a (its own network namespace, state dir and API socket)")
-    host = lab.add_host("host-a")
-    lab.start_daemon(host)
-    print(f"    host-a underlay address {host.address}, socket {host.socket}")
+    key_file = write_cluster_key(lab)
+    step("three hosts (network namespaces on one underlay bridge), each running its own overlayd")
+    hosts = [lab.add_host(label) for label in HOSTS]
+    for i, host in enumerate(hosts):
+        args = ["--key-file", key_file] + (["--join", hosts[0].address] if i else [])
+        lab.start_daemon(host, *args)
+        print(f"    {host.label}: underlay {host.address}, overlayd {' '.join(args[2:]) or '(first host)'}")
+    took = wait_for(lambda: all(len([m for m in lab.overlayctl_json(h, "members") if m["state"] == "alive"])
+                                == len(hosts) for h in hosts), 30, "cluster membership")
+    print(f"    gossip joined all {len(hosts)} hosts in {took:.2f} s (AES-GCM with a generated cluster key)")
+    summary.append(["cluster", f"{len(hosts)} hosts alive"])
 
-    step(f"overlayctl network create {NETWORK} --subnet {SUBNET}")
-    show(lab.overlayctl(host, "network", "create", NETWORK, "--subnet", SUBNET).stdout)
+    first, web_host, db_host = hosts
+    step(f"on {first.label}: overlayctl network create {NETWORK} --subnet {SUBNET}")
+    show(lab.overlayctl(first, "network", "create", NETWORK, "--subnet", SUBNET).stdout)
+    wait_for(lambda: all(any(n["name"] == NETWORK for n in lab.overlayctl_json(h, "network", "ls")) for h in hosts),
+             10, "the network reaching every host")
 
-    addresses = {}
-    for label in ("web", "db"):
+    endpoints = {}
+    for label, host in (("web", web_host), ("db", db_host)):
         netns = lab.add_container(label)
-        step(f"overlayctl attach {netns} --network {NETWORK}")
+        step(f"on {host.label}: overlayctl attach {netns} --network {NETWORK}")
         ep = lab.overlayctl_json(host, "attach", netns, "--network", NETWORK)
-        addresses[label] = (netns, ep["ip"])
-        print(f"    {label}: eth0 {ep['ip']}/{ep['prefixlen']} mac {ep['mac']}")
+        endpoints[label] = (netns, ep)
+        print(f"    {label}: eth0 {ep['ip']}/{ep['prefixlen']} mac {ep['mac']} on {host.label}")
 
-    web_ns, web_ip = addresses["web"]
-    db_ns, db_ip = addresses["db"]
-    step(f"ping from web ({web_ip}) to db ({db_ip})")
-    ping = lab.run(web_ns, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", db_ip])
+    web_ns, web = endpoints["web"]
+    db_ns, db = endpoints["db"]
+    step(f"ping from web ({web['ip']} on {web_host.label}) to db ({db['ip']} on {db_host.label})")
+    reachable = lab.wait_ping(web_ns, db["ip"], timeout=20)
+    print(f"    db answered {reachable:.2f} s after its attach returned")
+    ping = lab.run(web_ns, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", db["ip"]])
     show(ping.stdout)
-    summary.append(["ping web -> db", "ok" if ping.returncode == 0 else "FAILED"])
+    summary.append(["ping web -> db across hosts", "ok" if ping.returncode == 0 else "FAILED"])
 
     step(f"TCP transfer of {TRANSFER_BYTES // (1024 * 1024)} MiB from web to db, checksummed on both ends")
-    transfer = lab.tcp_transfer(web_ns, db_ns, db_ip, TRANSFER_BYTES)
+    transfer = lab.tcp_transfer(web_ns, db_ns, db["ip"], TRANSFER_BYTES)
     print(f"    sent     sha256 {transfer.sent_sha256}")
     print(f"    received sha256 {transfer.received_sha256} ({transfer.received_bytes} bytes)")
-    summary.append(["TCP web -> db", f"{'intact' if transfer.intact else 'CORRUPTED'}, "
-                                     f"{transfer.mbit_per_s:.0f} Mbit/s"])
+    summary.append(["TCP web -> db across hosts", f"{'intact' if transfer.intact else 'CORRUPTED'}, "
+                                                  f"{transfer.mbit_per_s:.0f} Mbit/s"])
 
-    step("overlayctl network ls / endpoint ls")
-    show(lab.overlayctl(host, "network", "ls").stdout)
-    show(lab.overlayctl(host, "endpoint", "ls").stdout)
+    step(f"on {web_host.label}: overlayctl members")
+    show(lab.overlayctl(web_host, "members").stdout)
+    step(f"on {web_host.label}: overlayctl fdb {NETWORK}  (what gossip made it program in the kernel)")
+    show(lab.overlayctl(web_host, "fdb", NETWORK).stdout)
+    step(f"on {first.label}: overlayctl endpoint ls --all")
+    show(lab.overlayctl(first, "endpoint", "ls", "--all").stdout)
     return summary
 
 
