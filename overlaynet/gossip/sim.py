@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .config import GossipConfig
@@ -238,3 +239,81 @@ class Simulation:
         if node.up and due is not None and (node.next_tick is None or due < node.next_tick):
             node.next_tick = due
             self._push(due, "tick", (node, node.generation))
+
+
+# ---------------------------------------------------------------------- measurements (benchmarks/)
+def measure_propagation(n: int, loss: float, updates: int = 50, gap: float = 0.5, seed: int = 1,
+                        config: GossipConfig | None = None) -> list[float]:
+    """Write `updates` table entries from random hosts of a converged n-host cluster; return, for every
+    (update, host), the delay until the host's live view showed it (inf if it never did)."""
+    from .state import TableChange
+
+    sim = Simulation(seed=seed, loss=loss, config=config)
+    sim.add_cluster(n, spacing=0.01, seeds=2)
+    sim.run_until_true(sim.converged, timeout=60, step=0.1)
+    sim.run_for(2.0)
+    written: dict[str, float] = {}
+    seen: dict[tuple[str, str], float] = {}
+
+    def obs(t: float, host: str, ev: Event) -> None:
+        if isinstance(ev, TableChange) and ev.table == "bench" and ev.new is not None:
+            seen.setdefault((ev.key, host), t - written[ev.key])
+
+    sim.observers.append(obs)
+    for i in range(updates):
+        node = sim.rng.choice(sim.live_nodes())
+        key = f"u{i}"
+        written[key] = sim.now
+        node.core.set("bench", key, {"i": i}, sim.now)
+        sim._flush(node)
+        sim.run_for(gap)
+    sim.run_for(5.0)
+    return [seen.get((k, h), float("inf")) for k in written for h in sim.nodes]
+
+
+def measure_detection(n: int, loss: float, crashes: int = 10, seed: int = 1,
+                      config: GossipConfig | None = None) -> list[tuple[float, float]]:
+    """Crash hosts one at a time (kill -9: silence); return (first host declares it dead, every host
+    does) per crash, in seconds (inf if not within 60 s)."""
+    from .state import MemberChange
+
+    sim = Simulation(seed=seed, loss=loss, config=config)
+    sim.add_cluster(n, spacing=0.01, seeds=2)
+    sim.run_until_true(sim.converged, timeout=60, step=0.1)
+    sim.run_for(2.0)
+    first: dict[str, float] = {}
+
+    def obs(t: float, host: str, ev: Event) -> None:
+        if isinstance(ev, MemberChange) and ev.new == "dead":
+            first.setdefault(ev.name, t)
+
+    sim.observers.append(obs)
+    out = []
+    for _ in range(crashes):
+        victim = sim.rng.choice([nd.name for nd in sim.live_nodes()])
+        start = sim.now
+        sim.crash(victim)
+        took = sim.run_until_true(partial(sim.all_agree, victim, "dead"), timeout=60, step=0.01)
+        out.append((first.get(victim, float("inf")) - start, float("inf") if took is None else took))
+        sim.run_for(3.0)
+    return out
+
+
+def false_deaths(n: int, loss: float, duration: float, seed: int = 1,
+                 config: GossipConfig | None = None) -> tuple[int, int]:
+    """Run a healthy cluster for `duration` virtual seconds; return (false deaths, suspicions)."""
+    from .state import MemberChange
+
+    sim = Simulation(seed=seed, loss=loss, config=config)
+    sim.add_cluster(n, spacing=0.01, seeds=2)
+    sim.run_until_true(sim.converged, timeout=60, step=0.1)
+    deaths = 0
+
+    def obs(t: float, host: str, ev: Event) -> None:
+        nonlocal deaths
+        if isinstance(ev, MemberChange) and ev.new == "dead":
+            deaths += 1
+
+    sim.observers.append(obs)
+    sim.run_for(duration)
+    return deaths, sum(nd.core.stats["probe_failures"] for nd in sim.nodes.values())
