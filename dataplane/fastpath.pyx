@@ -70,6 +70,7 @@ cdef extern from "fp.h" nogil:
         int gso
         int gro
         int verify_csum
+        int spin_us
 
     struct fp_offloads:
         int udp_gso
@@ -394,7 +395,7 @@ cdef class Engine:
     cdef readonly str bind
 
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
-                  bint verify_csum=True):
+                  bint verify_csum=True, int spin_us=50):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))
@@ -405,6 +406,7 @@ cdef class Engine:
         o.gso = gso
         o.gro = gro
         o.verify_csum = verify_csum
+        o.spin_us = spin_us
         err[0] = 0
         self.e = fp_engine_create(&o, err, sizeof(err))
         if self.e == NULL:

@@ -181,6 +181,7 @@ struct fp_engine_opts {
     int gso;            /* allow UDP GSO */
     int gro;            /* allow UDP GRO */
     int verify_csum;    /* verify inner TCP checksums before coalescing (default on) */
+    int spin_us;        /* after traffic, poll this long before sleeping (wake-up latency vs CPU) */
 };
 struct fp_offloads {
     int udp_gso, udp_gro, ntx;

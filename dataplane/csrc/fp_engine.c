@@ -708,6 +708,13 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
     cnt(&net->c[FP_NC_TX_BYTES], (uint64_t)len * nd);
 }
 
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void block_signals(void)
 {
     sigset_t all;
@@ -727,12 +734,20 @@ static void *tx_main(void *arg)
         return NULL;
     }
     struct epoll_event evs[64];
+    uint64_t spin_until = 0, spin_ns = (uint64_t)e->o.spin_us * 1000u;
     while (!atomic_load(&e->stop)) {
         qs_offline(qs);
-        int ne = epoll_wait(e->epfd, evs, 64, 500);
+        /* Busy-poll briefly after traffic: a sleeping thread costs a wake-up (an IPI, in a VM a
+         * VM exit) per burst, which is most of the latency of a request/response. */
+        int ne = epoll_wait(e->epfd, evs, 64, spin_until && now_ns() < spin_until ? 0 : 500);
         qs_online(qs);
-        if (ne <= 0)
+        if (ne <= 0) {
+            if (spin_until && now_ns() >= spin_until)
+                spin_until = 0;
             goto quiescent;
+        }
+        if (spin_ns)
+            spin_until = now_ns() + spin_ns;
         const struct fp_cfg *cfg = atomic_load(&e->cfg);
         int nb = 0;
         for (int i = 0; i < ne; i++) {
@@ -819,6 +834,7 @@ static void *rx_main(void *arg)
         return NULL;
     }
     gro->verify = e->o.verify_csum;
+    uint64_t spin_until = 0, spin_ns = (uint64_t)e->o.spin_us * 1000u;
     for (int i = 0; i < RX_NMSG; i++) {
         iov[i].iov_base = bufs + (size_t)i * RX_BUFSZ;
         iov[i].iov_len = RX_BUFSZ;
@@ -834,8 +850,13 @@ static void *rx_main(void *arg)
             mm[i].msg_hdr.msg_flags = 0;
         }
         qs_offline(qs);
-        int n = recvmmsg(e->rxfd, mm, RX_NMSG, MSG_WAITFORONE, NULL);
+        int spinning = spin_until && now_ns() < spin_until;
+        int n = recvmmsg(e->rxfd, mm, RX_NMSG, spinning ? MSG_DONTWAIT : MSG_WAITFORONE, NULL);
         qs_online(qs);
+        if (n > 0 && spin_ns)
+            spin_until = now_ns() + spin_ns;
+        else if (n <= 0 && !spinning)
+            spin_until = 0;
         if (n <= 0) {
             if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 cnt(&e->g[FP_GC_RX_ERRORS], 1);

@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gro", action="store_true", help="do not use UDP GRO on receive")
     p.add_argument("--no-verify-csum", action="store_true",
                    help="trust inner TCP checksums when coalescing (faster, unsafe without outer checksums)")
+    p.add_argument("--spin-us", type=int, default=50,
+                   help="busy-poll this many microseconds after traffic before sleeping (0: never spin)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="fastpathd: %(levelname)s %(message)s", stream=sys.stderr)
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.netns:
             fastpath.setns(a.netns)  # before any thread exists: everything runs in that namespace
         engine = fastpath.Engine(bind=a.bind, port=a.port, ntx=a.tx_sockets, gso=not a.no_gso,
-                                 gro=not a.no_gro, verify_csum=not a.no_verify_csum)
+                                 gro=not a.no_gro, verify_csum=not a.no_verify_csum,
+                                 spin_us=max(0, a.spin_us))
     except (OSError, ValueError, ImportError) as e:
         print(f"fastpathd: cannot start: {e}", file=sys.stderr)
         return 1
