@@ -229,3 +229,37 @@ def test_ipam_opt_network_takes_the_subnet_from_overlaynet(docker_cluster: Docke
     finally:
         engine.docker("network", "rm", name, check=False)
         client.delete_network(name, force=True)
+
+
+def test_addresses_from_overlaynet_ipam_are_unique_across_hosts(docker_cluster: DockerCluster, prefix: str) -> None:
+    a, b = docker_cluster.a.engine, docker_cluster.b.engine
+    name = f"{prefix}-multi"
+    a.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet", "--subnet", "198.19.28.0/24", name)
+    try:
+        try:
+            wait_network(docker_cluster, "b", name, timeout=20)
+        except AssertionError:
+            pytest.skip(f"overlayd does not replicate networks between hosts yet: {name} never reached host b")
+        b.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet", "--subnet", "198.19.28.0/24",
+                 name)
+        ips: dict[str, str] = {}
+        for engine, label in ((a, "a"), (b, "b"), (a, "a"), (b, "b")):
+            cname = f"{prefix}-m{len(ips)}{label}"
+            engine.docker("run", "-d", "--name", cname, "--network", name, "--stop-signal", "SIGKILL", IMAGE,
+                          "sleep", "3600")
+            ips[cname] = engine.docker_json("inspect", cname)[0]["NetworkSettings"]["Networks"][name]["IPAddress"]
+        assert len(set(ips.values())) == 4, f"an address was handed out twice: {ips}"
+        first_a, first_b = list(ips)[0], list(ips)[1]
+
+        def ping(count: int) -> str:
+            return a.docker("exec", first_a, "ping", "-c", str(count), "-W", "2", ips[first_b], check=False).stdout
+
+        wait_until(lambda: ", 0% packet loss" in ping(1), 30, "a container on a to ping one on b")
+        assert ", 0% packet loss" in ping(2)
+    finally:
+        for engine in (a, b):
+            ids = engine.docker("ps", "-aq", "--filter", f"network={name}", check=False).stdout.split()
+            if ids:
+                engine.docker("rm", "-f", *ids, check=False)
+        b.docker("network", "rm", name, check=False)
+        a.docker("network", "rm", name, check=False)
