@@ -253,3 +253,48 @@ def test_key_rotation_without_restart(lab):
     # The rotation is on disk too: a restart keeps the new key only.
     with open(os.path.join(lab.workdir, f"{hosts[1].label}.key")) as f:
         assert f.read().split() == [new_key]
+
+
+def test_concurrent_create_of_one_name_ends_with_one_network(lab):
+    hosts = start_cluster(lab, 3, write_key(lab))
+    subnets = ["198.19.58.0/24", "198.19.59.0/24"]
+    procs = [subprocess.Popen([sys.executable, "-m", "overlaynet.cli.main", "--socket", h.socket, "network", "create",
+                               "same", "--subnet", subnet], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for h, subnet in zip(hosts[:2], subnets, strict=True)]
+    outcomes = [(p.wait(timeout=60), p.stderr.read().strip()) for p in procs]
+    winners = [i for i, (code, _) in enumerate(outcomes) if code == 0]
+    assert len(winners) == 1, outcomes
+    loser_message = outcomes[1 - winners[0]][1]
+    assert "same time" in loser_message or "already exists" in loser_message, loser_message
+    assert len(loser_message.splitlines()) == 1
+    wait_until(lambda: {next(n["subnet"] for n in lab.overlayctl_json(h, "network", "ls") if n["name"] == "same")
+                        for h in hosts} == {subnets[winners[0]]}, what="every host agrees on the winner")
+
+
+def test_dead_hosts_address_blocks_are_reclaimed_after_the_delay(lab):
+    key = write_key(lab)
+    h1, h2 = lab.add_host("h1"), lab.add_host("h2")
+    args = ["--ipam-reclaim-after", "4", *FAST]
+    lab.start_daemon(h1, "--key-file", host_key_file(lab, h1, key), *args)
+    lab.start_daemon(h2, "--key-file", host_key_file(lab, h2, key), "--join", h1.address, *args)
+    wait_until(lambda: alive_count(lab, h1) == 2)
+    # A /29 is four blocks of two addresses; .0 and .7 are reserved: six usable.
+    lab.overlayctl(h1, "network", "create", "tiny", "--subnet", "198.19.60.0/29")
+    wait_until(lambda: any(n["name"] == "tiny" for n in lab.overlayctl_json(h2, "network", "ls")))
+    held_by_h2 = lab.overlayctl_json(h2, "attach", lab.add_container("x"), "--network", "tiny")["ip"]
+    mine = []
+    while True:
+        result = lab.overlayctl(h1, "attach", lab.add_container(f"y{len(mine)}"), "--network", "tiny", "--json",
+                                check=False)
+        if result.returncode:
+            assert "no free address" in result.stderr, result.stderr
+            break
+        mine.append(json.loads(result.stdout)["ip"])
+    assert held_by_h2 not in mine and len(mine) == 4  # h2's block (2 addresses) stays out of reach
+    lab.stop_daemon(h2, signal.SIGKILL)
+    wait_until(lambda: member_state(lab, h1, "h2") == "dead", timeout=30)
+    started = time.monotonic()
+    got = wait_until(lambda: lab.overlayctl(h1, "attach", lab.add_container(f"z{int(time.monotonic() * 1000)}"),
+                                            "--network", "tiny", "--json", check=False).returncode == 0,
+                     timeout=30, interval=1.0, what="the dead host's block reclaimed")
+    assert got and time.monotonic() - started >= 2.0  # not before the delay
