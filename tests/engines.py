@@ -16,6 +16,7 @@ How two engines share one machine:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from overlaynet.lab import enter_netns
+from overlaynet.lab import Host, Lab, enter_netns
 
 APT_PACKAGES = ["docker.io", "containerd", "docker-compose", "busybox-static", "podman",
                 "containernetworking-plugins"]
@@ -415,3 +416,23 @@ def _read(path: str) -> str:
 def run_in(netns: str, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
                           preexec_fn=enter_netns(netns))
+
+
+# Quicker repairs and address claims than production defaults: tests wait on convergence.
+FAST_DAEMON_ARGS = ["--resync-interval", "5", "--settle-time", "0.3"]
+
+
+def start_hosts(lab: Lab, labels: Sequence[str]) -> list[Host]:
+    """Lab hosts whose overlayds form one cluster over encrypted gossip (the first is the seed);
+    each host keeps its own copy of the key file, as real hosts do."""
+    key = base64.b64encode(os.urandom(32)).decode() + "\n"
+    hosts = []
+    for i, label in enumerate(labels):
+        host = lab.add_host(label)
+        key_file = os.path.join(lab.workdir, f"{label}.key")
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(key)
+        join = ["--join", hosts[0].address] if i else []
+        lab.start_daemon(host, "--key-file", key_file, *FAST_DAEMON_ARGS, *join)
+        hosts.append(host)
+    return hosts

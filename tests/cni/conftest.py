@@ -18,6 +18,7 @@ from tests.engines import (
     build_busybox_rootfs,
     ensure_packages,
     rootfs_tar,
+    start_hosts,
 )
 
 NETWORK = "cninet"
@@ -51,23 +52,14 @@ class PodmanCluster:
     b: PodmanHost
 
 
-def gossip_args(lab: Lab, label: str) -> list[str]:
-    first = next(iter(lab.hosts.values()))
-    args = ["--plaintext"]
-    if first.label != label:
-        args += ["--join", first.address]
-    return args
-
-
 @pytest.fixture(scope="module")
 def podman_cluster(prefix: str, cni_busybox_tar: bytes) -> Iterator[PodmanCluster]:
     lab = Lab(f"{prefix}p")
     engines: list[PodmanEngine] = []
     try:
         hosts = {}
-        for label in ("a", "b"):
-            host = lab.add_host(label)
-            lab.start_daemon(host, *gossip_args(lab, label))
+        for host in start_hosts(lab, ["a", "b"]):
+            label = host.label
             engine = PodmanEngine(label, host.netns, os.path.join(lab.workdir, f"podman-{label}"), host.socket)
             engines.append(engine)
             plugin = engine.install_plugin()

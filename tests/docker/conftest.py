@@ -18,6 +18,7 @@ from tests.engines import (
     build_busybox_rootfs,
     ensure_packages,
     rootfs_tar,
+    start_hosts,
 )
 
 
@@ -50,24 +51,14 @@ class DockerCluster:
         return self.lab.overlayctl_json(h.host, *args)
 
 
-def gossip_args(lab: Lab, label: str) -> list[str]:
-    """Flags that make the lab's daemons one cluster (the first host is the seed)."""
-    first = next(iter(lab.hosts.values()))
-    args = ["--plaintext"]
-    if first.label != label:
-        args += ["--join", first.address]
-    return args
-
-
 @pytest.fixture(scope="module")
 def docker_cluster(prefix: str, busybox_tar: bytes) -> Iterator[DockerCluster]:
     lab = Lab(f"{prefix}d")
     engines: list[DockerEngine] = []
     try:
         hosts = {}
-        for label in ("a", "b"):
-            host = lab.add_host(label)
-            lab.start_daemon(host, *gossip_args(lab, label))
+        for host in start_hosts(lab, ["a", "b"]):
+            label = host.label
             engine = DockerEngine(label, host.netns, os.path.join(lab.workdir, f"docker-{label}"), host.socket)
             os.makedirs(engine.dir, exist_ok=True)
             engines.append(engine)
