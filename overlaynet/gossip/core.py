@@ -166,6 +166,17 @@ class GossipCore:
                 continue
             self._stream(seed, [self._push_pull_msg(PP_JOIN, None)], expect_reply=True, tag="join")
 
+    def assume_members(self, members: list[tuple[str, str, int, dict[str, Any]]]) -> None:
+        """Start out knowing these members as alive (incarnation 0) without gossiping about them.
+        A shortcut for the simulator to build a converged 1000-host cluster without replaying the
+        join storm; a real host learns members only from the network."""
+        for name, addr, port, meta in members:
+            if name == self.name or name in self._members:
+                continue
+            self._members[name] = Member(name, addr, port, 0, ALIVE, self._now, dict(meta))
+            self._n_live += 1
+            self._live_others.add(name)
+
     def leave(self, now: float) -> None:
         """Announce a graceful leave; the transport should keep running until leave_sent()."""
         self._now = max(self._now, now)

@@ -82,6 +82,14 @@ class Simulation:
                 self.run_for(spacing)
         return out
 
+    def add_converged_cluster(self, n: int, keyring_factory: Callable[[], Keyring] | None = None) -> list[SimNode]:
+        """n hosts that already know each other (no join storm): for large-n benchmarks."""
+        out = [self.add_node(keyring=keyring_factory() if keyring_factory else None) for _ in range(n)]
+        roster = [(nd.name, nd.addr[0], nd.addr[1], dict(nd.core._self.meta)) for nd in out]
+        for nd in out:
+            nd.core.assume_members(roster)
+        return out
+
     def crash(self, name: str) -> None:
         node = self.nodes[name]
         node.up = False
@@ -248,9 +256,7 @@ def measure_propagation(n: int, loss: float, updates: int = 50, gap: float = 0.5
     (update, host), the delay until the host's live view showed it (inf if it never did)."""
     from .state import TableChange
 
-    sim = Simulation(seed=seed, loss=loss, config=config)
-    sim.add_cluster(n, spacing=0.01, seeds=2)
-    sim.run_until_true(sim.converged, timeout=60, step=0.1)
+    sim = _cluster(n, loss, seed, config)
     sim.run_for(2.0)
     written: dict[str, float] = {}
     seen: dict[tuple[str, str], float] = {}
@@ -277,9 +283,7 @@ def measure_detection(n: int, loss: float, crashes: int = 10, seed: int = 1,
     does) per crash, in seconds (inf if not within 60 s)."""
     from .state import MemberChange
 
-    sim = Simulation(seed=seed, loss=loss, config=config)
-    sim.add_cluster(n, spacing=0.01, seeds=2)
-    sim.run_until_true(sim.converged, timeout=60, step=0.1)
+    sim = _cluster(n, loss, seed, config)
     sim.run_for(2.0)
     first: dict[str, float] = {}
 
@@ -304,9 +308,7 @@ def false_deaths(n: int, loss: float, duration: float, seed: int = 1,
     """Run a healthy cluster for `duration` virtual seconds; return (false deaths, suspicions)."""
     from .state import MemberChange
 
-    sim = Simulation(seed=seed, loss=loss, config=config)
-    sim.add_cluster(n, spacing=0.01, seeds=2)
-    sim.run_until_true(sim.converged, timeout=60, step=0.1)
+    sim = _cluster(n, loss, seed, config)
     deaths = 0
 
     def obs(t: float, host: str, ev: Event) -> None:
@@ -317,3 +319,15 @@ def false_deaths(n: int, loss: float, duration: float, seed: int = 1,
     sim.observers.append(obs)
     sim.run_for(duration)
     return deaths, sum(nd.core.stats["probe_failures"] for nd in sim.nodes.values())
+
+
+def _cluster(n: int, loss: float, seed: int, config: GossipConfig | None) -> Simulation:
+    """A converged cluster: real joins up to 100 hosts, the assume_members shortcut beyond."""
+    sim = Simulation(seed=seed, loss=loss, config=config)
+    if n <= 100:
+        sim.add_cluster(n, spacing=0.01, seeds=2)
+        sim.run_until_true(sim.converged, timeout=60, step=0.1)
+    else:
+        sim.add_converged_cluster(n)
+        sim.run_for(1.0)
+    return sim
