@@ -121,6 +121,7 @@ class GossipCore:
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, _Relay] = {}
         self._probe_order: list[str] = []
+        self._probe_suspects: list[str] = []  # suspicions we heard of and have not probed ourselves
         self._probe_idx = 0
         self._live_others = _NameSet()  # alive or suspect, not us: probe/gossip candidates
         # dead or left: reaping and gossip-to-the-dead (a dict: ordered, so runs are reproducible)
@@ -349,6 +350,13 @@ class GossipCore:
         self._at(self._now + self._awareness.scale(self.cfg.probe_interval), self._probe_deadline, seq)
 
     def _next_probe_target(self) -> Member | None:
+        # Probe members others suspect before resuming the round-robin: if it is alive, our ping carries
+        # the suspicion to it and its ack carries the refutation back (a path that does not depend on
+        # random gossip reaching us); if it is dead, our failed probe is an independent confirmation.
+        while self._probe_suspects:
+            m = self._members.get(self._probe_suspects.pop())
+            if m is not None and m.state is SUSPECT:
+                return m
         for _ in range(2):
             while self._probe_idx < len(self._probe_order):
                 m = self._members.get(self._probe_order[self._probe_idx])
@@ -556,8 +564,12 @@ class GossipCore:
             self._on_alive(msg[1], msg[2], msg[3], msg[4], msg[5])
         elif t == codec.MSG_SUSPECT:
             self._on_suspect(msg[1], msg[2], msg[3])
+            if msg[1] == self.name and not self._leaving:
+                self._send(src, [self._alive_msg(self._self)])  # refute straight back to the messenger
         elif t == codec.MSG_DEAD:
             self._on_dead(msg[1], msg[2], msg[3])
+            if msg[1] == self.name and not self._leaving:
+                self._send(src, [self._alive_msg(self._self)])
         elif t == codec.MSG_TABLE:
             ttl = min(max(0.0, float(msg[6])), self.cfg.tombstone_ttl)
             rec = Record(msg[1], msg[2], msg[3], msg[4], msg[5], self._now + ttl if msg[3] is None else None)
@@ -706,6 +718,8 @@ class GossipCore:
         lo, hi = self.cfg.suspicion_bounds(n)
         s = Suspicion(accuser, inc, self._now, k, lo, hi)
         self._suspicions[name] = s
+        if accuser != self.name:
+            self._probe_suspects.append(name)
         self._at(s.deadline, self._suspicion_check, name)
         self._queue(("m", name), codec.pack([codec.MSG_SUSPECT, name, inc, accuser]))
         self._events.append(MemberChange(name, ALIVE.value, SUSPECT.value, m.info()))
