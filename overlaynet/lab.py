@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from overlaynet import kernel
+from overlaynet.agent.userspace_mode import UserspaceMode
 
 UNDERLAY_PREFIX = "198.18.0"
 UNDERLAY_BRIDGE = "ul0"
@@ -265,6 +266,7 @@ class Lab:
         """Remove everything, best effort and in an order that cannot leave mounts behind."""
         for host in self.hosts.values():
             self.stop_daemon(host, signal.SIGKILL, timeout=5)
+            UserspaceMode.stop_fastpathd(host.state_dir)  # it outlives overlayd by design
         for host in self.hosts.values():
             for sandbox in kernel.list_sandboxes(host.state_dir):
                 try:

@@ -80,6 +80,16 @@ def validate_ifname(ifname: object) -> str:
     return ifname
 
 
+def validate_labels(labels: object) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise BadRequest("labels must be a JSON object of string keys and string values")
+    if len(labels) > 32 or any(len(k) > 128 or len(v) > 1024 for k, v in labels.items()):
+        raise BadRequest("too many or too long labels: at most 32, keys 128 and values 1024 characters")
+    return dict(labels)
+
+
 def auto_vni(name: str, taken: set[int]) -> int:
     """A VNI derived from the name, so hosts that create the same name concurrently agree on it.
 
@@ -144,6 +154,7 @@ class Endpoint:
     host: str
     vtep: str
     created_at: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)  # who made it and why, e.g. {"owner": "cni"}
 
     @property
     def address_cidr(self) -> str:
@@ -166,4 +177,5 @@ class Endpoint:
             host=data.get("host") or "",
             vtep=data.get("vtep") or "",
             created_at=float(data.get("created_at") or 0.0),
+            labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
         )

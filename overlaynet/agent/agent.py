@@ -25,6 +25,7 @@ from overlaynet.agent.config import Config, parse_seed
 from overlaynet.agent.forwarding import Forwarding, forwarding_for
 from overlaynet.agent.kernel_mode import KernelMode
 from overlaynet.agent.state import StateStore
+from overlaynet.agent.userspace_mode import UserspaceMode
 from overlaynet.errors import BadRequest, Conflict, NotFound
 from overlaynet.gossip.keyring import Keyring, KeyringError, decode_key, key_id
 from overlaynet.gossip.state import KeyringChange, MemberChange, TableChange
@@ -45,7 +46,7 @@ class Agent:
         self.node_id = ""
         self.advertise = config.advertise or ""
         self.underlay_mtu = 1500
-        self.mode: KernelMode | Any = None
+        self.mode: KernelMode | UserspaceMode | None = None
         self.node: GossipNode | None = None
         self.cluster: Cluster = None  # type: ignore[assignment]  # set in start()
         self.endpoints: dict[str, Endpoint] = {}  # this host's endpoints
@@ -54,6 +55,11 @@ class Agent:
         self.last_reconcile: dict[str, Any] = {}
         self.counters = {"programmed_passes": 0, "entries_changed": 0, "program_errors": 0}
         self._programmed: dict[str, tuple[Any, ...]] = {}  # network -> last forwarding pushed
+        self._peers: set[str] | None = None  # VTEPs last allowed to send to us
+        # Until our view of the cluster is synced after a start, programming only adds entries:
+        # removing what we merely have not heard about yet would cut traffic that should flow.
+        self._synced = False
+        self._failed_at: dict[str, float] = {}  # member -> when it was declared dead (monotonic)
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,6 +80,7 @@ class Agent:
             )
         self.underlay_mtu = await self._kernel(kernel.underlay_mtu, self.advertise)
         self.mode = self._make_mode()
+        await self._kernel(self.dataplane.start)
         cached_networks = self._load_state()
 
         self.node = GossipNode(
@@ -85,18 +92,34 @@ class Agent:
         self.node.subscribe(self._on_gossip_event)
         await self.node.start()
         seeds = [parse_seed(s, self.config.gossip_port) for s in self.config.join]
+        # Members we knew before a restart count as seeds too: a host that was itself the seed
+        # finds its cluster again without being told.
+        seeds += [peer for peer in self._remembered_peers() if peer not in seeds]
         if seeds:
             contacted = await self.node.join(seeds)
-            if not contacted:
-                log.warning("event=join-failed seeds=%s action=retrying-in-background", ",".join(self.config.join))
+            if contacted:
+                self._synced = True
+            else:
+                log.warning("event=join-failed seeds=%s action=retrying-in-background",
+                            ",".join(f"{a}:{p}" for a, p in seeds))
                 self._tasks.append(asyncio.create_task(self._join_until_contact(seeds)))
+                self._tasks.append(asyncio.create_task(self._end_startup_hold()))
+        else:
+            self._synced = True  # a new cluster of one: nothing to wait for
         self._restore(cached_networks)
         await self.reconcile()
         self._tasks.append(asyncio.create_task(self._program_on_change()))
         self._tasks.append(asyncio.create_task(self._resync_forever()))
 
-    def _make_mode(self) -> KernelMode:
+    def _make_mode(self) -> KernelMode | UserspaceMode:
+        if self.config.dataplane == "userspace":
+            return UserspaceMode(self.config.state_dir, self.advertise, self.config.vxlan_port)
         return KernelMode(self.advertise, self.config.vxlan_port)
+
+    @property
+    def dataplane(self) -> KernelMode | UserspaceMode:
+        assert self.mode is not None, "start() sets the dataplane mode"
+        return self.mode
 
     async def close(self) -> None:
         """Stop without touching the kernel: attached containers keep their networking.
@@ -116,11 +139,31 @@ class Agent:
         while True:
             await asyncio.sleep(delay)
             if await self.node.join(seeds):
-                log.info("event=joined seeds=%s", ",".join(self.config.join))
+                log.info("event=joined seeds=%s", ",".join(f"{a}:{p}" for a, p in seeds))
+                self._synced = True
                 self._restore([])
                 self._dirty.set()
                 return
             delay = min(delay * 2, 30.0)
+
+    async def _end_startup_hold(self) -> None:
+        """Nobody answered at start: after a grace period, trust our own (lonely) view."""
+        await asyncio.sleep(self.config.startup_hold)
+        if not self._synced:
+            log.warning("event=startup-hold-ended msg=\"no member answered; programming from the local view\"")
+            self._synced = True
+            self._dirty.set()
+
+    def _remembered_peers(self) -> list[tuple[str, int]]:
+        data = self.store.read("members.json") or []
+        return [(m["addr"], int(m["port"])) for m in data
+                if isinstance(m, dict) and m.get("name") != self.config.name and "addr" in m and "port" in m]
+
+    def _remember_peers(self) -> None:
+        peers = [{"name": m.name, "addr": m.addr, "port": m.port} for m in self.cluster.live_members()
+                 if m.name != self.config.name]
+        if peers or self._remembered_peers():
+            self.store.write(sorted(peers, key=lambda p: p["name"]), "members.json")
 
     def _load_identity(self) -> None:
         node = self.store.read("node.json")
@@ -155,6 +198,9 @@ class Agent:
             if net.name not in known and not self.cluster.network_deleted(net.name):
                 self.cluster.put_network(net)
                 log.info("event=network-republished name=%s vni=%d", net.name, net.vni)
+        for network, addresses in self.reservations.items():
+            for addr in addresses:
+                self.cluster.reserve_address(network, addr)
         for ep in self.endpoints.values():
             self.cluster.put_endpoint(ep)
             block = ipam.block_of(self._subnet_for(ep), ep.ip)
@@ -185,6 +231,15 @@ class Agent:
             log.info("event=key-%s key_id=%s source=gossip", event.op, event.key_id)
         elif isinstance(event, MemberChange):
             log.info("event=member-%s name=%s addr=%s", event.new or "reaped", event.name, event.member.addr)
+            if event.new == "dead":
+                # Keep its entries programmed a little longer: a restarting overlayd looks dead for a
+                # moment, while its containers' traffic never stopped flowing.
+                self._failed_at[event.name] = time.monotonic()
+                asyncio.get_running_loop().call_later(self.config.withdraw_delay + 0.05, self._dirty.set)
+            else:
+                self._failed_at.pop(event.name, None)
+            if event.new == "alive" or event.new is None or event.new == "left":
+                self._remember_peers()
             self._dirty.set()
 
     def _cache_network(self, name: str) -> None:
@@ -304,7 +359,7 @@ class Agent:
             self.cluster.delete_network(name)
             for ep in [e for e in self.endpoints.values() if e.network == name]:
                 await self._unplug(net, ep)
-            await self._kernel(self.mode.remove_network, net, self._sandbox(net))
+            await self._kernel(self.dataplane.remove_network, net, self._sandbox(net))
             for ip in self.reservations.pop(name, set()):
                 self.store.delete("addresses", name, f"{ip}.json")
             for block in self.cluster.my_blocks(name):
@@ -331,6 +386,7 @@ class Agent:
     def _used_ips(self, net: Network) -> set[str]:
         used = {ep["ip"] for ep in self.cluster.endpoints().values() if ep.get("network") == net.name}
         used |= {ep.ip for ep in self.endpoints.values() if ep.network == net.name}
+        used |= self.cluster.reserved_addresses(net.name)
         return used | self.reservations.get(net.name, set())
 
     def _block_holder(self, net: Network, block: str) -> str | None:
@@ -400,14 +456,18 @@ class Agent:
             addr = await self._allocate(net, ip)
             self.reservations.setdefault(net.name, set()).add(addr)
             self.store.write({"ip": addr, "created_at": time.time()}, "addresses", net.name, f"{addr}.json")
+            self.cluster.reserve_address(net.name, addr)
             return addr, net.ip_network.prefixlen
 
     async def release_address(self, network: str, ip: str) -> None:
         async with self._lock:
             net = self.get_network(network)
             if ip in self.reservations.get(net.name, set()):
+                # Only a reservation this host holds: Docker releases after DeleteEndpoint, by which
+                # time the address may be someone else's.
                 self.reservations[net.name].discard(ip)
                 self.store.delete("addresses", net.name, f"{ip}.json")
+                self.cluster.release_address(net.name, ip)
                 self._release_empty_blocks(net)
 
     # ---- endpoints -------------------------------------------------------------------------
@@ -421,6 +481,7 @@ class Agent:
         if not isinstance(endpoint_id, str) or not endpoint_id.isalnum() or len(endpoint_id) < 12:
             raise BadRequest(f"invalid endpoint id {endpoint_id!r}: at least 12 letters or digits")
         target = request.get("netns")
+        labels = model.validate_labels(request.get("labels"))
         async with self._lock:
             net = self.get_network(net_name)
             if endpoint_id in self.endpoints:
@@ -454,11 +515,11 @@ class Agent:
             ep = Endpoint(
                 id=endpoint_id, network=net.name, ip=ip, prefixlen=net.ip_network.prefixlen, mac=mac,
                 ifname=ifname, netns=netns_path, mtu=net.mtu, host=self.config.name,
-                vtep=self.advertise, created_at=time.time(),
+                vtep=self.advertise, created_at=time.time(), labels=labels,
             )
             sandbox = self._sandbox(net)
             try:
-                await self._kernel(self.mode.ensure_network, net, sandbox)
+                await self._kernel(self.dataplane.ensure_network, net, sandbox)
                 await self._kernel(kernel.ensure_veth, sandbox, self._veth_spec(ep))
             except KernelError as e:
                 await self._kernel(kernel.remove_veth, sandbox, ep.id)
@@ -466,10 +527,11 @@ class Agent:
                 raise BadRequest(f"cannot attach: {e}") from None
             self.endpoints[ep.id] = ep
             self.store.write(ep.to_dict(), "endpoints", f"{ep.id}.json")
+            self.cluster.put_endpoint(ep)
             if taking_reservation:
                 reserved.discard(ip)
                 self.store.delete("addresses", net.name, f"{ip}.json")
-            self.cluster.put_endpoint(ep)
+                self.cluster.release_address(net.name, ip)
             self._programmed.pop(net.name, None)
             log.info("event=attached endpoint=%s network=%s ip=%s mac=%s netns=%s",
                      ep.id[:12], net.name, ip, mac, netns_path)
@@ -530,7 +592,7 @@ class Agent:
             self._release_empty_blocks(net)
             if not any(e.network == net.name for e in self.endpoints.values()):
                 # The sandbox exists only while the network has endpoints on this host.
-                await self._kernel(self.mode.remove_network, net, self._sandbox(net))
+                await self._kernel(self.dataplane.remove_network, net, self._sandbox(net))
                 self._programmed.pop(net.name, None)
         self._dirty.set()
 
@@ -542,6 +604,17 @@ class Agent:
                 return matches[0]
             raise NotFound(f"no endpoint {endpoint_id!r} on this host; see `overlayctl endpoint ls`")
         return ep
+
+    async def endpoint_present(self, ep: Endpoint) -> bool:
+        """Whether the endpoint's veth really exists in its network's sandbox."""
+        net = self.networks.get(ep.network)
+        if net is None:
+            return False
+        try:
+            present = await self._kernel(kernel.list_endpoint_links, self._sandbox(net))
+        except KernelError:
+            return False
+        return kernel.endpoint_prefix(ep.id) in present
 
     def endpoint_view(self, ep: Endpoint) -> dict[str, Any]:
         view = ep.to_dict()
@@ -562,25 +635,51 @@ class Agent:
             address_cidr=ep.address_cidr, mtu=ep.mtu, gateway=None,
         )
 
+    def _lingering(self) -> set[str]:
+        """Members declared dead less than `withdraw_delay` ago: their entries stay programmed."""
+        now = time.monotonic()
+        return {name for name, at in self._failed_at.items() if now - at < self.config.withdraw_delay}
+
+    def _visible_endpoints(self) -> list[dict[str, Any]]:
+        endpoints = list(self.cluster.endpoints().values())
+        lingering = self._lingering()
+        if lingering:
+            endpoints += self.cluster.endpoints_of(lingering)
+        return endpoints
+
     def desired_forwarding(self, net: Network) -> Forwarding:
-        return forwarding_for(net.name, self.advertise, self.cluster.endpoints().values())
+        return forwarding_for(net.name, self.advertise, self._visible_endpoints())
 
     async def program(self, force: bool = False) -> int:
         """Push remote endpoints into the dataplane of every network with a local endpoint."""
         async with self._lock:
             networks = self.networks
             changed = 0
+            lingering = self._lingering()
+            peers = {str(m.meta.get("vtep")) for m in self.cluster.members()
+                     if m.name != self.config.name and m.meta.get("vtep")
+                     and (m.state in ("alive", "suspect") or m.name in lingering)}
+            if not self._synced and self._peers is not None:
+                peers |= self._peers
+            if force or peers != self._peers:
+                try:
+                    await self._kernel(self.dataplane.sync_peers, peers)
+                    self._peers = peers
+                except KernelError as e:
+                    log.error("event=program-failed what=peers error=%s", e)
             for name in sorted({ep.network for ep in self.endpoints.values()}):
                 net = networks.get(name)
                 if net is None:
                     continue
                 fwd = self.desired_forwarding(net)
+                if not self._synced:
+                    fwd = await self._keep_programmed(net, fwd)
                 fingerprint = (tuple(sorted(fwd.fdb.items())), tuple(sorted(fwd.neigh.items())),
                                tuple(sorted(fwd.flood)))
                 if not force and self._programmed.get(name) == fingerprint:
                     continue
                 try:
-                    n = await self._kernel(self.mode.program, net, self._sandbox(net), fwd)
+                    n = await self._kernel(self.dataplane.program, net, self._sandbox(net), fwd)
                 except KernelError as e:
                     self.counters["program_errors"] += 1
                     log.error("event=program-failed network=%s error=%s", name, e)
@@ -593,6 +692,18 @@ class Agent:
             self.counters["programmed_passes"] += 1
             self.counters["entries_changed"] += changed
             return changed
+
+    async def _keep_programmed(self, net: Network, fwd: Forwarding) -> Forwarding:
+        """Desired entries plus whatever is programmed now (the startup hold: add, never remove)."""
+        try:
+            now = await self._kernel(self.dataplane.programmed, net, self._sandbox(net))
+        except KernelError:
+            return fwd
+        return Forwarding(
+            fdb={**{e["mac"]: e["vtep"] for e in now["fdb"]}, **fwd.fdb},
+            neigh={**{e["ip"]: e["mac"] for e in now["neigh"]}, **fwd.neigh},
+            flood=set(now["flood"]) | fwd.flood,
+        )
 
     async def reconcile(self) -> dict[str, Any]:
         """Make the kernel match the desired state; forget endpoints whose container is gone."""
@@ -615,7 +726,7 @@ class Agent:
                 sandbox = self._sandbox(net)
                 wanted_sandboxes.add(sandbox)
                 try:
-                    await self._kernel(self.mode.ensure_network, net, sandbox)
+                    await self._kernel(self.dataplane.ensure_network, net, sandbox)
                     present = await self._kernel(kernel.list_endpoint_links, sandbox)
                     for ep in local:
                         if kernel.endpoint_prefix(ep.id) in present:
@@ -654,7 +765,7 @@ class Agent:
     async def programmed(self, name: str) -> dict[str, Any]:
         """What this host programmed for a network, and what it wants programmed."""
         net = self.get_network(name)
-        actual = await self._kernel(self.mode.programmed, net, self._sandbox(net))
+        actual = await self._kernel(self.dataplane.programmed, net, self._sandbox(net))
         fwd = self.desired_forwarding(net)
         local = any(ep.network == name for ep in self.endpoints.values())
         return {
@@ -692,8 +803,12 @@ class Agent:
 
     # ---- status ----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    async def dataplane_stats(self) -> dict[str, Any]:
+        return {"dataplane": self.config.dataplane, **await self._kernel(self.dataplane.stats)}
+
+    async def status(self) -> dict[str, Any]:
         members = self.cluster.members()
+        dataplane_status = await self._kernel(self.dataplane.status)
         gossip = self.node.stats() if self.node is not None else {}
         return {
             "name": self.config.name,
@@ -703,7 +818,7 @@ class Agent:
             "vxlan_port": self.config.vxlan_port,
             "gossip_port": self.config.gossip_port,
             "dataplane": self.config.dataplane,
-            "dataplane_status": self.mode.status() if self.mode else {},
+            "dataplane_status": dataplane_status,
             "underlay_mtu": self.underlay_mtu,
             "state_dir": self.config.state_dir,
             "networks": len(self.networks),

@@ -4,6 +4,8 @@ Three replicated tables:
   networks  key = name                      value = Network.to_dict()
   endpoints key = endpoint id               value = {network, ip, prefixlen, mac, host, vtep}
   ipam      key = "<network>|<block>|<host>" value = {network, block, host, claimed_at}
+            key = "<network>|addr|<ip>|<host>" value = {network, address, host, claimed_at}
+            (an address reserved through the Docker IPAM driver before its endpoint exists)
 
 Endpoints and claims are written by the host they belong to, so the gossip layer hides them while
 that host is dead and brings them back if it returns. Networks are shared objects: they must
@@ -94,6 +96,10 @@ class Cluster:
         """Every visible endpoint in the cluster (hosts that are alive), ours included."""
         return self.node.table(ENDPOINTS)
 
+    def endpoints_of(self, hosts: set[str]) -> list[dict[str, Any]]:
+        """Stored endpoints written by these hosts, even while the gossip layer hides them."""
+        return [dict(rec.value) for rec in self._records(ENDPOINTS) if rec.value is not None and rec.owner in hosts]
+
     def my_endpoint_ids(self) -> set[str]:
         return {rec.key for rec in self._records(ENDPOINTS) if rec.value is not None and rec.owner == self.name}
 
@@ -113,7 +119,7 @@ class Cluster:
         claims = []
         for rec in self._records(IPAM):
             value = rec.value
-            if value is None or value.get("network") != network:
+            if value is None or value.get("network") != network or "block" not in value:
                 continue
             member = members.get(rec.owner)
             live = member is not None and member.state in ("alive", "suspect")
@@ -130,6 +136,17 @@ class Cluster:
 
     def release_block(self, network: str, block: str) -> None:
         self.node.delete(IPAM, f"{network}|{block}|{self.name}")
+
+    def reserved_addresses(self, network: str) -> set[str]:
+        return {v["address"] for v in self.node.table(IPAM).values()
+                if v.get("network") == network and "address" in v}
+
+    def reserve_address(self, network: str, address: str) -> None:
+        self.node.set(IPAM, f"{network}|addr|{address}|{self.name}",
+                      {"network": network, "address": address, "host": self.name, "claimed_at": time.time()})
+
+    def release_address(self, network: str, address: str) -> None:
+        self.node.delete(IPAM, f"{network}|addr|{address}|{self.name}")
 
     def my_blocks(self, network: str) -> set[str]:
         return {c.block for c in self.block_claims(network) if c.host == self.name}

@@ -42,6 +42,14 @@ class Config:
     # Seconds after a host is declared dead before its address blocks may be taken by others.
     # Long enough to ride out a reboot; short enough that a dead host's range never stays stuck.
     ipam_reclaim_after: float = 300.0
+    # After a start with known peers of which none answers, programming only adds entries for
+    # this long (a restart must not cut traffic to hosts we simply have not heard from yet).
+    startup_hold: float = 15.0
+    # A failed host's forwarding entries stay in the dataplane this long after it is declared dead.
+    # An overlayd restart (even kill -9) takes a few seconds, during which its containers keep
+    # talking; withdrawing at once would cut them off for nothing (packets to a truly dead host are
+    # lost either way). Its endpoints leave the tables and `endpoint ls --all` immediately.
+    withdraw_delay: float = 10.0
     log_level: str = "info"
 
     def validate(self) -> Config:
@@ -100,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settle-time", type=float, help="seconds to wait out concurrent claims (default 0.5)")
     parser.add_argument("--ipam-reclaim-after", type=float,
                         help="seconds before a dead host's address blocks are reused (default 300)")
+    parser.add_argument("--startup-hold", type=float,
+                        help="seconds of add-only programming when no known peer answers at start (default 15)")
+    parser.add_argument("--withdraw-delay", type=float,
+                        help="seconds a failed host's entries stay programmed (default 10)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
 
 

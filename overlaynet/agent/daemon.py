@@ -136,9 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("overlayd: must run as root (it creates namespaces, bridges and VXLAN devices)", file=sys.stderr)
         return 1
-    if config.dataplane == "userspace":
-        print("overlayd: --dataplane userspace is not available yet; use --dataplane kernel", file=sys.stderr)
-        return 2
     try:
         import uvloop
 

@@ -39,6 +39,15 @@ class KernelMode:
             changed += len(changes.added) + len(changes.replaced) + len(changes.removed)
         return changed
 
+    def start(self) -> None:
+        """Nothing to start: the kernel is always there."""
+
+    def sync_peers(self, vteps: set[str]) -> None:
+        """The kernel's VXLAN device takes packets from any sender; nothing to restrict here."""
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
     def remove_network(self, net: Network, sandbox: str) -> None:
         kernel.remove_sandbox(sandbox)
 

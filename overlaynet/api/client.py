@@ -116,15 +116,17 @@ class AsyncClient:
 
     async def create_endpoint(self, network: str, netns: str | None = None, ifname: str | None = None,
                               ip: str | None = None, mac: str | None = None,
-                              id: str | None = None) -> dict[str, Any]:
+                              id: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"network": network, "netns": netns}
-        for key, value in (("ifname", ifname), ("ip", ip), ("mac", mac), ("id", id)):
+        for key, value in (("ifname", ifname), ("ip", ip), ("mac", mac), ("id", id), ("labels", labels)):
             if value is not None:
                 body[key] = value
         return await self.request("POST", "/v1/endpoints", body)
 
-    async def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
-        return await self.request("GET", f"/v1/endpoints/{quote(endpoint_id, safe='')}")
+    async def get_endpoint(self, endpoint_id: str, check: bool = False) -> dict[str, Any]:
+        """With check=True the answer says whether the endpoint's veth is really there ("present")."""
+        return await self.request("GET", f"/v1/endpoints/{quote(endpoint_id, safe='')}",
+                                  params={"check": "true"} if check else None)
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         await self.request("DELETE", f"/v1/endpoints/{quote(endpoint_id, safe='')}")

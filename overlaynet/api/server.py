@@ -58,7 +58,11 @@ def agent_of(request: web.Request) -> Agent:
 
 
 async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(agent_of(request).status())
+    return web.json_response(await agent_of(request).status())
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return web.json_response(await agent_of(request).dataplane_stats())
 
 
 async def list_networks(request: web.Request) -> web.Response:
@@ -108,7 +112,11 @@ async def create_endpoint(request: web.Request) -> web.Response:
 
 async def get_endpoint(request: web.Request) -> web.Response:
     agent = agent_of(request)
-    return web.json_response(agent.endpoint_view(agent.get_endpoint(request.match_info["id"])))
+    ep = agent.get_endpoint(request.match_info["id"])
+    view = agent.endpoint_view(ep)
+    if flag(request, "check"):
+        view["present"] = await agent.endpoint_present(ep)
+    return web.json_response(view)
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
@@ -188,6 +196,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_delete("/v1/endpoints/{id}", delete_endpoint)
     app.router.add_get("/v1/networks/{name}/fdb", network_fdb)
     app.router.add_get("/v1/members", list_members)
+    app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/v1/keys", list_keys)
     app.router.add_post("/v1/keys/{op}", key_op)
     app.router.add_post("/v1/reconcile", reconcile)

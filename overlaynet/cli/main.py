@@ -144,6 +144,24 @@ def cmd_fdb(client: Client, args: argparse.Namespace) -> None:
     emit(args, client.fdb(args.network), text)
 
 
+def stats_text(d: dict[str, Any]) -> str:
+    if d.get("dataplane") != "userspace":
+        return (f"dataplane {d.get('dataplane')}: the kernel's VXLAN devices keep their own counters "
+                "(see `ip -s link` inside the sandbox); per-network counters come with --dataplane userspace")
+    rows = []
+    for vni, c in sorted((d.get("networks") or {}).items(), key=lambda kv: int(kv[0])):
+        drops = {k: v for k, v in c.items() if ("drop" in k or "error" in k or "bad" in k) and v}
+        rows.append([vni, c.get("tx_packets", 0), c.get("tx_bytes", 0), c.get("rx_packets", 0), c.get("rx_bytes", 0),
+                     ", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "-"])
+    text = render_table(["VNI", "TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES", "DROPS"], rows)
+    glob = {k: v for k, v in (d.get("global") or {}).items() if v}
+    return text + "\n" + "global: " + (", ".join(f"{k}={v}" for k, v in sorted(glob.items())) or "-")
+
+
+def cmd_stats(client: Client, args: argparse.Namespace) -> None:
+    emit(args, client.get("/v1/stats"), stats_text)
+
+
 def keys_text(d: dict[str, Any]) -> str:
     if not d["encrypted"]:
         return "gossip is not encrypted (overlayd runs with --plaintext)"
@@ -176,6 +194,9 @@ def status_text(s: dict[str, Any]) -> str:
     if "keyring" in s:
         k = s["keyring"]
         lines.append(f"gossip encryption: {'on, ' + str(len(k['keys'])) + ' key(s)' if k['encrypted'] else 'OFF'}")
+    dp = s.get("dataplane_status") or {}
+    if dp.get("offloads"):
+        lines.append("fast path offloads: " + ", ".join(f"{k}={v}" for k, v in sorted(dp["offloads"].items())))
     if "tables" in s:
         lines.append("tables: " + ", ".join(f"{name} {n}" for name, n in s["tables"].items()))
     return "\n".join(lines)
@@ -247,6 +268,10 @@ def build_parser() -> Parser:
     p.add_argument("--network")
     p.add_argument("--all", action="store_true", help="every endpoint in the cluster, on any host")
     p.set_defaults(func=cmd_endpoint_ls)
+
+    p = sub.add_parser("stats", help="dataplane counters per network (packets, bytes, drops by reason)",
+                       parents=[common])
+    p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("members", help="cluster members as this host sees them", parents=[common])
     p.set_defaults(func=cmd_members)

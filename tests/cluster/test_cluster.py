@@ -20,7 +20,7 @@ from overlaynet.lab import Lab
 
 pytestmark = pytest.mark.cluster
 
-FAST = ["--resync-interval", "5", "--settle-time", "0.3"]
+FAST = ["--resync-interval", "5", "--settle-time", "0.3", "--withdraw-delay", "4"]
 
 
 def wait_until(predicate, timeout=20.0, interval=0.1, what="condition"):
@@ -152,7 +152,9 @@ def test_kill_9_withdraws_and_restart_restores(lab):
     wait_until(lambda: member_state(lab, h1, "h3") == "dead" and member_state(lab, h2, "h3") == "dead",
                timeout=30, what="h3 declared dead by h1 and h2")
     wait_until(lambda: ep_b["ip"] not in endpoint_ips(lab, h2, "red"), what="h3's endpoint withdrawn on h2")
-    wait_until(lambda: not lab.overlayctl_json(h2, "fdb", "red")["programmed"]["fdb"],
+    # Its forwarding entries stay for --withdraw-delay (a restart must not cut traffic), then go.
+    assert lab.overlayctl_json(h2, "fdb", "red")["programmed"]["fdb"]
+    wait_until(lambda: not lab.overlayctl_json(h2, "fdb", "red")["programmed"]["fdb"], timeout=30,
                what="h3's FDB entries removed from h2's kernel")
 
     lab.start_daemon(h3)
@@ -298,3 +300,47 @@ def test_dead_hosts_address_blocks_are_reclaimed_after_the_delay(lab):
                                             "--network", "tiny", "--json", check=False).returncode == 0,
                      timeout=30, interval=1.0, what="the dead host's block reclaimed")
     assert got and time.monotonic() - started >= 2.0  # not before the delay
+
+
+@pytest.mark.parametrize("modes", [("userspace", "userspace"), ("userspace", "kernel")],
+                         ids=["userspace-userspace", "userspace-kernel"])
+def test_userspace_dataplane_across_hosts(lab, modes):
+    """Containers behind the userspace fast path reach each other and kernel-mode hosts."""
+    key = write_key(lab)
+    h1, h2 = lab.add_host("h1"), lab.add_host("h2")
+    lab.start_daemon(h1, "--key-file", host_key_file(lab, h1, key), "--dataplane", modes[0], *FAST)
+    lab.start_daemon(h2, "--key-file", host_key_file(lab, h2, key), "--dataplane", modes[1], "--join", h1.address,
+                     *FAST)
+    wait_until(lambda: alive_count(lab, h1) == 2 and alive_count(lab, h2) == 2)
+    lab.overlayctl(h1, "network", "create", "fast", "--subnet", "198.19.61.0/24")
+    wait_until(lambda: any(n["name"] == "fast" for n in lab.overlayctl_json(h2, "network", "ls")))
+    a, b = lab.add_container("a"), lab.add_container("b")
+    ep_a = lab.overlayctl_json(h1, "attach", a, "--network", "fast")
+    ep_b = lab.overlayctl_json(h2, "attach", b, "--network", "fast")
+    lab.wait_ping(a, ep_b["ip"])
+    lab.wait_ping(b, ep_a["ip"])
+    for src, dst, ip in ((a, b, ep_b["ip"]), (b, a, ep_a["ip"])):
+        transfer = lab.tcp_transfer(src, dst, ip, 16 * 1024 * 1024)
+        assert transfer.intact, transfer
+    status = lab.overlayctl_json(h1, "status")
+    assert status["dataplane"] == "userspace" and status["dataplane_status"]["offloads"]
+    stats = lab.overlayctl_json(h1, "stats")
+    counters = stats["networks"][str(ep_a and lab.overlayctl_json(h1, "network", "inspect", "fast")["vni"])]
+    assert counters["tx_packets"] > 0 and counters["rx_packets"] > 0
+    fdb = lab.overlayctl_json(h1, "fdb", "fast")["programmed"]
+    assert fdb["fdb"] == [{"mac": ep_b["mac"], "vtep": h2.address}] and fdb["flood"] == [h2.address]
+
+    # overlayd restarts (even kill -9) do not stop the fast path: a ping running across keeps answering.
+    ping = lab.popen(a, ["ping", "-n", "-i", "0.05", "-c", "80", "-W", "1", ep_b["ip"]],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.5)
+        lab.stop_daemon(h1, signal.SIGKILL)
+        time.sleep(0.5)
+        lab.start_daemon(h1)
+        out, _ = ping.communicate(timeout=60)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+    assert " 0% packet loss" in out, out
+    assert "fastpathd-adopted" in lab.daemon_log(h1)

@@ -1,0 +1,127 @@
+"""Userspace dataplane mode: a TAP per network on the sandbox bridge, frames moved by fastpathd.
+
+fastpathd is its own process, in its own session, started by the first overlayd that needs it and
+adopted by every later one (found by its control socket in the state dir). It keeps forwarding
+while overlayd is down or restarting; each program pass re-syncs its tables completely (every
+`sync_*` is a full, idempotent replacement), so a returning overlayd never has to know what it
+missed. Methods block (unix socket + netlink): the agent calls them from its kernel thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from overlaynet import kernel
+from overlaynet.agent.forwarding import Forwarding
+from overlaynet.dataplane.control import FastpathClient, FastpathControlError, start_fastpathd
+from overlaynet.model import Network
+
+log = logging.getLogger("overlaynet.userspace")
+
+
+class UserspaceMode:
+    name = "userspace"
+
+    def __init__(self, state_dir: str, advertise: str, vxlan_port: int) -> None:
+        self.advertise = advertise
+        self.vxlan_port = vxlan_port
+        self.control = os.path.join(state_dir, "fastpath.sock")
+        self.state_file = os.path.join(state_dir, "fastpath.state")
+        self.pid_file = os.path.join(state_dir, "fastpath.pid")
+        self.log_file = os.path.join(state_dir, "fastpath.log")
+        self.client = FastpathClient(self.control)
+        self.pid: int | None = None
+
+    # ---- the fastpathd process -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Adopt a running fastpathd, or start one that outlives this overlayd."""
+        try:
+            self.pid = int(self.client.ping()["pid"])
+            log.info("event=fastpathd-adopted pid=%d control=%s", self.pid, self.control)
+            return
+        except FastpathControlError:
+            self.client.close()
+        if os.path.exists(self.control):
+            os.unlink(self.control)  # left by a fastpathd that died
+        with open(self.log_file, "ab") as logf:
+            proc = start_fastpathd(self.control, bind=self.advertise, port=self.vxlan_port,
+                                   state=self.state_file, log=logf)
+        self.pid = proc.pid
+        with open(self.pid_file, "w") as f:
+            f.write(f"{proc.pid}\n")
+        log.info("event=fastpathd-started pid=%d control=%s", proc.pid, self.control)
+
+    @staticmethod
+    def stop_fastpathd(state_dir: str) -> None:
+        """Stop the fastpathd of a state dir (tests and tooling; overlayd itself never does)."""
+        try:
+            with open(os.path.join(state_dir, "fastpath.pid")) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+    # ---- the mode interface ----------------------------------------------------------------
+
+    def ensure_network(self, net: Network, sandbox: str) -> None:
+        kernel.ensure_sandbox(sandbox)
+        kernel.ensure_bridge(sandbox, net.mtu)
+        tap = kernel.tap_name(net.vni)
+        self._call(lambda: self.client.add_network(net.vni, sandbox, tap, net.mtu))
+        kernel.ensure_port(sandbox, tap, net.mtu)
+
+    def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
+        before = self._call(self.client.networks)["networks"].get(net.vni) or {}
+        self._call(lambda: self.client.sync_fdb(net.vni, fwd.fdb))
+        self._call(lambda: self.client.sync_arp(net.vni, fwd.neigh))
+        self._call(lambda: self.client.sync_flood(net.vni, sorted(fwd.flood)))
+        changed = _changes(before.get("fdb") or {}, fwd.fdb) + _changes(before.get("arp") or {}, fwd.neigh)
+        return changed + len(set(before.get("flood") or []) ^ fwd.flood)
+
+    def sync_peers(self, vteps: set[str]) -> None:
+        """Only these VTEPs (live cluster members) may send us VXLAN packets."""
+        self._call(lambda: self.client.sync_peers(sorted(vteps)))
+
+    def remove_network(self, net: Network, sandbox: str) -> None:
+        self._call(lambda: self.client.remove_network(net.vni))
+        kernel.remove_sandbox(sandbox)
+
+    def programmed(self, net: Network, sandbox: str) -> dict[str, Any]:
+        state = self._call(self.client.networks)["networks"].get(net.vni) or {}
+        return {
+            "fdb": [{"mac": m, "vtep": v} for m, v in sorted((state.get("fdb") or {}).items())],
+            "flood": sorted(state.get("flood") or []),
+            "neigh": [{"ip": i, "mac": m} for i, m in sorted((state.get("arp") or {}).items())],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return self._call(self.client.stats)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return {"mode": self.name, "fastpathd_pid": self.pid, "offloads": self.client.offloads()}
+        except FastpathControlError as e:
+            return {"mode": self.name, "fastpathd_pid": self.pid, "error": str(e)}
+
+    def _call(self, fn: Any) -> Any:
+        """One fastpathd request; if fastpathd died, start it again (it restores its state file)."""
+        try:
+            return fn()
+        except FastpathControlError as e:
+            if not str(e).startswith(f"fastpathd at {self.control}"):  # it answered: a refusal
+                raise kernel.KernelError(f"fast path refused: {e}") from None
+            log.warning("event=fastpathd-unreachable error=%s action=restart", e)
+            self.client.close()
+            self.start()
+            try:
+                return fn()
+            except FastpathControlError as e2:
+                raise kernel.KernelError(f"fast path unavailable: {e2}") from None
+
+
+def _changes(before: dict[str, str], after: dict[str, str]) -> int:
+    return sum(1 for k in set(before) | set(after) if before.get(k) != after.get(k))
