@@ -118,7 +118,7 @@ def validate(msg: Any) -> list[Any] | None:
     return msg
 
 
-def pack(msg: list[Any]) -> bytes:
+def pack(msg: Any) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 

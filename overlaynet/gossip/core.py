@@ -748,6 +748,11 @@ class GossipCore:
         if type(table) is not str or type(key) is not str or not table or \
                 len(table) > codec.MAX_NAME or len(key) > codec.MAX_NAME:
             raise ValueError(f"table and key must be strings of 1..{codec.MAX_NAME} characters")
+        if value is not None:
+            try:
+                codec.pack(value)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(f"table value for {table}/{key} is not msgpack-able: {e}") from None
         self._now = max(self._now, now)
         self._own_intent[(table, key)] = value
         rec, change = self._tables.write(table, key, value, self.name, self._now, self.cfg.tombstone_ttl)

@@ -254,9 +254,14 @@ class GossipNode:
                 await writer.drain()
                 if req.expect_reply:
                     data = await _read_frame(reader, self.config.max_stream_frame)
-                    if self._core is not None:
-                        self._core.handle_stream(data, req.dest, self._now())
-                        self._flush()
+                    core = self._core
+                    if core is None:
+                        return False
+                    rejected = core.stats["auth_failed"] + core.stats["malformed"]
+                    core.handle_stream(data, req.dest, self._now())
+                    self._flush()
+                    if core.stats["auth_failed"] + core.stats["malformed"] != rejected:
+                        return False  # an answer we cannot read is no successful join
             return True
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             self._counters["stream_failures"] += 1

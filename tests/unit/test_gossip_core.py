@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from overlaynet.gossip import GossipConfig
+from overlaynet.gossip import GossipConfig, GossipCore
 from overlaynet.gossip.awareness import Awareness
 from overlaynet.gossip.broadcast import BroadcastQueue
 from overlaynet.gossip.suspicion import Suspicion
@@ -60,3 +60,16 @@ def test_defaults_give_the_documented_numbers() -> None:
     assert lo == pytest.approx(1.505, abs=0.01) and hi == pytest.approx(9.03, abs=0.05)
     assert c.suspicion_bounds(3) == (1.0, 6.0)
     assert c.push_pull_scaled(32) == 30.0 and c.push_pull_scaled(128) == 90.0
+
+
+def test_local_writes_are_validated_with_a_clear_error() -> None:
+    core = GossipCore("me", "198.18.0.1", 7946)
+    with pytest.raises(ValueError, match="not msgpack-able"):
+        core.set("endpoints", "e1", {"bad": {1, 2}}, 0.0)
+    with pytest.raises(ValueError, match="table and key"):
+        core.set("", "e1", {}, 0.0)
+    with pytest.raises(TypeError):
+        core.set("endpoints", "e1", ["not", "a", "dict"], 0.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="meta is too large"):
+        GossipCore("big", "198.18.0.1", 7946, meta={"x": "y" * 2000})
+    assert core.table("endpoints") == {}
