@@ -293,7 +293,7 @@ def measure_detection(n: int, loss: float, crashes: int = 10, seed: int = 1,
 
     sim.observers.append(obs)
     out = []
-    for _ in range(crashes):
+    for _ in range(min(crashes, n - 2)):
         victim = sim.rng.choice([nd.name for nd in sim.live_nodes()])
         start = sim.now
         sim.crash(victim)
