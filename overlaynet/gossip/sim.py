@@ -46,6 +46,7 @@ class Simulation:
         self._heap: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self._groups: dict[str, int] | None = None
+        self._host_loss: dict[Addr, float] = {}  # per-host extra loss (a degraded NIC or overloaded host)
         self.observers: list[Observer] = []
         self.delivered = 0
         self.dropped = 0
@@ -126,6 +127,10 @@ class Simulation:
         for i, g in enumerate(groups):
             for name in g:
                 self._groups[name] = i + 1
+
+    def degrade(self, name: str, loss: float) -> None:
+        """Lose this fraction of everything the host sends or receives (0 restores it)."""
+        self._host_loss[self.nodes[name].addr] = loss
 
     def heal(self) -> None:
         self._groups = None
@@ -228,7 +233,10 @@ class Simulation:
             if len(d.data) > self.max_datagram:
                 self.max_datagram = len(d.data)
             dest = self._by_addr.get(d.dest)
-            if dest is None or not self.reachable(node, dest) or rnd() < self.loss:
+            loss = self.loss
+            if self._host_loss:
+                loss = max(loss, self._host_loss.get(node.addr, 0.0), self._host_loss.get(d.dest, 0.0))
+            if dest is None or not self.reachable(node, dest) or rnd() < loss:
                 self.dropped += 1
                 continue
             self._push(self.now + self._latency(), "dgram", (dest, node.addr, d.data))

@@ -185,3 +185,22 @@ def test_simulation_is_deterministic() -> None:
         return sim.delivered, sim.dropped, [m.state for m in sim.nodes["n0"].core.members()]
 
     assert run() == run()
+
+
+def test_a_degraded_host_probes_less_aggressively() -> None:
+    def run(awareness: int) -> tuple[int, int, int]:
+        sim = Simulation(seed=5, config=GossipConfig(awareness_max_multiplier=awareness))
+        sim.add_cluster(16, spacing=0.02)
+        sim.run_until_true(sim.converged, timeout=5)
+        sim.degrade("n3", 0.5)  # half of everything n3 sends or receives is lost
+        deaths = _deaths(sim)
+        sim.run_for(60.0)
+        assert deaths == []
+        core = sim.nodes["n3"].core
+        return core.stats["probes"], core.stats["probe_failures"], core.health_score
+
+    probes, failures, score = run(8)
+    probes_blind, failures_blind, _ = run(1)  # Lifeguard local health disabled
+    assert score > 0
+    assert probes < probes_blind / 2
+    assert failures < failures_blind / 2  # fewer false accusations from the sick host
