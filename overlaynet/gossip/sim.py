@@ -195,6 +195,19 @@ class Simulation:
                 return None
             self.run_for(step)
 
+    def set(self, host: str, table: str, key: str, value: dict[str, Any] | None) -> None:
+        """Write (value) or delete (None) an entry on a host and send what that produces."""
+        node = self.nodes[host]
+        if value is None:
+            node.core.delete(table, key, self.now)
+        else:
+            node.core.set(table, key, value, self.now)
+        self._flush(node)
+
+    def flush(self, node: SimNode) -> None:
+        """Deliver what a core queued after calling it directly (set, key_op, ...)."""
+        self._flush(node)
+
     # ------------------------------------------------------------------ queries
     def live_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.up]

@@ -150,10 +150,11 @@ class GossipNode:
         return self._need_core().table(name)
 
     def records(self, name: str) -> list[Record]:
-        """Every stored record of a table, tombstones and entries of dead owners included."""
+        """Every stored record of a table, tombstones and entries of dead owners included (read-only)."""
         return list(self._need_core().tables().records({name}))
 
     def record(self, name: str, key: str) -> Record | None:
+        """The stored record (value None = tombstone), visible or not (read-only)."""
         return self._need_core().tables().get(name, key)
 
     def set(self, table: str, key: str, value: dict[str, Any]) -> None:

@@ -50,8 +50,11 @@ def test_three_encrypted_nodes_converge_and_share_tables(tmp_path) -> None:
             nodes[0].set("endpoints", "ep1", {"ip": "198.19.0.10", "mac": "02:00:00:00:00:0a"})
             await wait_for(lambda: all("ep1" in n.table("endpoints") for n in nodes))
             assert any(isinstance(e, TableChange) and e.key == "ep1" and e.owner == "h0" for e in events)
+            assert nodes[1].record("endpoints", "ep1").owner == "h0"
             nodes[1].delete("endpoints", "ep1")
             await wait_for(lambda: all(n.table("endpoints") == {} for n in nodes))
+            tomb = nodes[2].records("endpoints")  # the tombstone is still stored, with its deleter
+            assert [(r.key, r.value, r.owner) for r in tomb] == [("ep1", None, "h1")]
 
             # Rotate the key cluster-wide from h1; h0 persists its new keyring to its key file.
             new = generate_key()
