@@ -1,0 +1,290 @@
+"""Control-plane cases on N real hosts (namespaces on one underlay bridge), overlaynet and Serf side by
+side, at several loss rates (nftables on every host's eth0, after the cluster has converged).
+
+overlaynet (N overlayd, all --join host 1, one network, a "pinger" container on host 1):
+- attach-to-reachable: wall time from starting `overlayctl attach` for a new container on host k
+  until a ping from host 1's container answers (ping every 10 ms; the pinger's ARP retry is 10 ms);
+- propagation: from the attach's return until each host's FDB for the network lists the new MAC
+  (GET /v1/networks/NET/fdb, what `overlayctl fdb NET --json` shows; all hosts polled concurrently
+  every 20 ms through the API client, so resolution is ~20 ms);
+- failure detection: kill -9 one overlayd; until each survivor's member list (GET /v1/members, as
+  `overlayctl members --json`) shows it dead/failed.
+Serf: see benchmarks/serf.py (user event with coalescing off; member-failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.core import NotAvailable, Results, percentile
+from benchmarks.loss import set_loss
+from benchmarks.serf import SerfCluster
+from benchmarks.topology import close_lab
+from overlaynet.lab import Host, Lab
+
+MEMBERS_PATH = "/v1/members"
+FDB_PATH = "/v1/networks/{network}/fdb"
+NETWORK = "bctl"
+SUBNET = "198.19.64.0/18"
+DEAD_STATES = {"dead", "failed", "left", "reaped"}
+POLL = 0.02
+
+
+# ---- overlaynet observation through the API ------------------------------------------------------------
+
+
+def _entries(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):
+        for key in ("members", "entries", "fdb", "items"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        return [dict(v, name=k) if isinstance(v, dict) else {"name": k, "state": v} for k, v in data.items()]
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def member_states(data: Any) -> dict[str, str]:
+    out = {}
+    for e in _entries(data):
+        name = e.get("name") or e.get("node")
+        state = e.get("state") or e.get("status")
+        if name:
+            out[str(name)] = str(state).lower()
+    return out
+
+
+async def _get(socket: str, path: str) -> Any:
+    from overlaynet.api.client import AsyncClient
+
+    return await AsyncClient(socket, timeout=5).request("GET", path)
+
+
+def poll_hosts(hosts: list[Host], path: str, done: Callable[[Any], bool], t0: float,
+               timeout: float) -> dict[str, float | None]:
+    """Poll `path` on every host concurrently until done(answer); wall seconds after t0 (time.time())."""
+
+    async def main() -> dict[str, float | None]:
+        seen: dict[str, float | None] = {h.label: None for h in hosts}
+        deadline = time.monotonic() + timeout
+
+        async def one(h: Host) -> None:
+            while time.monotonic() < deadline:
+                try:
+                    data = await _get(h.socket, path)
+                    if done(data):
+                        seen[h.label] = time.time() - t0
+                        return
+                except Exception:
+                    pass
+                await asyncio.sleep(POLL)
+
+        await asyncio.gather(*(one(h) for h in hosts))
+        return seen
+
+    return asyncio.run(main())
+
+
+class OverlaynetCluster:
+    def __init__(self, lab: Lab, n: int, progress: Callable[[str], None]) -> None:
+        self.lab, self.progress = lab, progress
+        self.hosts = [lab.add_host(f"o{i}") for i in range(1, n + 1)]
+        self.containers = 0
+
+    def start(self, timeout: float = 120.0) -> None:
+        first = self.hosts[0]
+        common = ["--dataplane", "kernel", "--plaintext"]
+        self.lab.start_daemon(first, *common, timeout=60)
+        for h in self.hosts[1:]:
+            self.lab.start_daemon(h, *common, "--join", first.address, wait=False)
+        for h in self.hosts[1:]:
+            self.lab.wait_ready(h, timeout=60)
+        try:
+            asyncio.run(_get(first.socket, MEMBERS_PATH))
+        except Exception as e:
+            raise NotAvailable(f"overlayd answers GET {MEMBERS_PATH} with: {e}") from None
+        names = {h.label for h in self.hosts}
+        seen = poll_hosts(self.hosts, MEMBERS_PATH,
+                          lambda d: {k for k, v in member_states(d).items() if v == "alive"} >= names,
+                          time.time(), timeout)
+        if any(v is None for v in seen.values()):
+            missing = [k for k, v in seen.items() if v is None]
+            raise NotAvailable(f"{len(missing)} of {len(self.hosts)} overlayd never saw all members alive "
+                               f"within {timeout:.0f}s")
+        self.lab.overlayctl(first, "network", "create", NETWORK, "--subnet", SUBNET)
+        # The network and the pinger: host 1's container that pings every new endpoint.
+        self.pinger = self.lab.add_container("p1")
+        self.lab.overlayctl_json(first, "attach", self.pinger, "--network", NETWORK)
+        self.lab.run(self.pinger, ["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=10"])
+
+    def attach(self, host: Host, timeout: float) -> tuple[float, dict[str, float | None], float | None]:
+        """(seconds the attach command took, per-host propagation, attach-to-reachable or None)."""
+        self.containers += 1
+        ctr = self.lab.add_container(f"x{self.containers}")
+        deadline = time.monotonic() + 30
+        while True:  # the network reaches the other hosts by gossip; attaching before that is refused
+            started = time.time()
+            result = self.lab.overlayctl(host, "attach", ctr, "--network", NETWORK, "--json", check=False)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if result.returncode != 0:
+            raise RuntimeError(f"overlayctl attach on {host.label}: {result.stderr.strip()}")
+        ep = json.loads(result.stdout)
+        returned = time.time()
+        pinger = self.lab.popen(self.pinger, ["ping", "-n", "-q", "-c", "1", "-i", "0.01", "-w", str(int(timeout)),
+                                              ep["ip"]])
+        others = [h for h in self.hosts if h is not host and h.process is not None]
+        mac = ep["mac"].lower()
+        prop = poll_hosts(others, FDB_PATH.format(network=NETWORK), lambda d: mac in json.dumps(d).lower(),
+                          returned, timeout)
+        code = pinger.wait()
+        reach = time.time() - started if code == 0 else None
+        return returned - started, prop, reach
+
+    def kill(self, host: Host, timeout: float) -> dict[str, float | None]:
+        t0 = time.time()
+        self.lab.stop_daemon(host, signal.SIGKILL)
+        survivors = [h for h in self.hosts if h.process is not None]
+        return poll_hosts(survivors, MEMBERS_PATH,
+                          lambda d: member_states(d).get(host.label, "dead") in DEAD_STATES, t0, timeout)
+
+
+_availability: dict[str, str | None] = {}
+
+
+def overlaynet_unavailable(prefix: str, progress: Callable[[str], None]) -> str | None:
+    """Why a 2-host overlaynet cluster does not work in this checkout (None: it does). Cached per run."""
+    if "reason" in _availability:
+        return _availability["reason"]
+    lab = Lab(prefix)
+    reason: str | None = None
+    try:
+        cluster = OverlaynetCluster(lab, 2, progress)
+        cluster.start(timeout=20)
+    except NotAvailable as e:
+        reason = str(e)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        close_lab(lab)
+    _availability["reason"] = reason
+    return reason
+
+
+# ---- the runner -------------------------------------------------------------------------------------
+
+
+def _record(results: Results, case: str, system: str, what: str, samples: list[float | None],
+            per_trial_max: list[float | None]) -> None:
+    got = [s for s in samples if s is not None]
+    missed = len(samples) - len(got)
+    if not got:
+        results.mark("control", case, system, f"{what} p50", "s", "failed",
+                     f"no host saw it within the deadline ({missed} misses)", "lower")
+        return
+    results.add("control", case, system, f"{what} p50", "s", percentile(got, 50), "lower")
+    results.add("control", case, system, f"{what} p99", "s", percentile(got, 99), "lower")
+    results.add("control", case, system, f"{what} max", "s", max(got), "lower", missed=missed,
+                samples=len(samples))
+    done = [m for m in per_trial_max if m is not None]
+    if done:
+        results.add("control", case, system, f"{what} all-hosts", "s", max(done), "lower")
+
+
+def _store(results: Results, system: str, what: str, n: int, loss: int, values: list[float | None]) -> None:
+    store = results.samples.setdefault("control", {}).setdefault(system, {}).setdefault(what, {})
+    store.setdefault(str(loss), {}).setdefault(str(n), []).extend(v for v in values if v is not None)
+
+
+def run(results: Results, progress: Callable[[str], None], prefix: str, systems: list[str], sizes: list[int],
+        losses: list[int], events: int, kills: int, register: Callable[[Any], None]) -> None:
+    for system in systems:
+        if system == "overlaynet":
+            progress("control: checking that two overlayd hosts form a cluster")
+            reason = overlaynet_unavailable(f"{prefix}c", progress)
+            if reason:
+                progress(f"control overlaynet: not available: {reason}")
+                for n in sizes:
+                    for loss in losses:
+                        case = f"N={n} loss={loss}%"
+                        for what in ("attach-to-reachable", "propagation", "detection"):
+                            results.mark("control", case, system, f"{what} p50", "s", "not available", reason,
+                                         "lower")
+                continue
+        for n in sizes:
+            for li, loss in enumerate(losses):
+                case = f"N={n} loss={loss}%"
+                lab = Lab(f"{prefix}{system[0]}{n}{li}")
+                register(lab)
+                try:
+                    _one_cluster(results, progress, lab, system, n, loss, case, events, kills)
+                except NotAvailable as e:
+                    progress(f"control {system} {case}: not available: {e}")
+                    for what in ("propagation", "detection"):
+                        results.mark("control", case, system, f"{what} p50", "s", "not available", str(e), "lower")
+                except Exception as e:
+                    progress(f"control {system} {case}: failed: {type(e).__name__}: {e}")
+                    for what in ("propagation", "detection"):
+                        results.mark("control", case, system, f"{what} p50", "s", "failed",
+                                     f"{type(e).__name__}: {e}", "lower")
+                finally:
+                    close_lab(lab)
+
+
+def _one_cluster(results: Results, progress: Callable[[str], None], lab: Lab, system: str, n: int, loss: int,
+                 case: str, events: int, kills: int) -> None:
+    step = f"control {system} {case}"
+    t = time.monotonic()
+    cluster: SerfCluster | OverlaynetCluster
+    if system == "serf":
+        cluster = SerfCluster(lab, n, progress)
+    else:
+        cluster = OverlaynetCluster(lab, n, progress)
+    try:
+        cluster.start()
+        progress(f"{step}: {n} hosts converged in {time.monotonic() - t:.1f}s; loss {loss}% on")
+        set_loss(lab, loss)
+        prop_all: list[float | None] = []
+        prop_max: list[float | None] = []
+        reach_all: list[float | None] = []
+        for i in range(events):
+            if isinstance(cluster, SerfCluster):
+                seen = cluster.propagate(f"b{i}", timeout=30)
+                extra = ""
+            else:
+                host = cluster.hosts[1 + i % (n - 1)]
+                took, seen, reach = cluster.attach(host, timeout=30)
+                reach_all.append(reach)
+                extra = f"; attach {took * 1000:.0f} ms, reachable after " + (
+                    f"{reach * 1000:.0f} ms" if reach is not None else "never (30 s)")
+            values = list(seen.values())
+            prop_all += values
+            prop_max.append(None if None in values else max(v for v in values if v is not None))
+            got = [v for v in values if v is not None]
+            progress(f"{step} update {i + 1}/{events}: all {len(got)}/{len(values)} hosts in "
+                     f"{max(got) * 1000 if got else float('nan'):.0f} ms{extra}")
+        _record(results, case, system, "propagation", prop_all, prop_max)
+        _store(results, system, "propagation", n, loss, prop_all)
+        if reach_all:
+            _record(results, case, system, "attach-to-reachable", reach_all, [])
+        det_all: list[float | None] = []
+        det_max: list[float | None] = []
+        for k in range(kills):
+            victim = cluster.hosts[-1 - k]
+            seen = cluster.kill(victim.label, timeout=60) if isinstance(cluster, SerfCluster) \
+                else cluster.kill(victim, timeout=60)
+            values = list(seen.values())
+            det_all += values
+            det_max.append(None if None in values else max(v for v in values if v is not None))
+            got = [v for v in values if v is not None]
+            progress(f"{step} kill -9 {k + 1}/{kills}: detected by {len(got)}/{len(values)}, first "
+                     f"{min(got) if got else float('nan'):.2f} s, last {max(got) if got else float('nan'):.2f} s")
+        _record(results, case, system, "detection", det_all, det_max)
+        _store(results, system, "detection", n, loss, det_all)
+    finally:
+        if isinstance(cluster, SerfCluster):
+            cluster.stop()
