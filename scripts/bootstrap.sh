@@ -30,7 +30,7 @@ fi
 stamp=.venv/.overlaynet-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     echo "bootstrap: installing overlaynet and its test tools into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -U pip 'setuptools>=68' wheel 'Cython>=3.0,<4'
+    .venv/bin/pip install -q --disable-pip-version-check -U pip 'setuptools>=77' wheel 'Cython>=3.0,<4'
     .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e '.[test,bench]'
     touch "$stamp"
 fi
