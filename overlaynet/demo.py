@@ -14,12 +14,11 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
 from types import FrameType
 
 from overlaynet.cli.tables import render_table
 from overlaynet.gossip.keyring import generate_key
-from overlaynet.lab import Lab
+from overlaynet.lab import Lab, wait_until
 
 SUBNET = "198.19.42.0/24"
 NETWORK = "demo"
@@ -57,15 +56,6 @@ def write_cluster_key(lab: Lab) -> str:
     return path
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
-
-
 def run_demo(lab: Lab) -> list[list[str]]:
     summary: list[list[str]] = []
     key_file = write_cluster_key(lab)
@@ -75,16 +65,18 @@ def run_demo(lab: Lab) -> list[list[str]]:
         args = ["--key-file", key_file] + (["--join", hosts[0].address] if i else [])
         lab.start_daemon(host, *args)
         print(f"    {host.label}: underlay {host.address}, overlayd {' '.join(args[2:]) or '(first host)'}")
-    took = wait_for(lambda: all(len([m for m in lab.overlayctl_json(h, "members") if m["state"] == "alive"])
-                                == len(hosts) for h in hosts), 30, "cluster membership")
+    started = time.monotonic()
+    wait_until(lambda: all(len([m for m in lab.overlayctl_json(h, "members") if m["state"] == "alive"])
+                           == len(hosts) for h in hosts), 30, what="cluster membership")
+    took = time.monotonic() - started
     print(f"    gossip joined all {len(hosts)} hosts in {took:.2f} s (AES-GCM with a generated cluster key)")
     summary.append(["cluster", f"{len(hosts)} hosts alive"])
 
     first, web_host, db_host = hosts
     step(f"on {first.label}: overlayctl network create {NETWORK} --subnet {SUBNET}")
     show(lab.overlayctl(first, "network", "create", NETWORK, "--subnet", SUBNET).stdout)
-    wait_for(lambda: all(any(n["name"] == NETWORK for n in lab.overlayctl_json(h, "network", "ls")) for h in hosts),
-             10, "the network reaching every host")
+    wait_until(lambda: all(any(n["name"] == NETWORK for n in lab.overlayctl_json(h, "network", "ls"))
+                           for h in hosts), 10, what="the network reaching every host")
 
     endpoints = {}
     for label, host in (("web", web_host), ("db", db_host)):

@@ -29,6 +29,19 @@ UNDERLAY_PREFIX = "198.18.0"
 UNDERLAY_BRIDGE = "ul0"
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    """Poll until predicate() is truthy and return that value; TimeoutError naming `what` if never."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
 def enter_netns(name: str) -> Callable[[], None]:
     """A preexec_fn that moves the child into the named network namespace."""
     path = name if name.startswith("/") else f"/run/netns/{name}"

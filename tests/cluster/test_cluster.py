@@ -16,22 +16,11 @@ import time
 
 import pytest
 
-from overlaynet.lab import Lab
+from overlaynet.lab import Lab, wait_until
 
 pytestmark = pytest.mark.cluster
 
 FAST = ["--resync-interval", "5", "--settle-time", "0.3", "--withdraw-delay", "4"]
-
-
-def wait_until(predicate, timeout=20.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def write_key(lab: Lab, name: str = "cluster.key", key: bytes | None = None) -> str:
