@@ -193,7 +193,6 @@ class DockerEngine:
         self.plugin_log_path = os.path.join(workdir, "plugin.log")
         self.process: subprocess.Popen[bytes] | None = None
         self.plugin: subprocess.Popen[bytes] | None = None
-        self._made_dirs: list[str] = []
 
     @property
     def host(self) -> str:
@@ -201,11 +200,10 @@ class DockerEngine:
 
     def start(self, timeout: float = 60.0) -> None:
         os.makedirs(self.plugin_dir, exist_ok=True)
-        # The bind-mount target must exist; remove what we had to create afterwards.
-        for d in ("/run/docker", "/run/docker/plugins"):
-            if not os.path.isdir(d):
-                os.mkdir(d)
-                self._made_dirs.insert(0, d)
+        # The bind-mount target must exist. It is left in place afterwards (dockerd creates it
+        # anyway): removing a directory that is a mount point in another mount namespace detaches
+        # that mount, which would break a concurrent run's engine.
+        os.makedirs("/run/docker/plugins", exist_ok=True)
         script = os.path.join(self.dir, "dockerd.sh")
         cg = os.path.join(self.dir, "cgroup")
         os.makedirs(cg, exist_ok=True)
@@ -324,12 +322,6 @@ exec /usr/sbin/dockerd --host {self.host} --data-root {self.dir}/data --exec-roo
         self.process = None
         self.stop_plugin()
         kill_processes_mentioning(self.dir)
-        for d in self._made_dirs:
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
-        self._made_dirs.clear()
         unmount_under(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
 

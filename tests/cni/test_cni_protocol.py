@@ -53,6 +53,8 @@ def test_add_check_del_lifecycle(podman_cluster: PodmanCluster, host_a: PodmanHo
     code, result = cni(host_a, "ADD", conf(host_a), ns, "cid1")
     assert code == 0, result
     assert result["cniVersion"] == "1.0.0"
+    (endpoint,) = Client(host_a.host.socket).list_endpoints(NET)
+    assert endpoint["labels"] == {"owner": "cni", "cni.network": NET, "cni.containerID": "cid1", "cni.ifname": "eth0"}
     container_if = result["interfaces"][1]
     assert container_if["name"] == "eth0" and container_if["sandbox"] == ns
     ip = result["ips"][0]

@@ -67,7 +67,9 @@ def test_endpoint_ids_are_stable_and_recognisable() -> None:
     one = spec.endpoint_id("blue", "abc", "eth0")
     assert one == spec.endpoint_id("blue", "abc", "eth0") and len(one) == 32 and one.isalnum()
     assert one != spec.endpoint_id("blue", "abc", "eth1") != spec.endpoint_id("green", "abc", "eth0")
-    assert spec.is_ours(one) and not spec.is_ours("3f2a" * 8)
+    assert spec.is_ours({"id": one}) and not spec.is_ours({"id": "3f2a" * 8})
+    assert spec.is_ours({"id": "3f2a" * 8, "labels": {"owner": "cni"}})
+    assert not spec.is_ours({"id": one, "labels": {"owner": "docker"}})
 
 
 def test_static_ip_sources() -> None:

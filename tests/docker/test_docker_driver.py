@@ -72,6 +72,7 @@ def test_containers_reach_each_other_by_name_and_ip_with_overlay_mtu_and_mac(
     web_ip = engine.docker_json("inspect", web)[0]["NetworkSettings"]["Networks"][net_a]["IPAddress"]
     assert web_ip in endpoints, f"Docker's address {web_ip} is not one overlayd allocated: {endpoints}"
     ep = endpoints[web_ip]
+    assert ep["labels"]["owner"] == "docker"
     link = engine.docker("exec", web, "ip", "-o", "link", "show", "eth0").stdout
     assert f"mtu {ep['mtu']}" in link and ep["mac"] in link, link
     assert "gw" not in engine.docker("exec", web, "ip", "route").stdout  # no docker_gwbridge, no eth1

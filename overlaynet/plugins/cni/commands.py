@@ -44,7 +44,7 @@ async def add(api: AsyncClient, conf: NetConf, inv: Invocation) -> dict[str, Any
     try:
         endpoint = await api.create_endpoint(
             conf.network, netns=inv.netns, ifname=inv.ifname, ip=spec.requested_ip(conf, inv),
-            mac=spec.requested_mac(conf, inv), id=endpoint_id,
+            mac=spec.requested_mac(conf, inv), id=endpoint_id, labels=spec.labels(conf, inv),
         )
     except ApiError as e:
         raise _daemon_error(e, f"attaching {inv.ifname} to network {conf.network}") from None
@@ -111,7 +111,7 @@ async def gc(api: AsyncClient, conf: NetConf) -> list[str]:
     removed = []
     for endpoint in endpoints:
         ident = endpoint["id"]
-        if not spec.is_ours(ident) or ident in keep or endpoint.get("host") != me:
+        if not spec.is_ours(endpoint) or ident in keep or endpoint.get("host") != me:
             continue
         try:
             await api.delete_endpoint(ident)

@@ -12,9 +12,10 @@ from typing import Any
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 LATEST = "1.1.0"
 DEFAULT_SOCKET = "/run/overlaynet/overlayd.sock"
-# Endpoint ids this plugin makes end in "cni" (overlayd ids are otherwise hex), so GC can tell its
-# own endpoints from Docker's or overlayctl's without any state of its own.
+# Endpoints this plugin makes carry the label owner=cni (and, belt and braces, an id ending in
+# "cni"; overlayd's own ids are hex), so GC can tell them from Docker's or overlayctl's.
 ID_SUFFIX = "cni"
+OWNER = "cni"
 
 # Error codes from the spec; 100+ are ours.
 ERR_INCOMPATIBLE_VERSION = 1
@@ -123,8 +124,16 @@ def endpoint_id(network: str, container_id: str, ifname: str) -> str:
     return digest[: 32 - len(ID_SUFFIX)] + ID_SUFFIX
 
 
-def is_ours(endpoint_id_: str) -> bool:
-    return endpoint_id_.endswith(ID_SUFFIX)
+def labels(conf: NetConf, inv: Invocation) -> dict[str, str]:
+    return {"owner": OWNER, "cni.network": conf.name, "cni.containerID": inv.container_id,
+            "cni.ifname": inv.ifname}
+
+
+def is_ours(endpoint: dict[str, Any]) -> bool:
+    owner = (endpoint.get("labels") or {}).get("owner")
+    if owner is not None:
+        return bool(owner == OWNER)
+    return str(endpoint.get("id", "")).endswith(ID_SUFFIX)
 
 
 def requested_ip(conf: NetConf, inv: Invocation) -> str | None:

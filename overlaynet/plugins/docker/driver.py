@@ -212,6 +212,7 @@ class Driver:
             try:
                 endpoint = await self.api.create_endpoint(
                     net.name, netns=None, ip=req.ip, mac=req.mac, id=req.endpoint_id,
+                    labels={"owner": "docker", "docker.network_id": req.docker_network_id},
                 )
                 break
             except ApiError as e:
