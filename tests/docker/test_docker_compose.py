@@ -147,3 +147,43 @@ def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project:
         raise AssertionError(f"{e}; wget said: {said[0]}") from None
     back = a.engine.compose(path, "-p", name, "exec", "-T", "web", "ping", "-c", "2", "-W", "2", "db")
     assert ", 0% packet loss" in back.stdout
+
+
+COMPOSE_NETWORK = f"""version: '3'
+services:
+  web:
+    image: {IMAGE}
+    command: httpd -f -p 80 -h /var/www
+    stop_signal: SIGKILL
+  db:
+    image: {IMAGE}
+    command: sleep 3600
+    stop_signal: SIGKILL
+networks:
+  default:
+    driver: overlaynet
+    driver_opts:
+      mtu: "1400"
+    ipam:
+      driver: overlaynet
+      config:
+        - subnet: 198.19.32.0/24
+"""
+
+
+def test_compose_created_network_with_driver_options(docker_cluster: DockerCluster,
+                                                     project: tuple[str, str]) -> None:
+    name, path = project
+    a = docker_cluster.a
+    with open(os.path.join(path, "docker-compose.yml"), "w") as f:
+        f.write(COMPOSE_NETWORK)
+    a.engine.compose(path, "-p", name, "up", "-d")
+    network = f"{name}_default"  # Compose's name for it, and so overlaynet's
+    net = wait_until(lambda: network_on(a, network), 15, f"overlaynet network {network}")
+    assert (net["subnet"], net["mtu"]) == ("198.19.32.0/24", 1400)
+    link = a.engine.compose(path, "-p", name, "exec", "-T", "web", "ip", "-o", "link", "show", "eth0").stdout
+    assert "mtu 1400" in link, link
+    page = a.engine.compose(path, "-p", name, "exec", "-T", "db", "wget", "-qO-", "http://web/")
+    assert page.stdout.strip() == "overlaynet-ok"
+    a.engine.compose(path, "-p", name, "down")  # removes the Docker network, and with it ours
+    assert network_on(a, network) is None
