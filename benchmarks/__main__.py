@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-docs", action=argparse.BooleanOptionalAction, default=None,
                    help="refresh docs/benchmarks.md and benchmarks/latest/ (default: only for a full run)")
     p.add_argument("--no-install", action="store_true", help="do not apt-get install missing tools")
+    p.add_argument("--prefix", help="name prefix of everything the run creates (default: 'b' + 4 random hex)")
     return p
 
 
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     progress = Progress()
-    prefix = "b" + secrets.token_hex(2)
+    prefix = args.prefix or "b" + secrets.token_hex(2)
+    if len(prefix) > 6:
+        parser.error("--prefix: at most 6 characters (Linux device names are short)")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = os.path.join(args.out, stamp)
     os.makedirs(outdir, exist_ok=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +57,12 @@ def member_states(data: Any) -> dict[str, str]:
         if name:
             out[str(name)] = str(state).lower()
     return out
+
+
+def programmed(fdb: Any, mac: str) -> bool:
+    """The host has programmed forwarding to `mac` (not merely learned that it should)."""
+    part = fdb.get("programmed", fdb) if isinstance(fdb, dict) else fdb
+    return mac in json.dumps(part).lower()
 
 
 async def _get(socket: str, path: str) -> Any:
@@ -115,10 +123,28 @@ class OverlaynetCluster:
             raise NotAvailable(f"{len(missing)} of {len(self.hosts)} overlayd never saw all members alive "
                                f"within {timeout:.0f}s")
         self.lab.overlayctl(first, "network", "create", NETWORK, "--subnet", SUBNET)
-        # The network and the pinger: host 1's container that pings every new endpoint.
-        self.pinger = self.lab.add_container("p1")
-        self.lab.overlayctl_json(first, "attach", self.pinger, "--network", NETWORK)
+        # One resident container per host, so that every host has the network active and must program
+        # each new endpoint (hosts without a local endpoint program nothing). Host 1's also pings.
+        residents = [self.lab.add_container(f"r{i}") for i in range(1, len(self.hosts) + 1)]
+        asyncio.run(self._attach_residents(residents, timeout))
+        self.pinger = residents[0]
         self.lab.run(self.pinger, ["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=10"])
+
+    async def _attach_residents(self, residents: list[str], timeout: float) -> None:
+        from overlaynet.api.client import AsyncClient
+
+        async def attach(host: Host, netns: str) -> None:
+            deadline = time.monotonic() + timeout
+            while True:  # refused until the network has reached this host by gossip
+                try:
+                    await AsyncClient(host.socket).create_endpoint(NETWORK, netns=f"/run/netns/{netns}")
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(attach(h, r) for h, r in zip(self.hosts, residents, strict=True)))
 
     def attach(self, host: Host, timeout: float) -> tuple[float, dict[str, float | None], float | None]:
         """(seconds the attach command took, per-host propagation, attach-to-reachable or None)."""
@@ -135,15 +161,22 @@ class OverlaynetCluster:
             raise RuntimeError(f"overlayctl attach on {host.label}: {result.stderr.strip()}")
         ep = json.loads(result.stdout)
         returned = time.time()
+        # ping -c 1 -w T keeps sending (every 10 ms) until one answer or T; its exit time is the answer.
         pinger = self.lab.popen(self.pinger, ["ping", "-n", "-q", "-c", "1", "-i", "0.01", "-w", str(int(timeout)),
-                                              ep["ip"]])
+                                              ep["ip"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reached: list[float | None] = [None]
+
+        def watch() -> None:
+            if pinger.wait() == 0:
+                reached[0] = time.time() - started
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         others = [h for h in self.hosts if h is not host and h.process is not None]
         mac = ep["mac"].lower()
-        prop = poll_hosts(others, FDB_PATH.format(network=NETWORK), lambda d: mac in json.dumps(d).lower(),
-                          returned, timeout)
-        code = pinger.wait()
-        reach = time.time() - started if code == 0 else None
-        return returned - started, prop, reach
+        prop = poll_hosts(others, FDB_PATH.format(network=NETWORK), lambda d: programmed(d, mac), returned, timeout)
+        watcher.join(timeout + 5)
+        return returned - started, prop, reached[0]
 
     def kill(self, host: Host, timeout: float) -> dict[str, float | None]:
         t0 = time.time()

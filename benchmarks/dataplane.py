@@ -113,7 +113,7 @@ def pps(pair: Pair, duration: float, warmup: float = 0.5) -> dict[str, float]:
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if _has("nc") else None
     gen = pair.lab.popen(pair.src_ns, ["trafgen", "--dev", pair.src_dev, "--conf", conf, "--cpus", str(os.cpu_count() or 1),
                                        "--no-sock-mem"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         time.sleep(warmup)  # ramp-up is not steady state: count only after it
         if gen.poll() is not None:
@@ -124,17 +124,31 @@ def pps(pair: Pair, duration: float, warmup: float = 0.5) -> dict[str, float]:
         rx1, tx1 = _rx_packets(pair, pair.dst_ns, pair.dst_dev), _rx_packets(pair, pair.src_ns, pair.src_dev, "tx_packets")
         wall = time.monotonic() - t0
     finally:
-        gen.send_signal(signal.SIGINT)
-        try:
-            gen.wait(5)
-        except subprocess.TimeoutExpired:
-            gen.kill()
-            gen.wait()
+        stop_group(gen)
         if sink is not None:
             sink.kill()
             sink.wait()
         os.unlink(conf)
     return {"delivered_pps": (rx1 - rx0) / wall, "offered_pps": (tx1 - tx0) / wall}
+
+
+def stop_group(proc: subprocess.Popen[Any]) -> None:
+    """trafgen forks one worker per CPU and only the parent hears a signal sent to it: signal the
+    whole process group (its own session), as ^C in a terminal would."""
+    for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the workers may outlive the parent by a moment
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _has(cmd: str) -> bool:
