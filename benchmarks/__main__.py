@@ -27,10 +27,12 @@ SYSTEMS = ("overlaynet", "serf")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(mtus="1500,9000", repeats=3, duration=5.0, pings=600, sizes="8,16,32", losses="0,5,20",
-                 events=5, kills=2, sim_sizes="10,32,100,316,1000", sim_losses="0,5,20", sim_seeds=1,
+                 events=5, kills=2, event_timeout=15.0, sim_sizes="10,32,100,316,1000", sim_losses="0,5,20",
+                 sim_seeds=1, sim_updates=20, sim_crashes=2,
                  micro_number=200_000, micro_repeat=7),
     "quick": dict(mtus="1500", repeats=2, duration=2.0, pings=200, sizes="8", losses="0,5",
-                  events=3, kills=1, sim_sizes="10,32,100", sim_losses="0,5", sim_seeds=1,
+                  events=3, kills=1, event_timeout=8.0, sim_sizes="10,32,100", sim_losses="0,5", sim_seeds=1,
+                  sim_updates=10, sim_crashes=2,
                   micro_number=20_000, micro_repeat=3),
 }
 
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--losses", type=ints, help="control-plane loss percentages (full 0,5,20)")
     p.add_argument("--events", type=int, help="table updates/user events per cluster (full 5)")
     p.add_argument("--kills", type=int, help="kill -9 trials per cluster (full 2)")
+    p.add_argument("--event-timeout", type=float,
+                   help="seconds to wait for every host to see an update/failure before counting it 'never' (full 15)")
+    p.add_argument("--sim-updates", type=int, help="simulated table writes per point (full 20)")
+    p.add_argument("--sim-crashes", type=int, help="simulated crashes per point (full 2)")
     p.add_argument("--sim-sizes", type=ints, help="simulator cluster sizes (full 10,32,100,316,1000)")
     p.add_argument("--sim-losses", type=ints, help="simulator loss percentages (full 0,5,20)")
     p.add_argument("--sim-seeds", type=int, help="simulator seeds per point (full 1)")
@@ -131,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                               args.pings, closers.append)
             if "control" in args.cases:
                 control.run(results, progress, prefix, args.systems, args.sizes, args.losses, args.events,
-                            args.kills, closers.append)
+                            args.kills, closers.append, args.event_timeout)
             if "sim" in args.cases:
-                simcurves.run(results, progress, args.sim_sizes, args.sim_losses, args.sim_seeds)
+                simcurves.run(results, progress, args.sim_sizes, args.sim_losses, args.sim_seeds, args.sim_updates,
+                              args.sim_crashes)
         except (Interrupted, KeyboardInterrupt) as e:
             progress(f"interrupted ({e or 'Ctrl-C'}): cleaning up and writing what was measured")
             meta["interrupted"] = str(e) or "Ctrl-C"
