@@ -71,6 +71,12 @@ cdef extern from "fp.h" nogil:
         int gro
         int verify_csum
         int spin_us
+        int rt_prio
+        int nice
+        int cpu_tx
+        int cpu_rx
+        int workers
+        int spin_yield
 
     struct fp_offloads:
         int udp_gso
@@ -395,7 +401,8 @@ cdef class Engine:
     cdef readonly str bind
 
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
-                  bint verify_csum=True, int spin_us=50):
+                  bint verify_csum=True, int spin_us=50, int rt_prio=0, int nice=0, int cpu_tx=-1,
+                  int cpu_rx=-1, int workers=2, bint spin_yield=True):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))
@@ -407,6 +414,12 @@ cdef class Engine:
         o.gro = gro
         o.verify_csum = verify_csum
         o.spin_us = spin_us
+        o.rt_prio = rt_prio
+        o.nice = nice
+        o.cpu_tx = cpu_tx
+        o.cpu_rx = cpu_rx
+        o.workers = 1 if workers == 1 else 2
+        o.spin_yield = spin_yield
         err[0] = 0
         self.e = fp_engine_create(&o, err, sizeof(err))
         if self.e == NULL:

@@ -182,6 +182,11 @@ struct fp_engine_opts {
     int gro;            /* allow UDP GRO */
     int verify_csum;    /* verify inner TCP checksums before coalescing (default on) */
     int spin_us;        /* after traffic, poll this long before sleeping (wake-up latency vs CPU) */
+    int rt_prio;        /* > 0: workers run SCHED_FIFO at this priority (like softirq: ahead of tasks) */
+    int nice;           /* workers' nice value when not real-time (0: inherit) */
+    int cpu_tx, cpu_rx; /* pin the tx / rx worker to this CPU (-1: let the scheduler place it) */
+    int spin_yield;     /* while polling, sched_yield() between empty polls (other tasks go first) */
+    int workers;        /* 1: one thread serves both directions (cpu_rx pins it); 2: a tx and an rx thread */
 };
 struct fp_offloads {
     int udp_gso, udp_gro, ntx;

@@ -26,6 +26,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -411,7 +412,7 @@ struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, si
         seterr(err, errlen, "epoll/eventfd");
         goto fail;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data = {.u64 = UINT64_MAX}};
+    struct epoll_event ev = {.events = EPOLLIN, .data = {.u64 = UINT64_MAX}}; /* EV_EVENTFD */
     epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev);
     atomic_store(&e->cfg, cfg_build(NULL, NULL, 0, 0));
     atomic_store(&e->peers, fp_ipset_new(0));
@@ -460,6 +461,15 @@ struct txq {
     int niov, nmsg;
     uint8_t scratch[TX_SCRATCH];
     size_t sused;
+    /* Small unicast frames wait here until the batch is sent, so that frames of many interleaved
+     * flows still leave as one UDP GSO send per (socket, VTEP) instead of one syscall each. */
+    struct txpend {
+        struct fp_net *net;
+        const uint8_t *f;
+        uint32_t len, vtep;
+        int sock;
+    } pend[TX_NBUF];
+    int npend;
 };
 
 static void set_gso(struct txq *q, int i, uint16_t segsize)
@@ -584,6 +594,40 @@ static void q_msg(struct fp_engine *e, struct txq *q, struct fp_net *net, int so
     }
 }
 
+static void q_small(struct fp_engine *e, struct txq *q, struct fp_net *net, int sock, uint32_t vtep,
+                    const uint8_t *f, size_t len, int mergeable)
+{
+    q_reserve(e, q, 2, 0);
+    int first = q->niov;
+    q->iov[q->niov].iov_base = net->vxhdr;
+    q->iov[q->niov++].iov_len = FP_VXLAN_HLEN;
+    q->iov[q->niov].iov_base = (void *)f;
+    q->iov[q->niov++].iov_len = len;
+    uint32_t bytes = (uint32_t)(FP_VXLAN_HLEN + len);
+    q_msg(e, q, net, sock, vtep, first, 2, 1, bytes, bytes, bytes, mergeable);
+}
+
+/* Queue the waiting small frames grouped by (socket, VTEP); a flow always maps to one socket, so
+ * each flow keeps its order. Called before anything else is queued and before sending. */
+static void q_pend_emit(struct fp_engine *e, struct txq *q)
+{
+    int n = q->npend;
+    q->npend = 0;
+    uint64_t done = 0; /* n <= TX_NBUF <= 64 */
+    for (int i = 0; i < n; i++) {
+        if (done >> i & 1)
+            continue;
+        struct txpend *a = &q->pend[i];
+        for (int j = i; j < n; j++) {
+            struct txpend *b = &q->pend[j];
+            if (!(done >> j & 1) && b->sock == a->sock && b->vtep == a->vtep) {
+                done |= 1ull << j;
+                q_small(e, q, b->net, b->sock, b->vtep, b->f, b->len, 1);
+            }
+        }
+    }
+}
+
 static void tap_write_arp(struct fp_net *net, const uint8_t *reply, size_t len)
 {
     static const struct fp_vnet_hdr vh0 = {0, 0, 0, 0, 0, 0};
@@ -608,6 +652,7 @@ static void tx_tso(struct fp_engine *e, struct txq *q, struct fp_net *net, int s
         return;
     }
     cnt(&net->c[FP_NC_TX_TSO_FRAMES], 1);
+    q_pend_emit(e, q);
     size_t hsz = FP_VXLAN_HLEN + st.hlen;
     uint32_t segsize = (uint32_t)(hsz + st.mss);
     uint32_t per = FP_MAX_GSO_BYTES / segsize;
@@ -695,6 +740,13 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
         cnt(&net->c[FP_NC_TX_DROP_MALFORMED], 1);
         return;
     }
+    cnt(&net->c[FP_NC_TX_PACKETS], nd);
+    if (nd == 1 && e->udp_gso && q->npend < TX_NBUF) {
+        q->pend[q->npend++] = (struct txpend){net, f, (uint32_t)len, dst[0], sock};
+        cnt(&net->c[FP_NC_TX_BYTES], (uint64_t)len);
+        return;
+    }
+    q_pend_emit(e, q);
     q_reserve(e, q, 2, 0);
     int first = q->niov;
     q->iov[q->niov].iov_base = net->vxhdr;
@@ -704,7 +756,6 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
     uint32_t bytes = (uint32_t)(FP_VXLAN_HLEN + len);
     for (uint32_t d = 0; d < nd; d++)
         q_msg(e, q, net, sock, dst[d], first, 2, 1, bytes, bytes, bytes, nd == 1);
-    cnt(&net->c[FP_NC_TX_PACKETS], nd);
     cnt(&net->c[FP_NC_TX_BYTES], (uint64_t)len * nd);
 }
 
@@ -722,15 +773,234 @@ static void block_signals(void)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
 }
 
+/* Scheduling of a worker: best effort (no CAP_SYS_NICE or a cgroup without RT budget: keep going). */
+static void worker_sched(const struct fp_engine *e, int cpu)
+{
+    block_signals();
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+            fprintf(stderr, "fastpath: cannot pin worker to CPU %d\n", cpu);
+    }
+    if (e->o.rt_prio > 0) {
+        struct sched_param sp = {.sched_priority = e->o.rt_prio};
+        if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp))
+            fprintf(stderr, "fastpath: cannot use SCHED_FIFO %d, staying SCHED_OTHER\n", e->o.rt_prio);
+        else
+            return;
+    }
+    if (e->o.nice && setpriority(PRIO_PROCESS, (id_t)gettid(), e->o.nice))
+        fprintf(stderr, "fastpath: cannot set nice %d\n", e->o.nice);
+}
+
+/* Transmit state of one worker: frame buffers (TAP reads) and the pending sendmmsg queue. */
+struct txstate {
+    uint8_t *bufs;
+    struct txq *q;
+    int nb; /* buffers in use (frames the queue may still point into) */
+};
+
+static int tx_init(struct txstate *t)
+{
+    t->bufs = malloc((size_t)TX_NBUF * TX_BUFSZ);
+    t->q = calloc(1, sizeof(*t->q));
+    t->nb = 0;
+    return t->bufs && t->q ? 0 : -1;
+}
+
+static void tx_free(struct txstate *t)
+{
+    free(t->bufs);
+    free(t->q);
+}
+
+static void tx_flush(struct fp_engine *e, struct txstate *t)
+{
+    q_pend_emit(e, t->q);
+    q_flush(e, t->q);
+    t->q->niov = 0;
+    t->q->sused = 0;
+    t->nb = 0;
+}
+
+/* Read what the TAP of `net` holds (up to `max` frames) and queue it. Returns frames read. */
+static int tx_net(struct fp_engine *e, struct txstate *t, struct fp_net *net, int max)
+{
+    const struct fp_tables *tb = atomic_load_explicit(&net->tables, memory_order_acquire);
+    int got = 0;
+    for (; got < max; got++) {
+        if (t->nb == TX_NBUF)
+            tx_flush(e, t);
+        uint8_t *b = t->bufs + (size_t)t->nb * TX_BUFSZ;
+        ssize_t r = read(net->fd, b, TX_BUFSZ);
+        if (r < 0 && errno != EAGAIN && errno != EINTR) {
+            /* the TAP is gone (its namespace was deleted): stop polling it */
+            epoll_ctl(e->epfd, EPOLL_CTL_DEL, net->fd, NULL);
+            cnt(&net->c[FP_NC_TX_ERRORS], 1);
+        }
+        if (r <= 0)
+            break;
+        t->nb++;
+        tx_frame(e, t->q, net, tb, b, (size_t)r);
+    }
+    return got;
+}
+
+#define EV_EVENTFD UINT64_MAX
+#define EV_RXSOCK (UINT64_MAX - 1)
+
+/* ------------------------------------------------------------------ rx: UDP -> TAP */
+
+#define RX_NMSG 64
+#define RX_BUFSZ 65536
+
+static void rx_emit(void *ctx, void *netp, const struct iovec *iov, int niov, int nseg)
+{
+    struct fp_net *net = netp;
+    (void)ctx;
+    (void)nseg;
+    if (writev(net->fd, iov, niov) < 0)
+        cnt(&net->c[FP_NC_RX_TAP_ERRORS], 1);
+    else
+        cnt(&net->c[FP_NC_RX_TAP_WRITES], 1);
+}
+
+typedef union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+} rx_cbuf_t;
+
+struct rxstate {
+    uint8_t *bufs;
+    struct mmsghdr *mm;
+    struct iovec *iov;
+    struct sockaddr_in *sa;
+    rx_cbuf_t *cm;
+    struct fp_gro *gro;
+};
+
+static int rx_init(struct fp_engine *e, struct rxstate *r)
+{
+    r->bufs = malloc((size_t)RX_NMSG * RX_BUFSZ);
+    r->mm = calloc(RX_NMSG, sizeof(*r->mm));
+    r->iov = calloc(RX_NMSG, sizeof(*r->iov));
+    r->sa = calloc(RX_NMSG, sizeof(*r->sa));
+    r->cm = calloc(RX_NMSG, sizeof(*r->cm));
+    r->gro = calloc(1, sizeof(*r->gro));
+    if (!r->bufs || !r->mm || !r->iov || !r->sa || !r->cm || !r->gro)
+        return -1;
+    r->gro->verify = e->o.verify_csum;
+    for (int i = 0; i < RX_NMSG; i++) {
+        r->iov[i].iov_base = r->bufs + (size_t)i * RX_BUFSZ;
+        r->iov[i].iov_len = RX_BUFSZ;
+        r->mm[i].msg_hdr.msg_iov = &r->iov[i];
+        r->mm[i].msg_hdr.msg_iovlen = 1;
+    }
+    return 0;
+}
+
+static void rx_free(struct rxstate *r)
+{
+    free(r->bufs);
+    free(r->mm);
+    free(r->iov);
+    free(r->sa);
+    free(r->cm);
+    free(r->gro);
+}
+
+/* One recvmmsg (flags: MSG_DONTWAIT or MSG_WAITFORONE) and everything it returned, into the TAPs.
+ * Returns the number of datagrams (<= 0: nothing). `qs` is marked offline while blocked. */
+static int rx_batch(struct fp_engine *e, struct rxstate *r, struct fp_qs *qs, int flags)
+{
+    struct mmsghdr *mm = r->mm;
+    for (int i = 0; i < RX_NMSG; i++) {
+        mm[i].msg_hdr.msg_name = &r->sa[i];
+        mm[i].msg_hdr.msg_namelen = sizeof(r->sa[i]);
+        mm[i].msg_hdr.msg_control = r->cm[i].buf;
+        mm[i].msg_hdr.msg_controllen = sizeof(r->cm[i].buf);
+        mm[i].msg_hdr.msg_flags = 0;
+    }
+    if (!(flags & MSG_DONTWAIT))
+        qs_offline(qs);
+    int n = recvmmsg(e->rxfd, mm, RX_NMSG, flags, NULL);
+    if (!(flags & MSG_DONTWAIT))
+        qs_online(qs);
+    if (n <= 0) {
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            cnt(&e->g[FP_GC_RX_ERRORS], 1);
+        return n;
+    }
+    cnt(&e->g[FP_GC_RECVMMSG_CALLS], 1);
+    const struct fp_cfg *cfg = atomic_load(&e->cfg);
+    const struct fp_ipset *peers = atomic_load(&e->peers);
+    struct fp_gro *gro = r->gro;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *p = r->iov[i].iov_base;
+        size_t len = mm[i].msg_len;
+        cnt(&e->g[FP_GC_RX_DATAGRAMS], 1);
+        if (mm[i].msg_hdr.msg_flags & MSG_TRUNC) {
+            cnt(&e->g[FP_GC_RX_DROP_TRUNCATED], 1);
+            continue;
+        }
+        size_t gso = len;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mm[i].msg_hdr); c; c = CMSG_NXTHDR(&mm[i].msg_hdr, c)) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                int v;
+                memcpy(&v, CMSG_DATA(c), sizeof(v));
+                if (v > 0)
+                    gso = (size_t)v;
+            }
+        }
+        uint32_t src = r->sa[i].sin_addr.s_addr;
+        int allowed = fp_ipset_has(peers, src);
+        for (size_t off = 0; off < len; off += gso) {
+            size_t seg = len - off < gso ? len - off : gso;
+            const uint8_t *pk = p + off;
+            uint32_t vni;
+            size_t ioff;
+            cnt(&e->g[FP_GC_RX_SEGMENTS], 1);
+            int rc = fp_decap(pk, seg, &vni, &ioff);
+            if (rc != FP_OK) {
+                cnt(&e->g[rc == FP_ERR_TRUNCATED ? FP_GC_RX_DROP_TRUNCATED : FP_GC_RX_DROP_MALFORMED], 1);
+                continue;
+            }
+            struct fp_net *net = cfg_lookup(cfg, vni);
+            if (!net) {
+                cnt(&e->g[FP_GC_RX_DROP_UNKNOWN_VNI], 1);
+                continue;
+            }
+            if (!allowed) {
+                cnt(&net->c[FP_NC_RX_DROP_BAD_SENDER], 1);
+                continue;
+            }
+            cnt(&net->c[FP_NC_RX_PACKETS], 1);
+            cnt(&net->c[FP_NC_RX_BYTES], seg - ioff);
+            int bad = 0;
+            if (fp_gro_offer(gro, net, net->vnet, net->mtu, pk + ioff, seg - ioff, rx_emit, e, &bad))
+                cnt(&net->c[FP_NC_RX_COALESCED], 1);
+            if (bad)
+                cnt(&net->c[FP_NC_RX_CSUM_BAD], 1);
+        }
+    }
+    fp_gro_flush(gro, rx_emit, e);
+    return n;
+}
+
+/* ------------------------------------------------------------------ workers */
+
+/* Two-worker mode, transmit side: epoll over every network's TAP. */
 static void *tx_main(void *arg)
 {
     struct fp_engine *e = arg;
     struct fp_qs *qs = &e->qs[1];
-    block_signals();
-    uint8_t *bufs = malloc((size_t)TX_NBUF * TX_BUFSZ);
-    struct txq *q = calloc(1, sizeof(*q));
-    if (!bufs || !q) {
+    worker_sched(e, e->o.cpu_tx);
+    struct txstate t;
+    if (tx_init(&t)) {
         fprintf(stderr, "fastpath: tx thread out of memory\n");
+        tx_free(&t);
         return NULL;
     }
     struct epoll_event evs[64];
@@ -744,14 +1014,15 @@ static void *tx_main(void *arg)
         if (ne <= 0) {
             if (spin_until && now_ns() >= spin_until)
                 spin_until = 0;
+            else if (spin_until && e->o.spin_yield)
+                sched_yield();
             goto quiescent;
         }
         if (spin_ns)
             spin_until = now_ns() + spin_ns;
         const struct fp_cfg *cfg = atomic_load(&e->cfg);
-        int nb = 0;
         for (int i = 0; i < ne; i++) {
-            if (evs[i].data.u64 == UINT64_MAX) {
+            if (evs[i].data.u64 == EV_EVENTFD) {
                 uint64_t v;
                 if (read(e->evfd, &v, sizeof(v)) < 0) {
                 }
@@ -759,171 +1030,118 @@ static void *tx_main(void *arg)
             }
             /* resolve by VNI under the grace period: the net may have been removed meanwhile */
             struct fp_net *net = cfg_lookup(cfg, (uint32_t)evs[i].data.u64);
-            if (!net)
-                continue;
-            const struct fp_tables *t = atomic_load_explicit(&net->tables, memory_order_acquire);
-            for (int burst = 0; burst < 256; burst++) {
-                if (nb == TX_NBUF) {
-                    q_flush(e, q);
-                    q->niov = 0;
-                    q->sused = 0;
-                    nb = 0;
-                }
-                uint8_t *b = bufs + (size_t)nb * TX_BUFSZ;
-                ssize_t r = read(net->fd, b, TX_BUFSZ);
-                if (r < 0 && errno != EAGAIN && errno != EINTR) {
-                    /* the TAP is gone (its namespace was deleted): stop polling it */
-                    epoll_ctl(e->epfd, EPOLL_CTL_DEL, net->fd, NULL);
-                    cnt(&net->c[FP_NC_TX_ERRORS], 1);
-                }
-                if (r <= 0)
-                    break;
-                nb++;
-                tx_frame(e, q, net, t, b, (size_t)r);
-            }
+            if (net)
+                tx_net(e, &t, net, 256);
         }
-        q_flush(e, q);
-        q->niov = 0;
-        q->sused = 0;
+        tx_flush(e, &t);
     quiescent:
         qs_quiescent(qs);
     }
     qs_offline(qs);
-    free(bufs);
-    free(q);
+    tx_free(&t);
     return NULL;
 }
 
-/* ------------------------------------------------------------------ rx: UDP -> TAP */
-
-#define RX_NMSG 64
-#define RX_BUFSZ 65536
-
-struct rxctx {
-    struct fp_engine *e;
-};
-
-static void rx_emit(void *ctx, void *netp, const struct iovec *iov, int niov, int nseg)
-{
-    struct fp_net *net = netp;
-    (void)ctx;
-    (void)nseg;
-    if (writev(net->fd, iov, niov) < 0)
-        cnt(&net->c[FP_NC_RX_TAP_ERRORS], 1);
-    else
-        cnt(&net->c[FP_NC_RX_TAP_WRITES], 1);
-}
-
+/* Two-worker mode, receive side: blocking recvmmsg on the VXLAN socket. */
 static void *rx_main(void *arg)
 {
     struct fp_engine *e = arg;
     struct fp_qs *qs = &e->qs[0];
-    block_signals();
-    uint8_t *bufs = malloc((size_t)RX_NMSG * RX_BUFSZ);
-    struct mmsghdr *mm = calloc(RX_NMSG, sizeof(*mm));
-    struct iovec *iov = calloc(RX_NMSG, sizeof(*iov));
-    struct sockaddr_in *sa = calloc(RX_NMSG, sizeof(*sa));
-    typedef union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } cbuf_t;
-    cbuf_t *cm = calloc(RX_NMSG, sizeof(cbuf_t));
-    struct fp_gro *gro = calloc(1, sizeof(*gro));
-    if (!bufs || !mm || !iov || !sa || !cm || !gro) {
+    worker_sched(e, e->o.cpu_rx);
+    struct rxstate r;
+    memset(&r, 0, sizeof(r));
+    if (rx_init(e, &r)) {
         fprintf(stderr, "fastpath: rx thread out of memory\n");
+        rx_free(&r);
         return NULL;
     }
-    gro->verify = e->o.verify_csum;
     uint64_t spin_until = 0, spin_ns = (uint64_t)e->o.spin_us * 1000u;
-    for (int i = 0; i < RX_NMSG; i++) {
-        iov[i].iov_base = bufs + (size_t)i * RX_BUFSZ;
-        iov[i].iov_len = RX_BUFSZ;
-        mm[i].msg_hdr.msg_iov = &iov[i];
-        mm[i].msg_hdr.msg_iovlen = 1;
-    }
     while (!atomic_load(&e->stop)) {
-        for (int i = 0; i < RX_NMSG; i++) {
-            mm[i].msg_hdr.msg_name = &sa[i];
-            mm[i].msg_hdr.msg_namelen = sizeof(sa[i]);
-            mm[i].msg_hdr.msg_control = cm[i].buf;
-            mm[i].msg_hdr.msg_controllen = sizeof(cm[i].buf);
-            mm[i].msg_hdr.msg_flags = 0;
-        }
-        qs_offline(qs);
         int spinning = spin_until && now_ns() < spin_until;
-        int n = recvmmsg(e->rxfd, mm, RX_NMSG, spinning ? MSG_DONTWAIT : MSG_WAITFORONE, NULL);
-        qs_online(qs);
+        int n = rx_batch(e, &r, qs, spinning ? MSG_DONTWAIT : MSG_WAITFORONE);
         if (n > 0 && spin_ns)
             spin_until = now_ns() + spin_ns;
         else if (n <= 0 && !spinning)
             spin_until = 0;
-        if (n <= 0) {
-            if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                cnt(&e->g[FP_GC_RX_ERRORS], 1);
-            qs_quiescent(qs);
-            continue;
-        }
-        cnt(&e->g[FP_GC_RECVMMSG_CALLS], 1);
-        const struct fp_cfg *cfg = atomic_load(&e->cfg);
-        const struct fp_ipset *peers = atomic_load(&e->peers);
-        for (int i = 0; i < n; i++) {
-            const uint8_t *p = iov[i].iov_base;
-            size_t len = mm[i].msg_len;
-            cnt(&e->g[FP_GC_RX_DATAGRAMS], 1);
-            if (mm[i].msg_hdr.msg_flags & MSG_TRUNC) {
-                cnt(&e->g[FP_GC_RX_DROP_TRUNCATED], 1);
-                continue;
-            }
-            size_t gso = len;
-            for (struct cmsghdr *c = CMSG_FIRSTHDR(&mm[i].msg_hdr); c; c = CMSG_NXTHDR(&mm[i].msg_hdr, c)) {
-                if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-                    int v;
-                    memcpy(&v, CMSG_DATA(c), sizeof(v));
-                    if (v > 0)
-                        gso = (size_t)v;
-                }
-            }
-            uint32_t src = sa[i].sin_addr.s_addr;
-            int allowed = fp_ipset_has(peers, src);
-            for (size_t off = 0; off < len; off += gso) {
-                size_t seg = len - off < gso ? len - off : gso;
-                const uint8_t *pk = p + off;
-                uint32_t vni;
-                size_t ioff;
-                cnt(&e->g[FP_GC_RX_SEGMENTS], 1);
-                int rc = fp_decap(pk, seg, &vni, &ioff);
-                if (rc != FP_OK) {
-                    cnt(&e->g[rc == FP_ERR_TRUNCATED ? FP_GC_RX_DROP_TRUNCATED : FP_GC_RX_DROP_MALFORMED], 1);
-                    continue;
-                }
-                struct fp_net *net = cfg_lookup(cfg, vni);
-                if (!net) {
-                    cnt(&e->g[FP_GC_RX_DROP_UNKNOWN_VNI], 1);
-                    continue;
-                }
-                if (!allowed) {
-                    cnt(&net->c[FP_NC_RX_DROP_BAD_SENDER], 1);
-                    continue;
-                }
-                cnt(&net->c[FP_NC_RX_PACKETS], 1);
-                cnt(&net->c[FP_NC_RX_BYTES], seg - ioff);
-                int bad = 0;
-                if (fp_gro_offer(gro, net, net->vnet, net->mtu, pk + ioff, seg - ioff, rx_emit, e, &bad))
-                    cnt(&net->c[FP_NC_RX_COALESCED], 1);
-                if (bad)
-                    cnt(&net->c[FP_NC_RX_CSUM_BAD], 1);
-            }
-        }
-        fp_gro_flush(gro, rx_emit, e);
+        else if (n <= 0 && e->o.spin_yield)
+            sched_yield();
         qs_quiescent(qs);
     }
     qs_offline(qs);
-    free(bufs);
-    free(mm);
-    free(iov);
-    free(sa);
-    free(cm);
-    free(gro);
+    rx_free(&r);
+    return NULL;
+}
+
+/* One-worker mode: one thread serves the VXLAN socket and every TAP from one epoll set.
+ * A request/response costs fewer wake-ups: writing a received frame into a TAP runs the receiving
+ * namespace's stack inside our writev(), so a reply (ping, TCP ACK) is often waiting in the TAP
+ * when the write returns, and this thread, already running, forwards it at once. After traffic
+ * the thread polls without sleeping for spin_us, which catches the remote side's answer without a
+ * wake-up when it comes back quickly. */
+static void *io_main(void *arg)
+{
+    struct fp_engine *e = arg;
+    struct fp_qs *qs = &e->qs[0];
+    worker_sched(e, e->o.cpu_rx);
+    struct txstate t;
+    struct rxstate r;
+    memset(&t, 0, sizeof(t));
+    memset(&r, 0, sizeof(r));
+    if (tx_init(&t) || rx_init(e, &r)) {
+        fprintf(stderr, "fastpath: worker out of memory\n");
+        tx_free(&t);
+        rx_free(&r);
+        return NULL;
+    }
+    struct epoll_event evs[64];
+    uint64_t spin_until = 0, spin_ns = (uint64_t)e->o.spin_us * 1000u;
+    while (!atomic_load(&e->stop)) {
+        int spinning = spin_until && now_ns() < spin_until;
+        if (!spinning)
+            qs_offline(qs);
+        int ne = epoll_wait(e->epfd, evs, 64, spinning ? 0 : 500);
+        if (!spinning)
+            qs_online(qs);
+        if (ne <= 0) {
+            if (!spinning)
+                spin_until = 0;
+            else if (e->o.spin_yield)
+                sched_yield(); /* poll politely: whoever else is runnable here (the app) goes first */
+            qs_quiescent(qs);
+            continue;
+        }
+        const struct fp_cfg *cfg = atomic_load(&e->cfg);
+        int work = 0;
+        for (int i = 0; i < ne; i++) {
+            uint64_t tag = evs[i].data.u64;
+            if (tag == EV_EVENTFD) {
+                uint64_t v;
+                if (read(e->evfd, &v, sizeof(v)) < 0) {
+                }
+            } else if (tag == EV_RXSOCK) {
+                /* a few batches, then the TAPs get their turn (they may hold replies by now) */
+                for (int k = 0; k < 4; k++) {
+                    int n = rx_batch(e, &r, qs, MSG_DONTWAIT);
+                    if (n <= 0)
+                        break;
+                    work += n;
+                    if (n < RX_NMSG)
+                        break;
+                }
+            } else {
+                struct fp_net *net = cfg_lookup(cfg, (uint32_t)tag);
+                if (net)
+                    work += tx_net(e, &t, net, 256);
+            }
+        }
+        tx_flush(e, &t);
+        if (work && spin_ns)
+            spin_until = now_ns() + spin_ns;
+        qs_quiescent(qs);
+    }
+    qs_offline(qs);
+    tx_free(&t);
+    rx_free(&r);
     return NULL;
 }
 
@@ -935,6 +1153,17 @@ int fp_engine_start(struct fp_engine *e)
         return 0;
     atomic_store(&e->stop, 0);
     e->started = 1;
+    if (e->o.workers == 1) {
+        /* one worker: the VXLAN socket joins the TAPs' epoll set; qs[1] stays offline */
+        struct epoll_event ev = {.events = EPOLLIN, .data = {.u64 = EV_RXSOCK}};
+        epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->rxfd, &ev);
+        if (pthread_create(&e->rx_thr, NULL, io_main, e)) {
+            e->started = 0;
+            return -1;
+        }
+        pthread_setname_np(e->rx_thr, "fastpath-io");
+        return 0;
+    }
     if (pthread_create(&e->rx_thr, NULL, rx_main, e)) {
         e->started = 0;
         return -1;
@@ -959,7 +1188,10 @@ void fp_engine_stop(struct fp_engine *e)
     if (write(e->evfd, &one, sizeof(one)) < 0) {
     }
     pthread_join(e->rx_thr, NULL);
-    pthread_join(e->tx_thr, NULL);
+    if (e->o.workers != 1)
+        pthread_join(e->tx_thr, NULL);
+    else
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, e->rxfd, NULL);
     e->started = 0;
 }
 

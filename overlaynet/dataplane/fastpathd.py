@@ -279,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="trust inner TCP checksums when coalescing (faster, unsafe without outer checksums)")
     p.add_argument("--spin-us", type=int, default=50,
                    help="busy-poll this many microseconds after traffic before sleeping (0: never spin)")
+    p.add_argument("--rt-prio", type=int, default=0,
+                   help="run the forwarding threads SCHED_FIFO at this priority 1..99 (0: normal scheduling)")
+    p.add_argument("--nice", type=int, default=0, help="nice value of the forwarding threads when not real-time")
+    p.add_argument("--cpu-tx", type=int, default=-1, help="pin the transmit thread to this CPU (-1: no pinning)")
+    p.add_argument("--cpu-rx", type=int, default=-1, help="pin the receive thread to this CPU (-1: no pinning)")
+    p.add_argument("--workers", type=int, choices=(1, 2), default=2,
+                   help="1: one thread for both directions (fewer wake-ups per round trip); 2: tx + rx threads")
+    p.add_argument("--no-spin-yield", action="store_true",
+                   help="busy-poll without sched_yield() between empty polls (hogs the CPU while spinning)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="fastpathd: %(levelname)s %(message)s", stream=sys.stderr)
@@ -292,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             fastpath.setns(a.netns)  # before any thread exists: everything runs in that namespace
         engine = fastpath.Engine(bind=a.bind, port=a.port, ntx=a.tx_sockets, gso=not a.no_gso,
                                  gro=not a.no_gro, verify_csum=not a.no_verify_csum,
-                                 spin_us=max(0, a.spin_us))
+                                 spin_us=max(0, a.spin_us), rt_prio=max(0, min(99, a.rt_prio)),
+                                 nice=max(-20, min(19, a.nice)), cpu_tx=a.cpu_tx, cpu_rx=a.cpu_rx,
+                                 workers=a.workers, spin_yield=not a.no_spin_yield)
     except (OSError, ValueError, ImportError) as e:
         print(f"fastpathd: cannot start: {e}", file=sys.stderr)
         return 1
