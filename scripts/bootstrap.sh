@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 procps nftables iperf3 tcpdump tshark netsniff-ng busybox-static)
+APT_PACKAGES=(iproute2 iputils-ping procps nftables iperf3 tcpdump tshark netsniff-ng busybox-static)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
