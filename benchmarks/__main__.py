@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             left = cleanup_leftovers(prefix)
             if left:
                 progress(f"cleanup: removed leftovers {', '.join(left)}")
+    dataplane.ratios(results)  # here, not in the case: an interrupted run keeps its ratios too
     meta["wall_s"] = time.monotonic() - progress.started
     meta["loadavg_end"] = _loadavg()
     meta.setdefault("machine", machine.describe())

@@ -47,6 +47,32 @@ def process_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def dataplane_pids(pair: Pair) -> list[int]:
+    """overlayd and fastpathd processes of the pair's two hosts: every process whose command line names
+    one of them and whose network namespace is one of the lab's host namespaces."""
+    hosts = set()
+    for host in pair.lab.hosts.values():
+        try:
+            hosts.add(os.stat(f"/run/netns/{host.netns}").st_ino)
+        except OSError:
+            pass
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if b"overlaynet.dataplane.fastpathd" not in cmdline and b"overlaynet.agent.daemon" not in cmdline:
+                continue
+            named = any(f"/run/netns/{h.netns}".encode() + b"\0" in cmdline for h in pair.lab.hosts.values())
+            if named or os.stat(f"/proc/{entry}/ns/net").st_ino in hosts:
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def tcp(pair: Pair, streams: int, duration: float) -> dict[str, float]:
     """iperf3 from src to dst; Gbit/s received, and CPU seconds per Gbit transferred."""
     server = pair.lab.popen(pair.dst_ns, ["iperf3", "-s", "-1", "-B", pair.dst_ip, "-p", str(IPERF_PORT)],
@@ -58,12 +84,13 @@ def tcp(pair: Pair, streams: int, duration: float) -> dict[str, float]:
             if ss.strip():
                 break
             time.sleep(0.02)
-        cpu0, dp0, t0 = busy_cpu_seconds(), process_cpu_seconds(pair.daemon_pids), time.monotonic()
+        pids = dataplane_pids(pair) if pair.daemon_pids else []
+        cpu0, dp0, t0 = busy_cpu_seconds(), process_cpu_seconds(pids), time.monotonic()
         result = pair.lab.run(pair.src_ns, ["iperf3", "-c", pair.dst_ip, "-p", str(IPERF_PORT), "-J",
                                             "-t", f"{duration:g}", "-P", str(streams)],
                               timeout=duration + 30)
         wall = time.monotonic() - t0
-        cpu, dp = busy_cpu_seconds() - cpu0, process_cpu_seconds(pair.daemon_pids) - dp0
+        cpu, dp = busy_cpu_seconds() - cpu0, process_cpu_seconds(pids) - dp0
     finally:
         server.kill()
         server.wait()
@@ -200,7 +227,6 @@ def run(results: Results, progress: Callable[[str], None], prefix: str, modes: l
         finally:
             for pair in pairs.values():
                 pair.close()
-    _ratios(results)
 
 
 CASES = [  # (case name, metric, unit, better)
@@ -264,7 +290,7 @@ def _one_repeat(results: Results, progress: Callable[[str], None], pair: Pair, t
         progress(f"{step} ping: failed: {e}")
 
 
-def _ratios(results: Results) -> None:
+def ratios(results: Results) -> None:
     """Each mode's median over the reference's median, same case, same run."""
     for fig in list(results.of_group("dataplane")):
         ref = results.figures.get(("dataplane", fig.case, REFERENCE, fig.metric))

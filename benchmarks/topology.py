@@ -46,7 +46,7 @@ class Pair:
     dst_ip: str
     dst_mac: str
     mtu: int  # of the path the traffic sees (inner MTU for the overlays)
-    daemon_pids: list[int] = field(default_factory=list)  # userspace dataplane processes (CPU)
+    daemon_pids: list[int] = field(default_factory=list)  # overlayd pids of a userspace pair (CPU accounting)
 
     def close(self) -> None:
         close_lab(self.lab)
