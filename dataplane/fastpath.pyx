@@ -401,8 +401,8 @@ cdef class Engine:
     cdef readonly str bind
 
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
-                  bint verify_csum=True, int spin_us=50, int rt_prio=0, int nice=0, int cpu_tx=-1,
-                  int cpu_rx=-1, int workers=2, bint spin_yield=True):
+                  bint verify_csum=True, int spin_us=0, int rt_prio=0, int nice=0, int cpu_tx=-1,
+                  int cpu_rx=-1, int workers=1, bint spin_yield=True):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))

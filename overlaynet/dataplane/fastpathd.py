@@ -277,14 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gro", action="store_true", help="do not use UDP GRO on receive")
     p.add_argument("--no-verify-csum", action="store_true",
                    help="trust inner TCP checksums when coalescing (faster, unsafe without outer checksums)")
-    p.add_argument("--spin-us", type=int, default=50,
+    p.add_argument("--spin-us", type=int, default=0,
                    help="busy-poll this many microseconds after traffic before sleeping (0: never spin)")
     p.add_argument("--rt-prio", type=int, default=0,
                    help="run the forwarding threads SCHED_FIFO at this priority 1..99 (0: normal scheduling)")
     p.add_argument("--nice", type=int, default=0, help="nice value of the forwarding threads when not real-time")
     p.add_argument("--cpu-tx", type=int, default=-1, help="pin the transmit thread to this CPU (-1: no pinning)")
     p.add_argument("--cpu-rx", type=int, default=-1, help="pin the receive thread to this CPU (-1: no pinning)")
-    p.add_argument("--workers", type=int, choices=(1, 2), default=2,
+    p.add_argument("--workers", type=int, choices=(1, 2), default=1,
                    help="1: one thread for both directions (fewer wake-ups per round trip); 2: tx + rx threads")
     p.add_argument("--no-spin-yield", action="store_true",
                    help="busy-poll without sched_yield() between empty polls (hogs the CPU while spinning)")
