@@ -21,6 +21,9 @@ MAX_MTU = 9000 - 50
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_DNS_NAME = 253
+MAX_NAMES = 32
 
 
 def validate_name(name: object) -> str:
@@ -90,6 +93,47 @@ def validate_labels(labels: object) -> dict[str, str]:
     return dict(labels)
 
 
+def validate_dns_name(name: object) -> str:
+    """A DNS name for an endpoint: dot-separated labels of 1-63 letters, digits or hyphens (not at
+    either end of a label), at most 253 characters; returned lower-case (DNS is case-insensitive)."""
+    if isinstance(name, str):
+        value = name.lower()
+        value = value[:-1] if value.endswith(".") else value  # a fully qualified "web." is "web"
+        labels = value.split(".")
+        if 0 < len(value) <= MAX_DNS_NAME and all(DNS_LABEL_RE.match(label) for label in labels):
+            return value
+    raise BadRequest(
+        f"invalid DNS name {name!r}: use labels of 1-63 letters, digits or '-' (not first or last), "
+        "separated by dots, e.g. web or db.backend"
+    )
+
+
+def validate_dns_names(names: object) -> list[str]:
+    """A list of endpoint names, validated, lower-cased, duplicates removed (order kept)."""
+    if names is None:
+        return []
+    if not isinstance(names, list):
+        raise BadRequest("names must be a JSON list of DNS names, e.g. [\"web\"]")
+    if len(names) > MAX_NAMES:
+        raise BadRequest(f"too many names: at most {MAX_NAMES} per endpoint")
+    out: list[str] = []
+    for name in names:
+        value = validate_dns_name(name)
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def gateway_mac(vni: int) -> str:
+    """The anycast gateway's MAC: the same on every host for one network, unique per VNI.
+
+    Locally administered unicast (02), then 0d ("DNS"), then the 24-bit VNI: every host's bridge
+    answers ARP for the gateway address with this one MAC, so duplicate answers are identical.
+    """
+    vni = validate_vni(vni)
+    return "02:0d:00:" + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
+
+
 def auto_vni(name: str, taken: set[int]) -> int:
     """A VNI derived from the name, so hosts that create the same name concurrently agree on it.
 
@@ -124,6 +168,15 @@ class Network:
     def ip_network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.subnet)
 
+    @property
+    def gateway_cidr(self) -> str | None:
+        """The anycast gateway's address on every host's bridge ("IP/prefixlen"), if there is one."""
+        return f"{self.gateway}/{self.ip_network.prefixlen}" if self.gateway else None
+
+    @property
+    def gateway_mac(self) -> str | None:
+        return gateway_mac(self.vni) if self.gateway else None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -155,6 +208,7 @@ class Endpoint:
     vtep: str
     created_at: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)  # who made it and why, e.g. {"owner": "cni"}
+    names: list[str] = field(default_factory=list)  # DNS names, answered by every host's DNS (dns.md)
 
     @property
     def address_cidr(self) -> str:
@@ -178,4 +232,5 @@ class Endpoint:
             vtep=data.get("vtep") or "",
             created_at=float(data.get("created_at") or 0.0),
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+            names=[str(n) for n in (data.get("names") or [])],
         )

@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 from overlaynet import __version__, ipam, kernel, model
 from overlaynet.agent.cluster import ENDPOINTS, IPAM, NETWORKS, Cluster
 from overlaynet.agent.config import Config, parse_seed
+from overlaynet.agent.dns import DnsService
 from overlaynet.agent.forwarding import Forwarding, forwarding_for
 from overlaynet.agent.kernel_mode import KernelMode
 from overlaynet.agent.state import StateStore
 from overlaynet.agent.userspace_mode import UserspaceMode
+from overlaynet.dns_answer import Zone
 from overlaynet.errors import BadRequest, Conflict, NotFound
 from overlaynet.gossip.keyring import Keyring, KeyringError, decode_key, key_id
 from overlaynet.gossip.state import KeyringChange, MemberChange, TableChange
@@ -65,6 +67,8 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         # One thread for all netlink work: kernel verbs run in order, never concurrently.
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.dns = DnsService(self._zone_for, self._kernel)
+        self._zones: dict[str, Zone] = {}  # network -> names, rebuilt after endpoint table changes
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -129,6 +133,7 @@ class Agent:
         """
         for task in self._tasks:
             task.cancel()
+        self.dns.close()
         if self.node is not None:
             await self.node.stop()
         self._kernel_pool.shutdown(wait=True)
@@ -224,6 +229,7 @@ class Agent:
             if event.table == NETWORKS:
                 self._cache_network(event.key)
             if event.table in (NETWORKS, ENDPOINTS):
+                self._zones.clear()
                 self._dirty.set()
         elif isinstance(event, KeyringChange):
             if self.keyring is not None and self.keyring.path is not None:
@@ -303,6 +309,9 @@ class Agent:
                     f"at most {default_mtu} (VXLAN adds {model.VXLAN_OVERHEAD} bytes)"
                 )
             gateway = request.get("gateway")
+            if gateway == "auto":
+                # The first usable address: the network's anycast gateway and DNS address (dns.md).
+                gateway = str(subnet.network_address + 1)
             if gateway is not None:
                 gateway = AddressPool(str(subnet)).check_requested(str(gateway), [])
             options = request.get("options") or {}
@@ -482,6 +491,7 @@ class Agent:
             raise BadRequest(f"invalid endpoint id {endpoint_id!r}: at least 12 letters or digits")
         target = request.get("netns")
         labels = model.validate_labels(request.get("labels"))
+        names = model.validate_dns_names(request.get("names"))
         async with self._lock:
             net = self.get_network(net_name)
             if endpoint_id in self.endpoints:
@@ -515,7 +525,7 @@ class Agent:
             ep = Endpoint(
                 id=endpoint_id, network=net.name, ip=ip, prefixlen=net.ip_network.prefixlen, mac=mac,
                 ifname=ifname, netns=netns_path, mtu=net.mtu, host=self.config.name,
-                vtep=self.advertise, created_at=time.time(), labels=labels,
+                vtep=self.advertise, created_at=time.time(), labels=labels, names=names,
             )
             sandbox = self._sandbox(net)
             try:
@@ -533,8 +543,9 @@ class Agent:
                 self.store.delete("addresses", net.name, f"{ip}.json")
                 self.cluster.release_address(net.name, ip)
             self._programmed.pop(net.name, None)
-            log.info("event=attached endpoint=%s network=%s ip=%s mac=%s netns=%s",
-                     ep.id[:12], net.name, ip, mac, netns_path)
+            self._zones.pop(net.name, None)
+            log.info("event=attached endpoint=%s network=%s ip=%s mac=%s netns=%s names=%s",
+                     ep.id[:12], net.name, ip, mac, netns_path, ",".join(names) or "-")
         if requested_ip and not taking_reservation and self.cluster.others_alive():
             await self._settle_requested_ip(ep)
         self._dirty.set()
@@ -553,6 +564,25 @@ class Agent:
                 await self.delete_endpoint(ep.id)
                 raise Conflict(f"IP {ep.ip} was handed out at the same moment on host {other.get('host')!r}; "
                                "pick another or omit --ip")
+
+    async def update_endpoint(self, endpoint_id: str, request: dict[str, Any]) -> Endpoint:
+        """Change what may change on a live endpoint: its DNS names (replaced as a whole)."""
+        unknown = set(request) - {"names"}
+        if unknown:
+            raise BadRequest(f"cannot change {', '.join(sorted(unknown))} of an endpoint: only names; "
+                             "detach and attach again for anything else")
+        if "names" not in request:
+            raise BadRequest('nothing to change: give {"names": [...]}')
+        names = model.validate_dns_names(request["names"])
+        async with self._lock:
+            ep = self.get_endpoint(endpoint_id)
+            ep.names = names
+            self.store.write(ep.to_dict(), "endpoints", f"{ep.id}.json")
+            self.cluster.put_endpoint(ep)
+            self._zones.pop(ep.network, None)
+            log.info("event=endpoint-named endpoint=%s network=%s names=%s", ep.id[:12], ep.network,
+                     ",".join(names) or "-")
+            return ep
 
     async def delete_endpoint(self, endpoint_id: str) -> Endpoint:
         async with self._lock:
@@ -587,6 +617,7 @@ class Agent:
         self.store.delete("endpoints", f"{ep.id}.json")
         self.endpoints.pop(ep.id, None)
         self.cluster.delete_endpoint(ep.id)
+        self._zones.pop(ep.network, None)
         log.info("event=detached endpoint=%s network=%s ip=%s", ep.id[:12], ep.network, ep.ip)
         if net is not None:
             self._release_empty_blocks(net)
@@ -648,7 +679,30 @@ class Agent:
         return endpoints
 
     def desired_forwarding(self, net: Network) -> Forwarding:
-        return forwarding_for(net.name, self.advertise, self._visible_endpoints())
+        fwd = forwarding_for(net.name, self.advertise, self._visible_endpoints())
+        if net.gateway and net.gateway_mac:
+            # The anycast gateway: ARP for it is answered on this host (kernel: the VXLAN device's
+            # proxy; userspace: the fast path), never sent across the underlay.
+            fwd.neigh[net.gateway] = net.gateway_mac
+        return fwd
+
+    def _zone_for(self, network: str) -> Zone | None:
+        """The names the DNS server of `network` answers (cached until the endpoints change)."""
+        zone = self._zones.get(network)
+        if zone is None:
+            net = self.networks.get(network)
+            if net is None:
+                return None
+            zone = self._zones[network] = Zone.build(net.name, net.subnet, self._visible_endpoints())
+        return zone
+
+    async def _sync_dns(self) -> None:
+        wanted = {}
+        for name in {ep.network for ep in self.endpoints.values()}:
+            net = self.networks.get(name)
+            if net is not None and net.gateway:
+                wanted[name] = (net.gateway, self._sandbox(net))
+        await self.dns.sync(wanted)
 
     async def program(self, force: bool = False) -> int:
         """Push remote endpoints into the dataplane of every network with a local endpoint."""
@@ -689,6 +743,11 @@ class Agent:
                 if n or not force:
                     log.info("event=programmed network=%s fdb=%d neigh=%d flood=%d changed=%d",
                              name, len(fwd.fdb), len(fwd.neigh), len(fwd.flood), n)
+            self._zones.clear()  # membership (and lingering) may have changed what is visible
+            try:
+                await self._sync_dns()
+            except Exception:
+                log.exception("event=dns-sync-failed")
             self.counters["programmed_passes"] += 1
             self.counters["entries_changed"] += changed
             return changed
@@ -836,4 +895,5 @@ class Agent:
             "counters": dict(self.counters),
             "uptime_s": round(time.time() - self.started_at, 1),
             "last_reconcile": self.last_reconcile,
+            "dns": self.dns.status(),
         }

@@ -2,7 +2,7 @@
 
 Three replicated tables:
   networks  key = name                      value = Network.to_dict()
-  endpoints key = endpoint id               value = {network, ip, prefixlen, mac, host, vtep}
+  endpoints key = endpoint id               value = {network, ip, prefixlen, mac, host, vtep, names}
   ipam      key = "<network>|<block>|<host>" value = {network, block, host, claimed_at}
             key = "<network>|addr|<ip>|<host>" value = {network, address, host, claimed_at}
             (an address reserved through the Docker IPAM driver before its endpoint exists)
@@ -106,7 +106,7 @@ class Cluster:
     def put_endpoint(self, ep: Endpoint) -> None:
         self.node.set(ENDPOINTS, ep.id, {
             "id": ep.id, "network": ep.network, "ip": ep.ip, "prefixlen": ep.prefixlen, "mac": ep.mac,
-            "host": ep.host, "vtep": ep.vtep,
+            "host": ep.host, "vtep": ep.vtep, "names": list(ep.names),
         })
 
     def delete_endpoint(self, endpoint_id: str) -> None:

@@ -24,15 +24,20 @@ class KernelMode:
 
     def ensure_network(self, net: Network, sandbox: str) -> None:
         kernel.ensure_sandbox(sandbox)
-        kernel.ensure_bridge(sandbox, net.mtu)
+        kernel.ensure_bridge(sandbox, net.mtu, mac=net.gateway_mac, address=net.gateway_cidr)
         kernel.ensure_vxlan(sandbox, kernel.VxlanSpec(vni=net.vni, local=self.advertise,
                                                       port=self.vxlan_port, mtu=net.mtu))
 
     def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
         """Make the device's entries equal to `fwd`; returns how many entries changed."""
         changed = 0
+        fdb = dict(fwd.fdb)
+        if net.gateway_mac:
+            # The gateway's neighbour entry (in fwd.neigh) points at the bridge's own MAC: marking
+            # that MAC bridge-local keeps the device's ARP proxy quiet, the bridge answers.
+            fdb[net.gateway_mac] = kernel.BRIDGE_LOCAL
         for changes in (
-            kernel.sync_fdb(sandbox, net.vni, fwd.fdb),
+            kernel.sync_fdb(sandbox, net.vni, fdb),
             kernel.sync_neigh(sandbox, net.vni, fwd.neigh),
             kernel.set_flood_list(sandbox, net.vni, fwd.flood),
         ):
@@ -57,7 +62,8 @@ class KernelMode:
             return {"fdb": [], "flood": [], "neigh": []}
         fdb = kernel.list_fdb(sandbox, net.vni)
         return {
-            "fdb": [{"mac": e.mac, "vtep": e.vtep} for e in fdb if e.mac != kernel.FLOOD_MAC],
+            "fdb": [{"mac": e.mac, "vtep": e.vtep} for e in fdb
+                    if e.mac != kernel.FLOOD_MAC and e.vtep != kernel.BRIDGE_LOCAL],
             "flood": sorted(e.vtep for e in fdb if e.mac == kernel.FLOOD_MAC),
             "neigh": [{"ip": n.ip, "mac": n.mac} for n in kernel.list_neigh(sandbox, net.vni)],
         }

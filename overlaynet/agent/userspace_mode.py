@@ -69,7 +69,7 @@ class UserspaceMode:
 
     def ensure_network(self, net: Network, sandbox: str) -> None:
         kernel.ensure_sandbox(sandbox)
-        kernel.ensure_bridge(sandbox, net.mtu)
+        kernel.ensure_bridge(sandbox, net.mtu, mac=net.gateway_mac, address=net.gateway_cidr)
         tap = kernel.tap_name(net.vni)
         self._call(lambda: self.client.add_network(net.vni, sandbox, tap, net.mtu))
         kernel.ensure_port(sandbox, tap, net.mtu)

@@ -116,9 +116,11 @@ class AsyncClient:
 
     async def create_endpoint(self, network: str, netns: str | None = None, ifname: str | None = None,
                               ip: str | None = None, mac: str | None = None,
-                              id: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+                              id: str | None = None, labels: dict[str, str] | None = None,
+                              names: list[str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"network": network, "netns": netns}
-        for key, value in (("ifname", ifname), ("ip", ip), ("mac", mac), ("id", id), ("labels", labels)):
+        for key, value in (("ifname", ifname), ("ip", ip), ("mac", mac), ("id", id), ("labels", labels),
+                           ("names", names)):
             if value is not None:
                 body[key] = value
         return await self.request("POST", "/v1/endpoints", body)
@@ -127,6 +129,10 @@ class AsyncClient:
         """With check=True the answer says whether the endpoint's veth is really there ("present")."""
         return await self.request("GET", f"/v1/endpoints/{quote(endpoint_id, safe='')}",
                                   params={"check": "true"} if check else None)
+
+    async def set_endpoint_names(self, endpoint_id: str, names: list[str]) -> dict[str, Any]:
+        """Replace an endpoint's DNS names (answered by every host's DNS on the network)."""
+        return await self.request("PATCH", f"/v1/endpoints/{quote(endpoint_id, safe='')}", {"names": names})
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         await self.request("DELETE", f"/v1/endpoints/{quote(endpoint_id, safe='')}")

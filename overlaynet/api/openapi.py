@@ -57,7 +57,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["name", "subnet"],
         "properties": {
             "name": {"type": "string"}, "subnet": {"type": "string"}, "vni": {"type": "integer"},
-            "mtu": {"type": "integer"}, "gateway": {"type": "string"}, "options": {"type": "object"},
+            "mtu": {"type": "integer"}, "options": {"type": "object"},
+            "gateway": {"type": "string", "description": "an address of the subnet, or \"auto\": the first "
+                        "usable one; the anycast gateway and DNS address on every host (omit: none)"},
         },
     },
     "Endpoint": {
@@ -68,6 +70,9 @@ SCHEMAS: dict[str, Any] = {
             "netns": {"type": ["string", "null"]}, "mtu": {"type": "integer"}, "host": {"type": "string"},
             "vtep": {"type": "string"}, "host_ifname": {"type": "string"},
             "container_ifname": {"type": "string"}, "gateway": {"type": ["string", "null"]},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "names": {"type": "array", "items": {"type": "string"},
+                      "description": "DNS names, answered by every host's DNS on the network's gateway"},
         },
     },
     "EndpointCreate": {
@@ -75,7 +80,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "network": {"type": "string"}, "netns": {"type": ["string", "null"]}, "ifname": {"type": "string"},
             "ip": {"type": "string"}, "mac": {"type": "string"}, "id": {"type": "string"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "names": {"type": "array", "items": {"type": "string"}},
         },
+    },
+    "EndpointUpdate": {
+        "type": "object", "required": ["names"],
+        "properties": {"names": {"type": "array", "items": {"type": "string"},
+                                 "description": "replaces the endpoint's DNS names"}},
     },
     "Address": {"type": "object", "properties": {"ip": {"type": "string"}, "prefixlen": {"type": "integer"}}},
 }
@@ -118,6 +130,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/endpoints/{id}": {
                 "get": _op("Inspect an endpoint", _answers("200", ENDPOINT, "404"), params=[_path_param("id")]),
+                "patch": _op("Set an endpoint's DNS names", _answers("200", ENDPOINT, "400", "404"),
+                             body={"$ref": "#/components/schemas/EndpointUpdate"}, params=[_path_param("id")]),
                 "delete": _op("Detach an endpoint", _answers("204", None, "404"), params=[_path_param("id")]),
             },
             "/v1/reconcile": {"post": _op("Run a reconciliation now", _answers("200", {"type": "object"}))},

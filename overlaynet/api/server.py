@@ -119,6 +119,12 @@ async def get_endpoint(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+async def update_endpoint(request: web.Request) -> web.Response:
+    agent = agent_of(request)
+    ep = await agent.update_endpoint(request.match_info["id"], await json_body(request))
+    return web.json_response(agent.endpoint_view(ep))
+
+
 async def delete_endpoint(request: web.Request) -> web.Response:
     await agent_of(request).delete_endpoint(request.match_info["id"])
     return web.Response(status=204)
@@ -193,6 +199,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_post("/v1/endpoints", create_endpoint)
     app.router.add_delete("/v1/endpoints", delete_endpoint_by_netns)
     app.router.add_get("/v1/endpoints/{id}", get_endpoint)
+    app.router.add_patch("/v1/endpoints/{id}", update_endpoint)
     app.router.add_delete("/v1/endpoints/{id}", delete_endpoint)
     app.router.add_get("/v1/networks/{name}/fdb", network_fdb)
     app.router.add_get("/v1/members", list_members)

@@ -17,6 +17,8 @@ from typing import Any
 from overlaynet import __version__
 from overlaynet.api.client import SOCKET_ENV, ApiError, Client, default_socket
 from overlaynet.cli.tables import render_table
+from overlaynet.errors import BadRequest
+from overlaynet.model import validate_dns_name
 
 
 class UsageError(Exception):
@@ -45,9 +47,13 @@ def parse_int(value: str | None, what: str) -> int | None:
 
 
 def cmd_network_create(client: Client, args: argparse.Namespace) -> None:
+    if args.no_gateway and args.gateway:
+        raise UsageError("give either --gateway or --no-gateway, not both")
+    gateway = None if args.no_gateway else (args.gateway or "auto")
     net = client.create_network(args.name, args.subnet, vni=parse_int(args.vni, "--vni"),
-                                mtu=parse_int(args.mtu, "--mtu"), gateway=args.gateway)
-    emit(args, net, lambda n: f"network {n['name']} created: vni {n['vni']}, subnet {n['subnet']}, mtu {n['mtu']}")
+                                mtu=parse_int(args.mtu, "--mtu"), gateway=gateway)
+    emit(args, net, lambda n: f"network {n['name']} created: vni {n['vni']}, subnet {n['subnet']}, mtu {n['mtu']}"
+                              + (f", gateway and DNS {n['gateway']}" if n.get("gateway") else ", no gateway (no DNS)"))
 
 
 def network_rows(nets: list[dict[str, Any]]) -> str:
@@ -82,10 +88,28 @@ def cmd_network_rm(client: Client, args: argparse.Namespace) -> None:
     emit(args, {"removed": args.name}, lambda d: f"network {d['removed']} removed")
 
 
+def default_names(netns: str) -> list[str]:
+    """A bare namespace name (`ip netns add web`) names the endpoint `web` in DNS, if it is a valid name."""
+    if "/" in netns:
+        return []
+    try:
+        return [validate_dns_name(netns)]
+    except BadRequest:
+        return []
+
+
 def cmd_attach(client: Client, args: argparse.Namespace) -> None:
-    ep = client.create_endpoint(args.network, netns=args.netns, ifname=args.ifname, ip=args.ip, mac=args.mac)
+    names = args.name if args.name else ([] if args.no_name else default_names(args.netns))
+    ep = client.create_endpoint(args.network, netns=args.netns, ifname=args.ifname, ip=args.ip, mac=args.mac,
+                                names=names or None)
     emit(args, ep, lambda e: f"attached {args.netns} to {e['network']}: endpoint {e['id'][:12]} "
-                             f"ip {e['ip']}/{e['prefixlen']} mac {e['mac']} ({e['ifname']}, mtu {e['mtu']})")
+                             f"ip {e['ip']}/{e['prefixlen']} mac {e['mac']} ({e['ifname']}, mtu {e['mtu']})"
+                             + (f", names {', '.join(e['names'])}" if e.get("names") else ""))
+
+
+def cmd_endpoint_name(client: Client, args: argparse.Namespace) -> None:
+    ep = client.set_endpoint_names(args.id, args.names)
+    emit(args, ep, lambda e: f"endpoint {e['id'][:12]} ({e['ip']}) names: {', '.join(e['names']) or '(none)'}")
 
 
 def cmd_detach(client: Client, args: argparse.Namespace) -> None:
@@ -95,17 +119,17 @@ def cmd_detach(client: Client, args: argparse.Namespace) -> None:
 
 def endpoint_rows(eps: list[dict[str, Any]]) -> str:
     return render_table(
-        ["ID", "NETWORK", "IP", "MAC", "IFNAME", "NETNS", "HOST"],
+        ["ID", "NETWORK", "IP", "MAC", "IFNAME", "NETNS", "NAMES", "HOST"],
         [[e["id"][:12], e["network"], f"{e['ip']}/{e['prefixlen']}", e["mac"], e["ifname"],
-          e.get("netns") or "-", e.get("host", "")] for e in eps],
+          e.get("netns") or "-", ",".join(e.get("names") or []) or "-", e.get("host", "")] for e in eps],
     )
 
 
 def cluster_endpoint_rows(eps: list[dict[str, Any]]) -> str:
     return render_table(
-        ["ID", "NETWORK", "IP", "MAC", "HOST", "VTEP"],
-        [[e["id"][:12], e["network"], f"{e['ip']}/{e['prefixlen']}", e["mac"], e.get("host", ""),
-          e.get("vtep", "")] for e in eps],
+        ["ID", "NETWORK", "IP", "MAC", "NAMES", "HOST", "VTEP"],
+        [[e["id"][:12], e["network"], f"{e['ip']}/{e['prefixlen']}", e["mac"], ",".join(e.get("names") or []) or "-",
+          e.get("host", ""), e.get("vtep", "")] for e in eps],
     )
 
 
@@ -236,7 +260,10 @@ def build_parser() -> Parser:
     p.add_argument("--subnet", required=True, help="IPv4 CIDR, e.g. 198.19.1.0/24")
     p.add_argument("--vni", help="VXLAN network identifier 1..16777215 (default: derived from the name)")
     p.add_argument("--mtu", help="inner MTU (default: underlay MTU - 50)")
-    p.add_argument("--gateway", help="reserve this address as the network's gateway")
+    p.add_argument("--gateway", help="the network's anycast gateway and DNS address, reserved "
+                                     "(default: the first usable address of the subnet)")
+    p.add_argument("--no-gateway", action="store_true",
+                   help="no gateway address: every address is usable, but there is no DNS on the network")
     p.set_defaults(func=cmd_network_create)
     p = net_sub.add_parser("ls", help="list networks", parents=[common])
     p.set_defaults(func=cmd_network_ls)
@@ -254,6 +281,10 @@ def build_parser() -> Parser:
     p.add_argument("--ifname", help="interface name inside the namespace (default eth0)")
     p.add_argument("--ip", help="ask for this address (default: the next free one)")
     p.add_argument("--mac", help="ask for this MAC (default: derived from the endpoint id)")
+    p.add_argument("--name", action="append", metavar="NAME",
+                   help="a DNS name for the endpoint, answered on every host (repeatable; default: NETNS "
+                        "when it is a bare name under /run/netns)")
+    p.add_argument("--no-name", action="store_true", help="no DNS name, not even the default")
     p.set_defaults(func=cmd_attach)
 
     p = sub.add_parser("detach", help="unplug a network namespace from a network", parents=[common])
@@ -268,6 +299,11 @@ def build_parser() -> Parser:
     p.add_argument("--network")
     p.add_argument("--all", action="store_true", help="every endpoint in the cluster, on any host")
     p.set_defaults(func=cmd_endpoint_ls)
+    p = ep_sub.add_parser("name", help="set an endpoint's DNS names (replaces them; none clears)",
+                          parents=[common])
+    p.add_argument("id", help="endpoint id (or a unique prefix of it), see `overlayctl endpoint ls`")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.set_defaults(func=cmd_endpoint_name)
 
     p = sub.add_parser("stats", help="dataplane counters per network (packets, bytes, drops by reason)",
                        parents=[common])

@@ -8,7 +8,7 @@ may call them from an executor thread. They act relative to the calling thread's
 
 from .diff import Changes
 from .errors import KernelError
-from .fdb import FLOOD_MAC, FdbEntry, delete_fdb, list_fdb, set_fdb, set_flood_list, sync_fdb
+from .fdb import BRIDGE_LOCAL, FLOOD_MAC, FdbEntry, delete_fdb, list_fdb, set_fdb, set_flood_list, sync_fdb
 from .links import ensure_bridge, ensure_port
 from .names import (
     BRIDGE_NAME,
@@ -35,6 +35,7 @@ from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_v
 from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan
 
 __all__ = [
+    "BRIDGE_LOCAL",
     "BRIDGE_NAME",
     "FLOOD_MAC",
     "Changes",

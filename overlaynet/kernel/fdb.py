@@ -23,6 +23,10 @@ from .names import vxlan_name
 from .rtnl import rtnl
 
 FLOOD_MAC = "00:00:00:00:00:00"
+BRIDGE_LOCAL = "0.0.0.0"
+"""The "VTEP" of a MAC that lives on this host's bridge itself (the anycast gateway): with a
+neighbour entry pointing at such a MAC, the VXLAN device's ARP proxy stays silent (the kernel's
+"bridge-local neighbour") and the bridge answers ARP itself; nothing crosses the underlay."""
 AF_BRIDGE = 7
 NUD_PERMANENT = ndmsg.states["permanent"]
 NTF_SELF = ndmsg.flags["self"]

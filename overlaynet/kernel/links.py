@@ -15,9 +15,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .errors import KernelError, describe
 from .names import BRIDGE_NAME
+from .netns import call_in_netns
 from .rtnl import rtnl
 
 IFF_UP = 0x1
+AF_INET = 2
 
 Link = Any
 """A pyroute2 ifinfmsg (pyroute2 ships no type hints)."""
@@ -89,10 +91,36 @@ def bridge_index(ipr: IPRoute, sandbox: str) -> int:
     return int(bridge["index"])
 
 
-def ensure_bridge(sandbox: str, mtu: int) -> bool:
+def _converge_address(ipr: IPRoute, index: int, address_cidr: str | None) -> None:
+    """Exactly this IPv4 address (or none) on the link."""
+    present = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=AF_INET, index=index)}
+    wanted = {address_cidr} if address_cidr else set()
+    for cidr in present - wanted:
+        ip, _, plen = cidr.partition("/")
+        ipr.addr("del", index=index, address=ip, prefixlen=int(plen))
+    for cidr in wanted - present:
+        ip, _, plen = cidr.partition("/")
+        ipr.addr("add", index=index, address=ip, prefixlen=int(plen))
+
+
+def _no_ipv6_on_bridge() -> None:
+    # The bridge carries IPv4 only; without this it would get an IPv6 link-local address from its
+    # MAC, which is the same on every host (anycast gateway): duplicate-address noise on the overlay.
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{BRIDGE_NAME}/disable_ipv6", "r+") as f:
+            if f.read().strip() != "1":
+                f.seek(0)
+                f.write("1")
+    except FileNotFoundError:  # a kernel without IPv6
+        pass
+
+
+def ensure_bridge(sandbox: str, mtu: int, mac: str | None = None, address: str | None = None) -> bool:
     """Make the sandbox's bridge exist, up, with this MTU. Returns True if it was created.
 
-    A non-bridge device squatting on the name is replaced.
+    `mac` pins the bridge's MAC (else the kernel picks one); `address` ("IP/prefixlen") is then its
+    only IPv4 address (None: no address) — the network's anycast gateway, the same IP and MAC on
+    every host. IPv6 is off on the bridge. A non-bridge device squatting on the name is replaced.
     """
     try:
         with rtnl(sandbox) as ipr:
@@ -105,8 +133,13 @@ def ensure_bridge(sandbox: str, mtu: int) -> bool:
                 # STP off (the default): ports forward at once, there is no loop to break here.
                 ipr.link("add", ifname=BRIDGE_NAME, kind="bridge", mtu=mtu)
                 link = get_link(ipr, BRIDGE_NAME)
-            converge_link(ipr, link, mtu=mtu)
+            assert link is not None
+            call_in_netns(sandbox, _no_ipv6_on_bridge)  # before it goes up: no link-local, no DAD
+            converge_link(ipr, link, mtu=mtu, address=mac)
+            _converge_address(ipr, int(link["index"]), address)
             return created
+    except OSError as exc:
+        raise KernelError(f"cannot set up bridge {BRIDGE_NAME} in sandbox {sandbox}: {exc}") from None
     except NetlinkError as exc:
         raise KernelError(
             f"cannot set up bridge {BRIDGE_NAME} in sandbox {sandbox}: {describe(exc)}"

@@ -97,7 +97,8 @@ def test_three_hosts_one_network(lab):
     fdb = lab.overlayctl_json(h2, "fdb", "blue")["programmed"]
     assert {e["mac"]: e["vtep"] for e in fdb["fdb"]} == {ep_b["mac"]: h3.address, ep_c["mac"]: h3.address}
     assert fdb["flood"] == [h3.address]
-    assert {e["ip"] for e in fdb["neigh"]} == {ep_b["ip"], ep_c["ip"]}
+    # ARP suppression: the remote endpoints, and the network's anycast gateway (answered on this host).
+    assert {e["ip"] for e in fdb["neigh"]} == {ep_b["ip"], ep_c["ip"], "198.19.50.1"}
     # A name or VNI taken anywhere is taken everywhere.
     dup = lab.overlayctl(h3, "network", "create", "blue", "--subnet", "198.19.51.0/24", check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
@@ -270,7 +271,7 @@ def test_dead_hosts_address_blocks_are_reclaimed_after_the_delay(lab):
     lab.start_daemon(h2, "--key-file", host_key_file(lab, h2, key), "--join", h1.address, *args)
     wait_until(lambda: alive_count(lab, h1) == 2)
     # A /29 is four blocks of two addresses; .0 and .7 are reserved: six usable.
-    lab.overlayctl(h1, "network", "create", "tiny", "--subnet", "198.19.60.0/29")
+    lab.overlayctl(h1, "network", "create", "tiny", "--subnet", "198.19.60.0/29", "--no-gateway")
     wait_until(lambda: any(n["name"] == "tiny" for n in lab.overlayctl_json(h2, "network", "ls")))
     held_by_h2 = lab.overlayctl_json(h2, "attach", lab.add_container("x"), "--network", "tiny")["ip"]
     mine = []

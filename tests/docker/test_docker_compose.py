@@ -33,28 +33,20 @@ networks:
 """
 
 # Across hosts each engine runs one service. Docker's embedded DNS knows only its own engine's
-# containers, so the other host's service is named through extra_hosts and a fixed ipv4_address
-# (both allocated through overlaynet IPAM, cluster-unique).
+# containers and forwards other names to the `dns:` servers, from inside the container: the network's
+# gateway is overlaynet's DNS on every host, which knows every host's containers by service name.
 SPLIT = f"""version: '3'
 services:
   web:
     image: {IMAGE}
     command: httpd -f -p 80 -h /var/www
     stop_signal: SIGKILL
-    extra_hosts:
-      - "db:198.19.30.20"
-    networks:
-      default:
-        ipv4_address: 198.19.30.10
+    dns: [198.19.30.1]
   db:
     image: {IMAGE}
     command: sleep 3600
     stop_signal: SIGKILL
-    extra_hosts:
-      - "web:198.19.30.10"
-    networks:
-      default:
-        ipv4_address: 198.19.30.20
+    dns: [198.19.30.1]
 networks:
   default:
     external:
@@ -124,15 +116,27 @@ def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project:
     net_b = network_on(b, "my-network")
     assert net_b is not None and net_b["owner"] == "a", net_b  # one network, not a second one
 
-    def ping_web(count: int) -> str:
-        return b.engine.compose(path, "-p", name, "exec", "-T", "db", "ping", "-c", str(count), "-W", "2",
-                                "198.19.30.10", check=False).stdout
+    web_ip = a.engine.docker_json("inspect", f"{name}_web_1")[0]["NetworkSettings"]["Networks"]["my-network"][
+        "IPAddress"]
+    db_ip = b.engine.docker_json("inspect", f"{name}_db_1")[0]["NetworkSettings"]["Networks"]["my-network"][
+        "IPAddress"]
 
-    # Gossip needs a moment to tell each host where the other's endpoint is; then no loss at all.
-    wait_until(lambda: ", 0% packet loss" in ping_web(1), 30, "db on host b to ping web on host a")
-    ping = ping_web(3)
-    assert ", 0% packet loss" in ping, ping
+    def ping(h: DockerHost, service: str, target: str, count: int) -> str:
+        return h.engine.compose(path, "-p", name, "exec", "-T", service, "ping", "-c", str(count), "-W", "2",
+                                target, check=False).stdout
 
+    # By IP first. Gossip needs a moment to tell each host where the other's endpoint is.
+    wait_until(lambda: ", 0% packet loss" in ping(b, "db", web_ip, 1), 30, "db on host b to ping web's IP")
+    assert ", 0% packet loss" in ping(b, "db", web_ip, 3)
+
+    # By name: the plugin publishes the service names after Join; then each side resolves the other
+    # through its own host's overlaynet DNS (the `dns:` entry), via Docker's embedded resolver.
+    def resolves(h: DockerHost, service: str, target: str, ip: str) -> bool:
+        out = h.engine.compose(path, "-p", name, "exec", "-T", service, "nslookup", target, check=False)
+        return ip in out.stdout.split("Name:", 1)[-1]
+
+    wait_until(lambda: resolves(b, "db", "web", web_ip), 30, "web's name resolved on host b")
+    wait_until(lambda: resolves(a, "web", "db", db_ip), 30, "db's name resolved on host a")
     said = [""]  # (busybox 1.35's `wget -T` segfaults: hence `timeout 5 wget`)
 
     def fetch() -> bool:
@@ -145,8 +149,12 @@ def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project:
         wait_until(fetch, 30, "db on host b to fetch http://web/ from host a")
     except AssertionError as e:
         raise AssertionError(f"{e}; wget said: {said[0]}") from None
-    back = a.engine.compose(path, "-p", name, "exec", "-T", "web", "ping", "-c", "2", "-W", "2", "db")
-    assert ", 0% packet loss" in back.stdout
+    assert ", 0% packet loss" in ping(a, "web", "db", 2)
+    # What overlayd published: the service name (and the short container id) on the endpoint.
+    names = {n for e in Client(a.host.socket).list_endpoints("my-network") for n in e["names"]}
+    assert "web" in names, names
+    net = network_on(a, "my-network")
+    assert net is not None and net["gateway"] == "198.19.30.1"  # Docker's gateway: the DNS address
 
 
 COMPOSE_NETWORK = f"""version: '3'

@@ -70,7 +70,13 @@ def test_join_hands_over_the_veth_and_disables_gwbridge() -> None:
     answer = p.join_response(ENDPOINT)
     assert answer == {"InterfaceName": {"SrcName": "ovc182b98111", "DstPrefix": "eth"},
                       "DisableGatewayService": True}
-    assert p.join_response(dict(ENDPOINT, gateway="198.19.5.1"))["Gateway"] == "198.19.5.1"
+    # The network's gateway is the anycast DNS address, not a router: never a default route.
+    assert "Gateway" not in p.join_response(dict(ENDPOINT, gateway="198.19.5.1"))
+
+
+def test_container_names_become_dns_names() -> None:
+    # Compose: the container name has underscores (not a DNS name), the service alias is kept.
+    assert p.dns_names(["proj_web_1", "web", "3f2a9c1d0e4b", "Web", ""]) == ["web", "3f2a9c1d0e4b"]
 
 
 def test_request_pool() -> None:

@@ -110,3 +110,26 @@ def test_verbs_run_from_an_executor_and_refuse_the_event_loop(state_dir: str) ->
             kernel.ensure_bridge(path, 1450)
 
     asyncio.run(daemon())
+
+
+def test_bridge_with_anycast_gateway_mac_and_address_converges(state_dir: str) -> None:
+    path = kernel.sandbox_path(state_dir, 1)
+    kernel.ensure_sandbox(path)
+    mac = "02:0d:00:00:10:01"
+    assert kernel.ensure_bridge(path, 1450, mac=mac, address="198.19.1.1/24") is True
+    for _ in range(2):  # idempotent: nothing to change the second time
+        assert kernel.ensure_bridge(path, 1450, mac=mac, address="198.19.1.1/24") is False
+    link = in_sandbox(path, "ip", "-o", "link", "show", kernel.BRIDGE_NAME)
+    assert f"link/ether {mac}" in link and "mtu 1450" in link
+    addrs = in_sandbox(path, "ip", "-o", "addr", "show", "dev", kernel.BRIDGE_NAME)
+    assert addrs.count("inet ") == 1 and "inet 198.19.1.1/24" in addrs
+    assert "inet6" not in addrs  # IPv6 off: no link-local from a MAC shared by every host
+    # Drift is repaired: a foreign address goes, ours comes back.
+    in_sandbox(path, "ip", "addr", "del", "198.19.1.1/24", "dev", kernel.BRIDGE_NAME)
+    in_sandbox(path, "ip", "addr", "add", "198.19.1.77/24", "dev", kernel.BRIDGE_NAME)
+    kernel.ensure_bridge(path, 1450, mac=mac, address="198.19.1.1/24")
+    addrs = in_sandbox(path, "ip", "-o", "-4", "addr", "show", "dev", kernel.BRIDGE_NAME)
+    assert "198.19.1.1/24" in addrs and "198.19.1.77" not in addrs
+    # Without an address (a network without gateway) the bridge has none.
+    kernel.ensure_bridge(path, 1450)
+    assert "inet " not in in_sandbox(path, "ip", "-o", "-4", "addr", "show", "dev", kernel.BRIDGE_NAME)

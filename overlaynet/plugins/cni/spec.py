@@ -169,11 +169,7 @@ def build_result(conf: NetConf, inv: Invocation, endpoint: dict[str, Any]) -> di
         ip["version"] = "4"
     interfaces[0] = {k: v for k, v in interfaces[0].items() if v or k == "name"}
     result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": [ip]}
-    routes = []
-    if endpoint.get("gateway"):
-        routes.append({"dst": "0.0.0.0/0", "gw": endpoint["gateway"]})
-    if routes:
-        result["routes"] = routes
+    # No default route via the network's gateway: it is the anycast DNS address, not a router.
     dns = conf.raw.get("dns")
     if isinstance(dns, dict) and dns:
         result["dns"] = dns

@@ -139,10 +139,12 @@ class Driver:
             if e.status != 404:
                 raise _api_error(e) from None
             existing = None
+        created: dict[str, Any] = {}
         if existing is None:
             try:
-                await self.api.create_network(
-                    net.name, net.subnet, vni=net.vni, mtu=net.mtu,
+                # Docker's gateway becomes the network's anycast gateway and DNS address (dns.md).
+                created = await self.api.create_network(
+                    net.name, net.subnet, vni=net.vni, mtu=net.mtu, gateway=net.gateway,
                     options={**net.options, "docker.network_id": net.docker_id},
                 )
                 net.created = True
@@ -161,7 +163,9 @@ class Driver:
                 raise p.PluginError(self._subnet_mismatch(net.name, existing["subnet"], net.subnet))
             log.info("event=network-attached name=%s subnet=%s docker_id=%s", net.name, net.subnet,
                      net.docker_id[:12])
-        await self._reserve_gateway(net)
+        if (existing or created).get("gateway") != net.gateway:
+            # The overlaynet network has another gateway (or none): keep Docker's address free.
+            await self._reserve_gateway(net)
         net.ready = True
 
     async def _reserve_gateway(self, net: DockerNetwork) -> None:
@@ -228,11 +232,31 @@ class Driver:
         return p.create_endpoint_response(req, endpoint)
 
     async def join(self, body: dict[str, Any]) -> dict[str, Any]:
+        endpoint_id = p.endpoint_id(body)
         try:
-            endpoint = await self.api.get_endpoint(p.endpoint_id(body))
+            endpoint = await self.api.get_endpoint(endpoint_id)
         except ApiError as e:
             raise _api_error(e) from None
+        # The container's names are known to Docker only once it is connected: learn them in the
+        # background and publish them, so every host's DNS answers for them (dns.md).
+        task = asyncio.create_task(self._name_endpoint(p.network_id(body), endpoint_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return p.join_response(endpoint)
+
+    async def _name_endpoint(self, docker_network_id: str, endpoint_id: str) -> None:
+        try:
+            found = await self.engine.endpoint_names(docker_network_id, endpoint_id)
+            names = p.dns_names(found)
+            if not names:
+                log.info("event=endpoint-unnamed endpoint=%s found=%s", endpoint_id[:12], ",".join(found) or "-")
+                return
+            await self.api.set_endpoint_names(endpoint_id, names)
+            log.info("event=endpoint-named endpoint=%s names=%s", endpoint_id[:12], ",".join(names))
+        except ApiError as e:
+            log.warning("event=endpoint-naming-failed endpoint=%s error=%s", endpoint_id[:12], e.message)
+        except Exception:
+            log.exception("event=endpoint-naming-crashed endpoint=%s", endpoint_id[:12])
 
     async def leave(self, body: dict[str, Any]) -> dict[str, Any]:
         # Docker moves the interface back to the host under its SrcName; DeleteEndpoint removes it.

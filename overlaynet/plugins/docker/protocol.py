@@ -10,6 +10,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from overlaynet.errors import BadRequest
+from overlaynet.model import MAX_NAMES, validate_dns_name
+
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 GENERIC_OPTIONS = "com.docker.network.generic"
 GATEWAY_REQUEST = "com.docker.network.gateway"
@@ -137,15 +140,28 @@ def create_endpoint_response(request: EndpointRequest, endpoint: dict[str, Any])
 
 def join_response(endpoint: dict[str, Any]) -> dict[str, Any]:
     """Docker moves `SrcName` (the veth end overlayd left in the host namespace) into the container
-    and renames it eth<N>. No Gateway: the overlay has no router, and DisableGatewayService keeps
-    Docker from adding docker_gwbridge (a second interface with a default route) instead."""
-    response: dict[str, Any] = {
+    and renames it eth<N>. No Gateway, even when the network has one: that address is the anycast
+    gateway for DNS only, not a router, so it must not become the container's default route; and
+    DisableGatewayService keeps Docker from adding docker_gwbridge (a second interface with a
+    default route) instead."""
+    return {
         "InterfaceName": {"SrcName": endpoint["container_ifname"], "DstPrefix": "eth"},
         "DisableGatewayService": True,
     }
-    if endpoint.get("gateway"):
-        response["Gateway"] = endpoint["gateway"]
-    return response
+
+
+def dns_names(candidates: list[str]) -> list[str]:
+    """The container name and aliases that are valid DNS names (Compose's `proj_web_1` is not; its
+    service name `web` is), lower-cased, without duplicates, at most MAX_NAMES."""
+    out: list[str] = []
+    for name in candidates:
+        try:
+            value = validate_dns_name(name)
+        except BadRequest:
+            continue
+        if value not in out:
+            out.append(value)
+    return out[:MAX_NAMES]
 
 
 def oper_info(endpoint: dict[str, Any]) -> dict[str, Any]:

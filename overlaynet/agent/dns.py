@@ -1,0 +1,200 @@
+"""overlayd's DNS: for each network with a local endpoint and a gateway, UDP and TCP port 53 on the
+gateway address *inside the network's sandbox*, answering from the cluster's endpoint names.
+
+The sockets are made in the sandbox (a thread that entered it, `kernel.call_in_netns`) and then
+served by this process's event loop: a socket stays in the namespace it was born in. The gateway
+address is on the sandbox bridge on every host (anycast), so a container always reaches its own
+host's server. The answers themselves are `overlaynet.dns_answer` (pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from overlaynet import kernel
+from overlaynet.dns_answer import Zone, answer
+
+log = logging.getLogger("overlaynet.dns")
+
+DNS_PORT = 53
+IP_FREEBIND = 15  # bind even if the address is not (yet) on the bridge; not exported by `socket`
+TCP_IDLE_TIMEOUT = 10.0
+TCP_MAX_CLIENTS = 64
+COUNTERS = ("queries", "answered", "nxdomain", "refused", "malformed", "errors", "tcp_connections")
+
+ZoneFor = Callable[[str], Zone | None]
+Blocking = Callable[..., Awaitable[Any]]
+
+
+def _bound_sockets(address: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """UDP + listening TCP sockets on address:port, in the calling thread's netns."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        for s in (udp, tcp):
+            s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+            s.setblocking(False)
+        tcp.listen(TCP_MAX_CLIENTS)
+    except OSError:
+        udp.close()
+        tcp.close()
+        raise
+    return udp, tcp
+
+
+@dataclass(frozen=True)
+class Binding:
+    network: str
+    address: str  # the gateway IP
+    sandbox: str
+    identity: tuple[int, int]  # of the sandbox netns: a recreated sandbox needs new sockets
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self.server.reply(data, tcp=False)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.server.count("errors")
+
+
+@dataclass
+class Server:
+    binding: Binding
+    zone_for: ZoneFor
+    counters: dict[str, int]
+    udp: asyncio.DatagramTransport | None = None
+    tcp: asyncio.Server | None = None
+    clients: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def reply(self, data: bytes, tcp: bool) -> bytes | None:
+        try:
+            zone = self.zone_for(self.binding.network)
+            if zone is None:
+                self.count("errors")
+                return None
+            return answer(zone, data, self.counters, tcp=tcp)
+        except Exception:  # never let one query take the server down
+            self.count("errors")
+            log.exception("event=dns-answer-failed network=%s", self.binding.network)
+            return None
+
+    async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp_sock)
+        self.udp = transport
+        self.tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.count("tcp_connections")
+        task = asyncio.current_task()
+        if task is not None:
+            self.clients.add(task)
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                (length,) = struct.unpack("!H", head)
+                data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
+                reply = self.reply(data, tcp=True)
+                if reply is None:
+                    return  # malformed: close the connection
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            if task is not None:
+                self.clients.discard(task)
+            writer.close()
+
+    def close(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
+        for task in list(self.clients):
+            task.cancel()
+
+
+class DnsService:
+    """The set of running servers, made equal to what the agent wants after each program pass."""
+
+    def __init__(self, zone_for: ZoneFor, blocking: Blocking, port: int = DNS_PORT) -> None:
+        self.zone_for = zone_for
+        self.blocking = blocking  # runs a blocking function off the event loop (the kernel thread)
+        self.port = port
+        self.servers: dict[str, Server] = {}
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.last_error: str | None = None
+
+    async def sync(self, wanted: dict[str, tuple[str, str]]) -> None:
+        """wanted: network -> (gateway IP, sandbox path). Start, restart and stop servers to match."""
+        for network in list(self.servers):
+            if network not in wanted:
+                self._stop(network, "not-wanted")
+        for network, (address, sandbox) in sorted(wanted.items()):
+            try:
+                identity = await self.blocking(kernel.netns_identity, sandbox)
+            except kernel.KernelError:
+                continue  # no sandbox (yet): the next pass starts it
+            binding = Binding(network, address, sandbox, identity)
+            current = self.servers.get(network)
+            if current is not None:
+                if current.binding == binding:
+                    continue
+                self._stop(network, "changed")
+            try:
+                udp, tcp = await self.blocking(kernel.call_in_netns, sandbox, _bound_sockets, address, self.port)
+            except OSError as e:
+                self.last_error = f"{network}: cannot listen on {address}:{self.port} in {sandbox}: {e}"
+                log.error("event=dns-listen-failed network=%s address=%s error=%s", network, address, e)
+                continue
+            server = Server(binding, self.zone_for, self.counters)
+            try:
+                await server.start(udp, tcp)
+            except OSError as e:
+                server.close()
+                udp.close()
+                tcp.close()
+                self.last_error = f"{network}: {e}"
+                log.error("event=dns-start-failed network=%s error=%s", network, e)
+                continue
+            self.servers[network] = server
+            log.info("event=dns-serving network=%s address=%s:%d", network, address, self.port)
+
+    def _stop(self, network: str, reason: str) -> None:
+        server = self.servers.pop(network)
+        server.close()
+        log.info("event=dns-stopped network=%s reason=%s", network, reason)
+
+    def close(self) -> None:
+        for network in list(self.servers):
+            self._stop(network, "shutdown")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "servers": [{"network": n, "address": s.binding.address, "port": self.port}
+                        for n, s in sorted(self.servers.items())],
+            **self.counters,
+            "last_error": self.last_error,
+        }
