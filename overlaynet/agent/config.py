@@ -31,7 +31,7 @@ class Config:
     join: list[str] = field(default_factory=list)
     state_dir: str = DEFAULT_STATE_DIR
     socket: str = DEFAULT_SOCKET
-    dataplane: str = "kernel"
+    dataplane: str = "userspace"  # the Cython fast path; "kernel" uses the Linux VXLAN device
     key_file: str | None = None
     plaintext: bool = False  # run gossip unencrypted: only when explicitly asked for
     resync_interval: float = 30.0  # seconds between full reconciliations (repairs drift)

@@ -138,7 +138,7 @@ def test_attach_errors(lab, host):
 def test_status_and_openapi(lab, host):
     status = lab.overlayctl_json(host, "status")
     assert status["name"] == "h1" and status["advertise"] == host.address
-    assert status["dataplane"] == "kernel"
+    assert status["dataplane"] == "userspace"  # the default
     doc = json.loads(lab.run(host.netns, ["curl", "-s", "--unix-socket", host.socket,
                                           "http://x/openapi.json"]).stdout or "{}") if _has_curl() else None
     if doc is not None:
