@@ -65,6 +65,8 @@ def run_demo(lab: Lab) -> list[list[str]]:
         args = ["--key-file", key_file] + (["--join", hosts[0].address] if i else [])
         lab.start_daemon(host, *args)
         print(f"    {host.label}: underlay {host.address}, overlayd {' '.join(args[2:]) or '(first host)'}")
+    dataplane = lab.overlayctl_json(hosts[0], "status")["dataplane"]
+    print(f"    dataplane: {dataplane} (overlayd --dataplane kernel|userspace)")
     started = time.monotonic()
     wait_until(lambda: all(len([m for m in lab.overlayctl_json(h, "members") if m["state"] == "alive"])
                            == len(hosts) for h in hosts), 30, what="cluster membership")
@@ -81,13 +83,21 @@ def run_demo(lab: Lab) -> list[list[str]]:
     endpoints = {}
     for label, host in (("web", web_host), ("db", db_host)):
         netns = lab.add_container(label)
-        step(f"on {host.label}: overlayctl attach {netns} --network {NETWORK}")
-        ep = lab.overlayctl_json(host, "attach", netns, "--network", NETWORK)
+        step(f"on {host.label}: overlayctl attach {netns} --network {NETWORK} --name {label}")
+        ep = lab.overlayctl_json(host, "attach", netns, "--network", NETWORK, "--name", label)
         endpoints[label] = (netns, ep)
         print(f"    {label}: eth0 {ep['ip']}/{ep['prefixlen']} mac {ep['mac']} on {host.label}")
 
     web_ns, web = endpoints["web"]
     db_ns, db = endpoints["db"]
+    gateway = lab.overlayctl_json(first, "network", "inspect", NETWORK).get("gateway")
+    step(f"from web: resolve the name \"db\" with the DNS overlayd serves on the network's gateway ({gateway})")
+    answer = wait_until(lambda: lab.resolve(web_ns, gateway, "db"), 20, what="a DNS answer") if gateway else None
+    resolved = (answer or {}).get("answers", [])
+    print(f"    db -> {', '.join(resolved) or 'no answer'} (answered by {web_host.label}'s overlayd, "
+          f"from the replicated endpoint table)")
+    summary.append(["DNS: web resolves db", "ok" if resolved == [db["ip"]] else "FAILED"])
+
     step(f"ping from web ({web['ip']} on {web_host.label}) to db ({db['ip']} on {db_host.label})")
     reachable = lab.wait_ping(web_ns, db["ip"], timeout=20)
     print(f"    db answered {reachable:.2f} s after its attach returned")
@@ -104,7 +114,7 @@ def run_demo(lab: Lab) -> list[list[str]]:
 
     step(f"on {web_host.label}: overlayctl members")
     show(lab.overlayctl(web_host, "members").stdout)
-    step(f"on {web_host.label}: overlayctl fdb {NETWORK}  (what gossip made it program in the kernel)")
+    step(f"on {web_host.label}: overlayctl fdb {NETWORK}  (what gossip made it program in its dataplane)")
     show(lab.overlayctl(web_host, "fdb", NETWORK).stdout)
     step(f"on {first.label}: overlayctl endpoint ls --all")
     show(lab.overlayctl(first, "endpoint", "ls", "--all").stdout)

@@ -97,6 +97,17 @@ print(h.hexdigest())
 """
 
 
+# A tiny DNS client run inside a namespace: prints {"rcode", "aa", "answers"} as JSON.
+_RESOLVE = """
+import json, sys
+from dnslib import DNSRecord, RCODE
+server, name, qtype, tcp = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "tcp"
+reply = DNSRecord.parse(DNSRecord.question(name, qtype).send(server, 53, tcp=tcp, timeout=2))
+print(json.dumps({"rcode": RCODE[reply.header.rcode], "aa": reply.header.aa,
+                  "answers": sorted(str(rr.rdata) for rr in reply.rr)}))
+"""
+
+
 @dataclass
 class Host:
     label: str
@@ -252,6 +263,16 @@ class Lab:
             if self.ping(netns, address, wait=0.5):
                 return time.monotonic() - started
         raise TimeoutError(f"{address} did not answer pings from {netns} within {timeout}s")
+
+    def resolve(self, netns: str, server: str, name: str, qtype: str = "A",
+                tcp: bool = False) -> dict[str, Any] | None:
+        """Ask the DNS server at `server` from inside `netns`; None when nothing answered."""
+        result = self.run(netns, [sys.executable, "-c", _RESOLVE, server, name, qtype, "tcp" if tcp else "udp"],
+                          timeout=20)
+        if result.returncode != 0:
+            return None
+        answer: dict[str, Any] = json.loads(result.stdout)
+        return answer
 
     def tcp_transfer(self, src_netns: str, dst_netns: str, dst_ip: str, nbytes: int,
                      port: int = 5201, timeout: float = 60.0) -> TransferResult:

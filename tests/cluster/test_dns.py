@@ -8,9 +8,7 @@ answers again, and ARP for the gateway is answered on the host (never across the
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 
 import pytest
 
@@ -20,22 +18,8 @@ from tests.cluster.test_cluster import FAST, alive_count, host_key_file, write_k
 
 pytestmark = pytest.mark.cluster
 
-# A tiny resolver run inside a container namespace: prints {"rcode", "answers"} as JSON.
-RESOLVE = """
-import json, sys
-from dnslib import DNSRecord, QTYPE, RCODE
-server, name, qtype, tcp = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "tcp"
-reply = DNSRecord.parse(DNSRecord.question(name, qtype).send(server, 53, tcp=tcp, timeout=2))
-print(json.dumps({"rcode": RCODE[reply.header.rcode], "aa": reply.header.aa,
-                  "answers": sorted(str(rr.rdata) for rr in reply.rr)}))
-"""
-
-
 def resolve(lab: Lab, ns: str, server: str, name: str, qtype: str = "A", tcp: bool = False) -> dict | None:
-    result = lab.run(ns, [sys.executable, "-c", RESOLVE, server, name, qtype, "tcp" if tcp else "udp"], timeout=20)
-    if result.returncode != 0:
-        return None  # no answer (yet): timeout, refused connection
-    return json.loads(result.stdout)
+    return lab.resolve(ns, server, name, qtype, tcp)
 
 
 def addresses(lab: Lab, ns: str, server: str, name: str) -> list[str]:
