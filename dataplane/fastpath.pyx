@@ -48,6 +48,7 @@ cdef extern from "fp.h" nogil:
 
     struct fp_gro:
         int verify
+        int covered
 
     ctypedef void (*fp_emit_fn)(void *ctx, void *net, const iovec *iov, int niov, int ncoalesced) noexcept
 
@@ -70,6 +71,7 @@ cdef extern from "fp.h" nogil:
         int gso
         int gro
         int verify_csum
+        int trust_outer
         int spin_us
         int rt_prio
         int nice
@@ -82,6 +84,8 @@ cdef extern from "fp.h" nogil:
         int udp_gso
         int udp_gro
         int ntx
+        int outer_csum_steering
+        int csum_avx2
         uint16_t tx_ports[64]
 
     struct fp_tap_info:
@@ -97,6 +101,10 @@ cdef extern from "fp.h" nogil:
     void fp_vxlan_header(uint8_t *out, uint32_t vni)
     int fp_decap(const uint8_t *pkt, size_t len, uint32_t *vni, size_t *inner_off)
     uint32_t fp_flow_hash(const uint8_t *frame, size_t len)
+    uint64_t fp_csum_partial(const void *buf, size_t len, uint64_t acc)
+    uint16_t fp_csum_fold(uint64_t acc)
+    int fp_csum_impl()
+    void fp_csum_allow_avx2(int allow)
     int fp_finish_csum(uint8_t *frame, size_t len, uint16_t csum_start, uint16_t csum_offset)
     int fp_tso_init(fp_tso *st, const uint8_t *frame, size_t len, const fp_vnet_hdr *vh)
     size_t fp_tso_next(fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, size_t *paylen)
@@ -223,6 +231,24 @@ def flow_hash(const uint8_t[:] frame not None):
     return fp_flow_hash(&frame[0], frame.shape[0])
 
 
+def checksum_sum(data, unsigned int offset=0):
+    """The folded (not inverted) Internet checksum sum of data[offset:], as the C code computes it."""
+    cdef bytes b = bytes(data)
+    if offset > len(b):
+        raise ValueError("offset beyond the data")
+    return fp_csum_fold(fp_csum_partial(<const char *>b + offset, len(b) - offset, 0))
+
+
+def checksum_impl():
+    """'avx2' if the checksum loop uses AVX2 on this CPU, else 'portable'."""
+    return "avx2" if fp_csum_impl() else "portable"
+
+
+def checksum_allow_avx2(bint allow):
+    """Use the AVX2 checksum loop when the CPU has it (the default), or never (for A/B measurements)."""
+    fp_csum_allow_avx2(allow)
+
+
 def finish_checksum(frame, unsigned int csum_start, unsigned int csum_offset):
     """Complete a CHECKSUM_PARTIAL frame (virtio NEEDS_CSUM) like the transmit path does."""
     buf = bytearray(frame)
@@ -287,10 +313,11 @@ cdef void _collect_emit(void *ctx, void *net, const iovec *iov, int niov, int nc
     c.n += 1
 
 
-def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0):
+def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint covered=False):
     """What the receive path writes into a TAP for these inner frames arriving in this order:
     a list of (virtio_net_hdr + frame) byte strings (just frames when vnet is False). `mtu` is the
-    TAP's MTU: longer frames are GSO super-packets (0: no limit)."""
+    TAP's MTU: longer frames are GSO super-packets (0: no limit). `covered`: the frames came in
+    datagrams whose non-zero outer UDP checksum the kernel verified (no inner verification)."""
     cdef list keep = [bytes(f) for f in frames]
     cdef size_t total = sum(len(f) for f in keep) + (len(keep) + 1) * (FP_VNET_HLEN + FP_MAX_HDRS)
     cdef _collect c
@@ -309,6 +336,7 @@ def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0):
             raise MemoryError()
         memset(g, 0, sizeof(fp_gro))
         g.verify = verify
+        g.covered = covered
         for f in keep:
             fp_gro_offer(g, <void *>1, vnet, mtu, <const uint8_t *><const char *>f, len(f), _collect_emit, &c, &bad)
         fp_gro_flush(g, _collect_emit, &c)
@@ -402,7 +430,7 @@ cdef class Engine:
 
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
                   bint verify_csum=True, int spin_us=0, int rt_prio=0, int nice=0, int cpu_tx=-1,
-                  int cpu_rx=-1, int workers=1, bint spin_yield=True):
+                  int cpu_rx=-1, int workers=1, bint spin_yield=True, bint trust_outer_csum=True):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))
@@ -413,6 +441,7 @@ cdef class Engine:
         o.gso = gso
         o.gro = gro
         o.verify_csum = verify_csum
+        o.trust_outer = trust_outer_csum
         o.spin_us = spin_us
         o.rt_prio = rt_prio
         o.nice = nice
@@ -461,6 +490,8 @@ cdef class Engine:
         return {
             "udp_gso": bool(o.udp_gso),
             "udp_gro": bool(o.udp_gro),
+            "outer_csum_steering": bool(o.outer_csum_steering),
+            "checksum": "avx2" if o.csum_avx2 else "portable",
             "tx_sockets": o.ntx,
             "tx_source_ports": sorted(o.tx_ports[i] for i in range(o.ntx)),
             "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"])}

@@ -51,6 +51,8 @@ enum {
 /* ---- checksums (Internet checksum, computed in memory byte order like the kernel) ---- */
 uint64_t fp_csum_partial(const void *buf, size_t len, uint64_t acc);
 uint16_t fp_csum_fold(uint64_t acc); /* folded, not inverted */
+int fp_csum_impl(void);
+void fp_csum_allow_avx2(int allow); /* 0: always the portable loop (for measurements) */ /* 1: the AVX2 loop is in use (CPU has it), 0: the portable one */
 uint64_t fp_pseudo_v4(const uint8_t *iph, uint8_t proto, uint32_t l4len);
 uint64_t fp_pseudo_v6(const uint8_t *ip6h, uint8_t proto, uint32_t l4len);
 
@@ -87,6 +89,7 @@ size_t fp_tso_next(struct fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, siz
 typedef void (*fp_emit_fn)(void *ctx, void *net, const struct iovec *iov, int niov, int ncoalesced);
 struct fp_gro {
     int verify; /* verify IPv4 header + TCP checksums of segments before merging them */
+    int covered; /* set per offer: a checksum the kernel verified (non-zero outer UDP) covers the frame */
     void *net; /* opaque owner (the network); segments of different owners never merge */
     int active;
     uint8_t hdr[FP_VNET_HLEN + FP_MAX_HDRS];
@@ -168,7 +171,7 @@ enum {
 enum {
     FP_GC_RX_DATAGRAMS, FP_GC_RX_SEGMENTS, FP_GC_RX_DROP_UNKNOWN_VNI, FP_GC_RX_DROP_MALFORMED,
     FP_GC_RX_DROP_TRUNCATED, FP_GC_RX_ERRORS, FP_GC_RECVMMSG_CALLS, FP_GC_SENDMMSG_CALLS,
-    FP_GC_TX_GSO_SENDS, FP_GC_TX_ERRORS, FP_GC_MAX
+    FP_GC_TX_GSO_SENDS, FP_GC_TX_ERRORS, FP_GC_RX_OUTER_CSUM_ZERO, FP_GC_MAX
 };
 extern const char *const fp_net_counter_names[FP_NC_MAX];
 extern const char *const fp_global_counter_names[FP_GC_MAX];
@@ -181,6 +184,7 @@ struct fp_engine_opts {
     int gso;            /* allow UDP GSO */
     int gro;            /* allow UDP GRO */
     int verify_csum;    /* verify inner TCP checksums before coalescing (default on) */
+    int trust_outer;    /* skip that for datagrams whose non-zero outer UDP checksum the kernel verified */
     int spin_us;        /* after traffic, poll this long before sleeping (wake-up latency vs CPU) */
     int rt_prio;        /* > 0: workers run SCHED_FIFO at this priority (like softirq: ahead of tasks) */
     int nice;           /* workers' nice value when not real-time (0: inherit) */
@@ -190,6 +194,8 @@ struct fp_engine_opts {
 };
 struct fp_offloads {
     int udp_gso, udp_gro, ntx;
+    int outer_csum_steering; /* zero / non-zero outer UDP checksum datagrams arrive on different sockets */
+    int csum_avx2;
     uint16_t tx_ports[64];
 };
 struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, size_t errlen);

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
@@ -55,7 +56,7 @@ const char *const fp_net_counter_names[FP_NC_MAX] = {
 const char *const fp_global_counter_names[FP_GC_MAX] = {
     "rx_datagrams", "rx_segments", "rx_drop_unknown_vni", "rx_drop_malformed",
     "rx_drop_truncated", "rx_errors", "recvmmsg_calls", "sendmmsg_calls",
-    "tx_gso_sends", "tx_errors",
+    "tx_gso_sends", "tx_errors", "rx_outer_csum_zero",
 };
 
 struct fp_net {
@@ -84,7 +85,8 @@ struct fp_qs {
 
 struct fp_engine {
     struct fp_engine_opts o;
-    int rxfd;
+    int rxfd;   /* datagrams with a non-zero outer UDP checksum (with steering), else all of them */
+    int rxzfd;  /* with steering: datagrams without an outer UDP checksum; -1 without steering */
     int ntx;
     int txfd[64];
     uint16_t txport[64];
@@ -345,6 +347,80 @@ int fp_tap_delete(int fd)
 
 static int set_int(int fd, int level, int opt, int v) { return setsockopt(fd, level, opt, &v, sizeof(v)); }
 
+/* One receive socket on the VXLAN port: big buffer, UDP GRO, a timeout to notice stop(). */
+static int rx_open_one(struct fp_engine *e, const struct sockaddr_in *sa, int *out, int reuseport, char *err,
+                       size_t errlen)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        seterr(err, errlen, "socket");
+        return -1;
+    }
+    set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    if (reuseport && set_int(fd, SOL_SOCKET, SO_REUSEPORT, 1)) {
+        close(fd);
+        return -1;
+    }
+    if (bind(fd, (const struct sockaddr *)sa, sizeof(*sa))) {
+        char what[64];
+        snprintf(what, sizeof(what), "bind UDP port %u", ntohs(sa->sin_port));
+        seterr(err, errlen, what);
+        close(fd);
+        return -1;
+    }
+    if (set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20))
+        set_int(fd, SOL_SOCKET, SO_RCVBUF, 16 << 20);
+    struct timeval tv = {0, 200000}; /* wake up to notice stop() */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    int gro = e->o.gro && set_int(fd, SOL_UDP, UDP_GRO, 1) == 0;
+    e->udp_gro = gro;
+    *out = fd;
+    return 0;
+}
+
+/* Outer checksum steering: two receive sockets in one SO_REUSEPORT group and a classic BPF program
+ * that picks the socket by the outer UDP checksum field: zero -> socket 0 (rxzfd), non-zero ->
+ * socket 1 (rxfd). A datagram on rxfd had a checksum over every byte of the VXLAN payload, and
+ * the kernel verified it (or the sender's own kernel computes it: CHECKSUM_PARTIAL over veth)
+ * before the socket got it, so its inner frames need no second software pass. Socket 0 joins the
+ * group first: until socket 1 exists, or if the program cannot read the header, everything goes
+ * to socket 0, which is the safe side (inner checksums verified as before).
+ * Returns -1 (nothing left open) when the kernel cannot do it, or when the port is taken: the
+ * caller then opens one plain socket and reports the real bind error. */
+static int rx_open_steered(struct fp_engine *e, const struct sockaddr_in *sa)
+{
+    /* A plain bind first (no SO_REUSEADDR): if anyone holds the port, never join their group. */
+    int probe = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (probe < 0)
+        return -1;
+    int busy = bind(probe, (const struct sockaddr *)sa, sizeof(*sa));
+    close(probe);
+    if (busy)
+        return -1;
+    /* A = outer IPv4 header length; A = UDP checksum; return A != 0 */
+    static const struct sock_filter prog[] = {
+        {BPF_LDX | BPF_B | BPF_MSH, 0, 0, (uint32_t)SKF_NET_OFF},
+        {BPF_LD | BPF_H | BPF_IND, 0, 0, (uint32_t)(SKF_NET_OFF + 6)},
+        {BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0},
+        {BPF_RET | BPF_K, 0, 0, 0},
+        {BPF_RET | BPF_K, 0, 0, 1},
+    };
+    struct sock_fprog fp = {sizeof(prog) / sizeof(prog[0]), (struct sock_filter *)prog};
+    if (rx_open_one(e, sa, &e->rxzfd, 1, NULL, 0))
+        goto fail;
+    if (setsockopt(e->rxzfd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof(fp)))
+        goto fail;
+    if (rx_open_one(e, sa, &e->rxfd, 1, NULL, 0))
+        goto fail;
+    return 0;
+fail:
+    if (e->rxzfd >= 0)
+        close(e->rxzfd);
+    e->rxzfd = -1;
+    e->rxfd = -1;
+    return -1;
+}
+
 struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, size_t errlen)
 {
     struct fp_engine *e;
@@ -352,32 +428,19 @@ struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, si
         return NULL;
     memset(e, 0, sizeof(*e));
     e->o = *o;
-    e->rxfd = e->epfd = e->evfd = -1;
+    e->rxfd = e->rxzfd = e->epfd = e->evfd = -1;
     pthread_mutex_init(&e->ctl, NULL);
     if (e->o.ntx < 1)
         e->o.ntx = 1;
     if (e->o.ntx > 64)
         e->o.ntx = 64;
 
-    e->rxfd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (e->rxfd < 0) {
-        seterr(err, errlen, "socket");
-        goto fail;
-    }
-    set_int(e->rxfd, SOL_SOCKET, SO_REUSEADDR, 1);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(o->port), .sin_addr = {o->bind_addr}};
-    if (bind(e->rxfd, (struct sockaddr *)&sa, sizeof(sa))) {
-        char what[64];
-        snprintf(what, sizeof(what), "bind UDP port %u", o->port);
-        seterr(err, errlen, what);
+    if (o->trust_outer && o->verify_csum && rx_open_steered(e, &sa) == 0) {
+        /* datagrams with and without an outer UDP checksum arrive on different sockets */
+    } else if (rx_open_one(e, &sa, &e->rxfd, 0, err, errlen)) {
         goto fail;
     }
-    if (set_int(e->rxfd, SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20))
-        set_int(e->rxfd, SOL_SOCKET, SO_RCVBUF, 16 << 20);
-    struct timeval tv = {0, 200000}; /* wake up to notice stop() */
-    setsockopt(e->rxfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    e->udp_gro = o->gro && set_int(e->rxfd, SOL_UDP, UDP_GRO, 1) == 0;
-
     /* Transmit sockets: each bound to an ephemeral port the kernel picks from
      * net.ipv4.ip_local_port_range; a flow hash picks the socket, hence the outer source port. */
     static const struct sock_filter drop_all[] = {{BPF_RET | BPF_K, 0, 0, 0}};
@@ -427,6 +490,8 @@ void fp_engine_offloads(struct fp_engine *e, struct fp_offloads *out)
     memset(out, 0, sizeof(*out));
     out->udp_gso = e->udp_gso;
     out->udp_gro = e->udp_gro;
+    out->outer_csum_steering = e->rxzfd >= 0;
+    out->csum_avx2 = fp_csum_impl();
     out->ntx = e->ntx;
     for (int i = 0; i < e->ntx; i++)
         out->tx_ports[i] = e->txport[i];
@@ -850,6 +915,7 @@ static int tx_net(struct fp_engine *e, struct txstate *t, struct fp_net *net, in
 
 #define EV_EVENTFD UINT64_MAX
 #define EV_RXSOCK (UINT64_MAX - 1)
+#define EV_RXZSOCK (UINT64_MAX - 2)
 
 /* ------------------------------------------------------------------ rx: UDP -> TAP */
 
@@ -913,7 +979,7 @@ static void rx_free(struct rxstate *r)
 
 /* One recvmmsg (flags: MSG_DONTWAIT or MSG_WAITFORONE) and everything it returned, into the TAPs.
  * Returns the number of datagrams (<= 0: nothing). `qs` is marked offline while blocked. */
-static int rx_batch(struct fp_engine *e, struct rxstate *r, struct fp_qs *qs, int flags)
+static int rx_batch(struct fp_engine *e, struct rxstate *r, struct fp_qs *qs, int fd, int flags)
 {
     struct mmsghdr *mm = r->mm;
     for (int i = 0; i < RX_NMSG; i++) {
@@ -925,7 +991,7 @@ static int rx_batch(struct fp_engine *e, struct rxstate *r, struct fp_qs *qs, in
     }
     if (!(flags & MSG_DONTWAIT))
         qs_offline(qs);
-    int n = recvmmsg(e->rxfd, mm, RX_NMSG, flags, NULL);
+    int n = recvmmsg(fd, mm, RX_NMSG, flags, NULL);
     if (!(flags & MSG_DONTWAIT))
         qs_online(qs);
     if (n <= 0) {
@@ -937,6 +1003,10 @@ static int rx_batch(struct fp_engine *e, struct rxstate *r, struct fp_qs *qs, in
     const struct fp_cfg *cfg = atomic_load(&e->cfg);
     const struct fp_ipset *peers = atomic_load(&e->peers);
     struct fp_gro *gro = r->gro;
+    /* with steering, everything on rxfd had a non-zero outer checksum the kernel verified */
+    int covered = e->rxzfd >= 0 && fd == e->rxfd;
+    if (e->rxzfd >= 0 && !covered)
+        cnt(&e->g[FP_GC_RX_OUTER_CSUM_ZERO], (uint64_t)n);
     for (int i = 0; i < n; i++) {
         const uint8_t *p = r->iov[i].iov_base;
         size_t len = mm[i].msg_len;
@@ -979,6 +1049,7 @@ static int rx_batch(struct fp_engine *e, struct rxstate *r, struct fp_qs *qs, in
             cnt(&net->c[FP_NC_RX_PACKETS], 1);
             cnt(&net->c[FP_NC_RX_BYTES], seg - ioff);
             int bad = 0;
+            gro->covered = covered;
             if (fp_gro_offer(gro, net, net->vnet, net->mtu, pk + ioff, seg - ioff, rx_emit, e, &bad))
                 cnt(&net->c[FP_NC_RX_COALESCED], 1);
             if (bad)
@@ -1058,7 +1129,26 @@ static void *rx_main(void *arg)
     uint64_t spin_until = 0, spin_ns = (uint64_t)e->o.spin_us * 1000u;
     while (!atomic_load(&e->stop)) {
         int spinning = spin_until && now_ns() < spin_until;
-        int n = rx_batch(e, &r, qs, spinning ? MSG_DONTWAIT : MSG_WAITFORONE);
+        int n;
+        if (e->rxzfd < 0) {
+            n = rx_batch(e, &r, qs, e->rxfd, spinning ? MSG_DONTWAIT : MSG_WAITFORONE);
+        } else {
+            /* two sockets (outer checksum steering): wait for either, then drain what is there */
+            struct pollfd pf[2] = {{e->rxfd, POLLIN, 0}, {e->rxzfd, POLLIN, 0}};
+            if (!spinning)
+                qs_offline(qs);
+            int pr = poll(pf, 2, spinning ? 0 : 200);
+            if (!spinning)
+                qs_online(qs);
+            n = 0;
+            for (int k = 0; pr > 0 && k < 2; k++) {
+                if (pf[k].revents) {
+                    int m = rx_batch(e, &r, qs, pf[k].fd, MSG_DONTWAIT);
+                    if (m > 0)
+                        n += m;
+                }
+            }
+        }
         if (n > 0 && spin_ns)
             spin_until = now_ns() + spin_ns;
         else if (n <= 0 && !spinning)
@@ -1118,10 +1208,11 @@ static void *io_main(void *arg)
                 uint64_t v;
                 if (read(e->evfd, &v, sizeof(v)) < 0) {
                 }
-            } else if (tag == EV_RXSOCK) {
+            } else if (tag == EV_RXSOCK || tag == EV_RXZSOCK) {
                 /* a few batches, then the TAPs get their turn (they may hold replies by now) */
+                int fd = tag == EV_RXSOCK ? e->rxfd : e->rxzfd;
                 for (int k = 0; k < 4; k++) {
-                    int n = rx_batch(e, &r, qs, MSG_DONTWAIT);
+                    int n = rx_batch(e, &r, qs, fd, MSG_DONTWAIT);
                     if (n <= 0)
                         break;
                     work += n;
@@ -1157,6 +1248,10 @@ int fp_engine_start(struct fp_engine *e)
         /* one worker: the VXLAN socket joins the TAPs' epoll set; qs[1] stays offline */
         struct epoll_event ev = {.events = EPOLLIN, .data = {.u64 = EV_RXSOCK}};
         epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->rxfd, &ev);
+        if (e->rxzfd >= 0) {
+            struct epoll_event evz = {.events = EPOLLIN, .data = {.u64 = EV_RXZSOCK}};
+            epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->rxzfd, &evz);
+        }
         if (pthread_create(&e->rx_thr, NULL, io_main, e)) {
             e->started = 0;
             return -1;
@@ -1190,8 +1285,11 @@ void fp_engine_stop(struct fp_engine *e)
     pthread_join(e->rx_thr, NULL);
     if (e->o.workers != 1)
         pthread_join(e->tx_thr, NULL);
-    else
+    else {
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, e->rxfd, NULL);
+        if (e->rxzfd >= 0)
+            epoll_ctl(e->epfd, EPOLL_CTL_DEL, e->rxzfd, NULL);
+    }
     e->started = 0;
 }
 
@@ -1220,6 +1318,8 @@ void fp_engine_destroy(struct fp_engine *e)
     fp_ipset_free(atomic_load(&e->peers));
     if (e->rxfd >= 0)
         close(e->rxfd);
+    if (e->rxzfd >= 0)
+        close(e->rxzfd);
     for (int i = 0; i < e->ntx; i++)
         close(e->txfd[i]);
     if (e->epfd >= 0)

@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gro", action="store_true", help="do not use UDP GRO on receive")
     p.add_argument("--no-verify-csum", action="store_true",
                    help="trust inner TCP checksums when coalescing (faster, unsafe without outer checksums)")
+    p.add_argument("--verify-inner-csum", action="store_true",
+                   help="verify inner checksums even when the outer UDP checksum (verified by the kernel) covers them")
+    p.add_argument("--no-avx2", action="store_true", help="portable checksum loop even if the CPU has AVX2")
     p.add_argument("--spin-us", type=int, default=0,
                    help="busy-poll this many microseconds after traffic before sleeping (0: never spin)")
     p.add_argument("--rt-prio", type=int, default=0,
@@ -299,11 +302,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if a.netns:
             fastpath.setns(a.netns)  # before any thread exists: everything runs in that namespace
+        if a.no_avx2:
+            fastpath.checksum_allow_avx2(False)
         engine = fastpath.Engine(bind=a.bind, port=a.port, ntx=a.tx_sockets, gso=not a.no_gso,
                                  gro=not a.no_gro, verify_csum=not a.no_verify_csum,
                                  spin_us=max(0, a.spin_us), rt_prio=max(0, min(99, a.rt_prio)),
                                  nice=max(-20, min(19, a.nice)), cpu_tx=a.cpu_tx, cpu_rx=a.cpu_rx,
-                                 workers=a.workers, spin_yield=not a.no_spin_yield)
+                                 workers=a.workers, spin_yield=not a.no_spin_yield,
+                                 trust_outer_csum=not a.verify_inner_csum)
     except (OSError, ValueError, ImportError) as e:
         print(f"fastpathd: cannot start: {e}", file=sys.stderr)
         return 1
@@ -311,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Fastpathd(engine, a.state)
     daemon.restore()
     off = engine.offloads()
-    log.info("forwarding on %s:%d, udp_gso=%s udp_gro=%s tx source ports %s", a.bind, a.port, off["udp_gso"],
-             off["udp_gro"], off["tx_source_ports"])
+    log.info("forwarding on %s:%d, udp_gso=%s udp_gro=%s outer_csum_steering=%s checksum=%s tx source ports %s",
+             a.bind, a.port, off["udp_gso"], off["udp_gro"], off["outer_csum_steering"], off["checksum"],
+             off["tx_source_ports"])
     try:
         asyncio.run(serve(daemon, a.control))
     except OSError as e:
