@@ -177,6 +177,9 @@ def markdown(meta: dict[str, Any], results: Results, plots: list[str], plot_pref
         + ", ".join(f"{k} {v}" for k, v in m["tools"].items())
         + f". Load average at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}.",
     ]
+    if meta.get("interrupted"):
+        parts.append(f"**This run was interrupted ({meta['interrupted']}); cases after that point are missing "
+                     "or partial.**")
     sections = [
         ("Dataplane (two hosts, same run, alternating modes)", dataplane_md(results, notes)),
         ("Control plane: overlaynet vs Serf on real hosts (namespaces)", control_md(results, notes)),

@@ -112,9 +112,15 @@ def _kernel_vxlan(lab: Lab, a: Host, b: Host, mtu: int) -> Pair:
 
 
 def _first_line(text: str) -> str:
+    """The line of a daemon's output that says why it stopped: its own one-line error, else the
+    exception at the end of a traceback, else the last line."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith("overlayd:") or "error" in ln.lower():
+    for ln in reversed(lines):
+        if ln.startswith("overlayd:"):
+            return ln
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head:
             return ln
     return lines[-1] if lines else "no output"
 
