@@ -18,7 +18,6 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from benchmarks.core import NotAvailable
 from overlaynet.lab import Lab
 
 HANDLER = """#!/bin/sh
@@ -66,7 +65,7 @@ class SerfCluster:
             if all(self.alive_members(label) >= n for label in alive):
                 return
             if time.monotonic() > deadline:
-                raise NotAvailable(f"serf agents did not all see {n} members within {timeout:.0f}s")
+                raise RuntimeError(f"serf agents did not all see {n} members within {timeout:.0f}s")
             time.sleep(0.2)
 
     def events(self, host_label: str) -> list[tuple[float, str, str]]:
