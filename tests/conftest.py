@@ -77,6 +77,27 @@ class NetnsFactory:
         self.created.clear()
 
 
+@pytest.fixture(scope="session")
+def busybox_tar(prefix: str) -> bytes:
+    """A busybox-static root filesystem as a tar stream, for `docker import` / `podman import`.
+
+    Installs the container engines' Debian packages first; skips (saying why) if that fails.
+    """
+    import shutil
+
+    from tests.engines import EngineUnavailable, build_busybox_rootfs, ensure_packages, rootfs_tar
+
+    try:
+        ensure_packages()
+    except EngineUnavailable as e:
+        pytest.skip(f"container engines unavailable: {e}")
+    rootfs = f"/tmp/{prefix}-rootfs"
+    try:
+        return rootfs_tar(build_busybox_rootfs(rootfs))
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
 def _leftovers(prefix: str) -> list[str]:
     found: list[str] = []
     if os.path.isdir("/run/netns"):

@@ -34,6 +34,8 @@
 
 #include "fp.h"
 
+#define FP_RCVBUF (1 << 20)
+
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -368,8 +370,11 @@ static int rx_open_one(struct fp_engine *e, const struct sockaddr_in *sa, int *o
         close(fd);
         return -1;
     }
-    if (set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20))
-        set_int(fd, SOL_SOCKET, SO_RCVBUF, 16 << 20);
+    /* Big enough to absorb bursts between two recvmmsg() calls, small enough that an overload
+     * drops instead of queueing: 64 MiB here once held seconds of 64-byte frames after a flood,
+     * and every later packet (a ping) waited behind them. The kernel doubles the value. */
+    if (set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, FP_RCVBUF))
+        set_int(fd, SOL_SOCKET, SO_RCVBUF, FP_RCVBUF);
     struct timeval tv = {0, 200000}; /* wake up to notice stop() */
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     int gro = e->o.gro && set_int(fd, SOL_UDP, UDP_GRO, 1) == 0;

@@ -4,7 +4,6 @@ and our CNI plugin installed into a per-host CNI bin dir; the busybox image impo
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,29 +12,12 @@ import pytest
 
 from overlaynet.lab import Host, Lab
 from tests.engines import (
-    EngineUnavailable,
     PodmanEngine,
-    build_busybox_rootfs,
-    ensure_packages,
-    rootfs_tar,
     start_hosts,
 )
 
 NETWORK = "cninet"
 SUBNET = "198.19.40.0/24"
-
-
-@pytest.fixture(scope="session")
-def cni_busybox_tar(prefix: str) -> bytes:
-    try:
-        ensure_packages()
-    except EngineUnavailable as e:
-        pytest.skip(f"container engines unavailable: {e}")
-    rootfs = f"/tmp/{prefix}-cnirootfs"
-    try:
-        return rootfs_tar(build_busybox_rootfs(rootfs))
-    finally:
-        shutil.rmtree(rootfs, ignore_errors=True)
 
 
 @dataclass
@@ -53,7 +35,7 @@ class PodmanCluster:
 
 
 @pytest.fixture(scope="module")
-def podman_cluster(prefix: str, cni_busybox_tar: bytes) -> Iterator[PodmanCluster]:
+def podman_cluster(prefix: str, busybox_tar: bytes) -> Iterator[PodmanCluster]:
     lab = Lab(f"{prefix}p")
     engines: list[PodmanEngine] = []
     try:
@@ -66,7 +48,7 @@ def podman_cluster(prefix: str, cni_busybox_tar: bytes) -> Iterator[PodmanCluste
             # "subnet" lets the first ADD anywhere create the network; later ones (any host) find it.
             engine.add_network(NETWORK, subnet=SUBNET)
             try:
-                engine.import_image(cni_busybox_tar)
+                engine.import_image(busybox_tar)
             except AssertionError as e:
                 pytest.skip(f"podman cannot run here: {e}")
             hosts[label] = PodmanHost(host, engine, plugin)

@@ -4,7 +4,6 @@ overlaynet-docker plugin, and the test busybox image imported into both engines.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,24 +14,8 @@ from overlaynet.lab import Host, Lab
 from tests.engines import (
     DockerEngine,
     EngineUnavailable,
-    build_busybox_rootfs,
-    ensure_packages,
-    rootfs_tar,
     start_hosts,
 )
-
-
-@pytest.fixture(scope="session")
-def busybox_tar(prefix: str) -> bytes:
-    try:
-        ensure_packages()
-    except EngineUnavailable as e:
-        pytest.skip(f"container engines unavailable: {e}")
-    rootfs = f"/tmp/{prefix}-rootfs"
-    try:
-        return rootfs_tar(build_busybox_rootfs(rootfs))
-    finally:
-        shutil.rmtree(rootfs, ignore_errors=True)
 
 
 @dataclass
