@@ -10,7 +10,6 @@ restart or crash), after gossip events (coalesced), and periodically (repairs dr
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from overlaynet import __version__, ipam, kernel, model
+from overlaynet.agent.blocks import BlockAllocator
 from overlaynet.agent.cluster import ENDPOINTS, IPAM, NETWORKS, Cluster
 from overlaynet.agent.config import Config, parse_seed
 from overlaynet.agent.dns import DnsService
@@ -93,6 +93,8 @@ class Agent:
                                         "dataplane": self.config.dataplane},
         )
         self.cluster = Cluster(self.node, self.config.name)
+        self.blocks = BlockAllocator(self.cluster, self.config.name, self.config.settle_time,
+                                     self.config.ipam_reclaim_after)
         self.node.subscribe(self._on_gossip_event)
         await self.node.start()
         seeds = [parse_seed(s, self.config.gossip_port) for s in self.config.join]
@@ -398,71 +400,14 @@ class Agent:
         used |= self.cluster.reserved_addresses(net.name)
         return used | self.reservations.get(net.name, set())
 
-    def _block_holder(self, net: Network, block: str) -> str | None:
-        """Who holds a block now: the winning live claim, or a dead host's within the reclaim delay."""
-        now = time.time()
-        claims = [c for c in self.cluster.block_claims(net.name) if c.block == block]
-        valid = [(c.claimed_at, c.host) for c in claims
-                 if c.live or (c.dead_since is not None and now - c.dead_since < self.config.ipam_reclaim_after)]
-        return ipam.claim_winner(valid) if valid else None
-
-    async def _allocate(self, net: Network, requested: str | None) -> str:
-        """An address no other endpoint in the cluster has or will get (see ipam.py's blocks)."""
-        pool = AddressPool(net.subnet, net.gateway)
-        if requested:
-            ip = pool.check_requested(requested, self._used_ips(net))
-            block = ipam.block_of(net.subnet, ip)
-            holder = self._block_holder(net, block)
-            if holder is None:
-                await self._claim(net, block)
-            return ip
-        for block in sorted(self.cluster.my_blocks(net.name), key=lambda b: ipam.blocks(net.subnet).index(b)):
-            if self._block_holder(net, block) != self.config.name:
-                continue
-            addr = pool.first_free(self._used_ips(net), within=ipaddress.IPv4Network(block))
-            if addr is not None:
-                return addr
-        for block in ipam.block_order(net.subnet, self.config.name):
-            if self._block_holder(net, block) is not None:
-                continue
-            if pool.first_free(self._used_ips(net), within=ipaddress.IPv4Network(block)) is None:
-                continue
-            if await self._claim(net, block):
-                addr = pool.first_free(self._used_ips(net), within=ipaddress.IPv4Network(block))
-                if addr is not None:
-                    return addr
-        raise Conflict(
-            f"network {net.name!r} ({net.subnet}) has no free address for this host: every address "
-            "block is full or held by another host; use a larger subnet"
-        )
-
-    async def _claim(self, net: Network, block: str) -> bool:
-        """Claim a block; with other hosts alive, wait out concurrent claims and keep it only if we win."""
-        for claim in self.cluster.block_claims(net.name):
-            if claim.block == block and not claim.live and claim.host != self.config.name:
-                log.info("event=block-reclaimed network=%s block=%s from=%s", net.name, block, claim.host)
-                self.cluster.node.delete(IPAM, f"{net.name}|{block}|{claim.host}")
-        self.cluster.claim_block(net.name, block)
-        if self.cluster.others_alive():
-            await asyncio.sleep(self.config.settle_time)
-        if self._block_holder(net, block) == self.config.name:
-            log.info("event=block-claimed network=%s block=%s", net.name, block)
-            return True
-        self.cluster.release_block(net.name, block)
-        log.info("event=block-lost network=%s block=%s winner=%s", net.name, block, self._block_holder(net, block))
-        return False
-
     def _release_empty_blocks(self, net: Network) -> None:
-        in_use = {ipam.block_of(net.subnet, ip) for ip in
-                  {ep.ip for ep in self.endpoints.values() if ep.network == net.name}
-                  | self.reservations.get(net.name, set())}
-        for block in self.cluster.my_blocks(net.name) - in_use:
-            self.cluster.release_block(net.name, block)
+        mine = {ep.ip for ep in self.endpoints.values() if ep.network == net.name}
+        self.blocks.release_unused(net, mine | self.reservations.get(net.name, set()))
 
     async def reserve_address(self, network: str, ip: str | None) -> tuple[str, int]:
         async with self._lock:
             net = self.get_network(network)
-            addr = await self._allocate(net, ip)
+            addr = await self.blocks.allocate(net, lambda: self._used_ips(net), ip)
             self.reservations.setdefault(net.name, set()).add(addr)
             self.store.write({"ip": addr, "created_at": time.time()}, "addresses", net.name, f"{addr}.json")
             self.cluster.reserve_address(net.name, addr)
@@ -517,7 +462,7 @@ class Agent:
                 ip = AddressPool(net.subnet, net.gateway).check_requested(
                     requested_ip, self._used_ips(net) - {requested_ip})
             else:
-                ip = await self._allocate(net, requested_ip)
+                ip = await self.blocks.allocate(net, lambda: self._used_ips(net), requested_ip)
             mac = model.validate_mac(request["mac"]) if request.get("mac") else model.mac_for(endpoint_id)
             for other in self.cluster.endpoints().values():
                 if other.get("network") == net.name and other.get("mac") == mac:
@@ -555,7 +500,7 @@ class Agent:
         """A requested address may sit in another host's block: if that host handed it out at the
         same moment, its endpoint wins and ours is undone."""
         net = self.get_network(ep.network)
-        holder = self._block_holder(net, ipam.block_of(net.subnet, ep.ip))
+        holder = self.blocks.holder(net, ipam.block_of(net.subnet, ep.ip))
         if holder == self.config.name:
             return
         await asyncio.sleep(self.config.settle_time)

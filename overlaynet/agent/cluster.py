@@ -134,6 +134,10 @@ class Cluster:
         self.node.set(IPAM, f"{network}|{block}|{self.name}",
                       {"network": network, "block": block, "host": self.name, "claimed_at": time.time()})
 
+    def withdraw_claim(self, network: str, block: str, host: str) -> None:
+        """Remove a (dead) host's claim, so that the block can be claimed anew."""
+        self.node.delete(IPAM, f"{network}|{block}|{host}")
+
     def release_block(self, network: str, block: str) -> None:
         self.node.delete(IPAM, f"{network}|{block}|{self.name}")
 
