@@ -71,6 +71,12 @@ def test_add_check_del_lifecycle(podman_cluster: PodmanCluster, host_a: PodmanHo
     wrong = dict(result, ips=[{"address": "198.19.41.250/24", "interface": 1}])
     code, err = cni(host_a, "CHECK", conf(host_a, prevResult=wrong), ns, "cid1")
     assert code != 0 and "198.19.41.250" in err["msg"], err
+    # The record is not enough: CHECK asks overlayd whether the veth really exists.
+    run_in(os.path.basename(ns), ["ip", "link", "del", "eth0"])
+    code, err = cni(host_a, "CHECK", conf(host_a, prevResult=result), ns, "cid1")
+    assert code != 0 and "missing" in err["msg"], err
+    Client(host_a.host.socket).reconcile()  # overlayd puts it back
+    assert cni(host_a, "CHECK", conf(host_a, prevResult=result), ns, "cid1") == (0, None)
 
     assert cni(host_a, "DEL", conf(host_a, prevResult=result), ns, "cid1") == (0, None)
     assert "eth0" not in run_in(os.path.basename(ns), ["ip", "-o", "link"]).stdout

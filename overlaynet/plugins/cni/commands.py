@@ -64,7 +64,7 @@ async def delete(api: AsyncClient, conf: NetConf, inv: Invocation) -> None:
 async def check(api: AsyncClient, conf: NetConf, inv: Invocation) -> None:
     endpoint_id = spec.endpoint_id(conf.network, inv.container_id, inv.ifname)
     try:
-        endpoint = await api.get_endpoint(endpoint_id)
+        endpoint = await api.get_endpoint(endpoint_id, check=True)
     except ApiError as e:
         if e.status == 404:
             raise CniError(spec.ERR_CHECK_FAILED,
@@ -82,6 +82,9 @@ async def check(api: AsyncClient, conf: NetConf, inv: Invocation) -> None:
         raise CniError(spec.ERR_CHECK_FAILED, f"CNI_NETNS {inv.netns} is gone")
     if endpoint.get("netns") and os.path.realpath(endpoint["netns"]) != os.path.realpath(inv.netns):
         raise CniError(spec.ERR_CHECK_FAILED, f"endpoint is in {endpoint['netns']}, not {inv.netns}")
+    if endpoint.get("present") is False:
+        raise CniError(spec.ERR_CHECK_FAILED, f"the veth of {inv.ifname} is missing (removed behind overlayd's "
+                                              "back); overlayd repairs it at its next reconciliation")
 
 
 async def status(api: AsyncClient, conf: NetConf) -> None:
