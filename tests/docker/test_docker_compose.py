@@ -16,8 +16,7 @@ from tests.engines import IMAGE, wait_until
 # Generous: the first test also pays for installing (apt) and starting two engines.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-CLASSIC = f"""version: '3'
-services:
+SERVICES = f"""services:
   web:
     image: {IMAGE}
     command: httpd -f -p 80 -h /var/www
@@ -26,7 +25,10 @@ services:
     image: {IMAGE}
     command: sleep 3600
     stop_signal: SIGKILL
-networks:
+"""
+
+CLASSIC = f"""version: '3'
+{SERVICES}networks:
   default:
     external:
       name: my-network
@@ -158,16 +160,7 @@ def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project:
 
 
 COMPOSE_NETWORK = f"""version: '3'
-services:
-  web:
-    image: {IMAGE}
-    command: httpd -f -p 80 -h /var/www
-    stop_signal: SIGKILL
-  db:
-    image: {IMAGE}
-    command: sleep 3600
-    stop_signal: SIGKILL
-networks:
+{SERVICES}networks:
   default:
     driver: overlaynet
     driver_opts:
