@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -121,6 +122,25 @@ def _rx_packets(pair: Pair, ns: str, dev: str, what: str = "rx_packets") -> int:
     raise RuntimeError(f"no device {dev} in {ns}")
 
 
+def _udp_datagrams(pair: Pair, ns: str) -> int:
+    """Datagrams that reached the UDP layer inside `ns` (/proc/net/snmp: InDatagrams + NoPorts +
+    InErrors, the last including a full socket buffer's drops). Counted after GSO segmentation, so
+    a coalesced train of datagrams counts as the datagrams it carries, unlike a device counter."""
+    lines = [line.split() for line in pair.lab.run(ns, ["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
+             if line.startswith("Udp:")]
+    values = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+    return int(values["InDatagrams"]) + int(values["NoPorts"]) + int(values["InErrors"])
+
+
+# Binds port 9 and never reads: every datagram is counted at the UDP layer (delivered, or dropped at
+# the full socket buffer) and none is answered with an ICMP port-unreachable error.
+UDP_SINK = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind((sys.argv[1], 9))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(86400)\n")
+
+
 def trafgen_config(pair: Pair) -> str:
     """One 64-byte Ethernet frame (60 bytes + 4 FCS): 14 Ethernet + 20 IPv4 + 8 UDP + 18 padding.
     A fixed source port: trafgen's per-packet randomisation costs it a third of its rate."""
@@ -131,13 +151,18 @@ def trafgen_config(pair: Pair) -> str:
 
 
 def pps(pair: Pair, duration: float, warmup: float = 0.5) -> dict[str, float]:
-    """trafgen sends 64-byte frames as fast as it can on one CPU; we count what arrives at dst_dev."""
+    """trafgen sends 64-byte frames as fast as it can on every CPU; we count the datagrams that reach
+    the UDP layer in dst_ns (a sink socket holds port 9)."""
     with tempfile.NamedTemporaryFile("w", prefix="btrafgen", suffix=".cfg", delete=False) as f:
         f.write(trafgen_config(pair))
         conf = f.name
-    # A sink for port 9 so the receiver does not answer every frame with an ICMP error.
-    sink = pair.lab.popen(pair.dst_ns, ["sh", "-c", f"exec nc -ul {pair.dst_ip} 9 >/dev/null 2>&1 || sleep 1d"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if _has("nc") else None
+    sink = pair.lab.popen(pair.dst_ns, [sys.executable, "-c", UDP_SINK, pair.dst_ip],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if sink.stdout is None or sink.stdout.readline().strip() != "ready":
+        sink.kill()
+        sink.wait()
+        os.unlink(conf)
+        raise RuntimeError(f"UDP sink in {pair.dst_ns} did not start: {sink.stderr.read().strip()[-200:] if sink.stderr else ''}")
     gen = pair.lab.popen(pair.src_ns, ["trafgen", "--dev", pair.src_dev, "--conf", conf, "--cpus", str(os.cpu_count() or 1),
                                        "--no-sock-mem"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -145,16 +170,15 @@ def pps(pair: Pair, duration: float, warmup: float = 0.5) -> dict[str, float]:
         time.sleep(warmup)  # ramp-up is not steady state: count only after it
         if gen.poll() is not None:
             raise RuntimeError(f"trafgen exited: {gen.stderr.read().decode(errors='replace').strip()[-200:]}")
-        rx0, tx0 = _rx_packets(pair, pair.dst_ns, pair.dst_dev), _rx_packets(pair, pair.src_ns, pair.src_dev, "tx_packets")
+        rx0, tx0 = _udp_datagrams(pair, pair.dst_ns), _rx_packets(pair, pair.src_ns, pair.src_dev, "tx_packets")
         t0 = time.monotonic()
         time.sleep(duration)
-        rx1, tx1 = _rx_packets(pair, pair.dst_ns, pair.dst_dev), _rx_packets(pair, pair.src_ns, pair.src_dev, "tx_packets")
+        rx1, tx1 = _udp_datagrams(pair, pair.dst_ns), _rx_packets(pair, pair.src_ns, pair.src_dev, "tx_packets")
         wall = time.monotonic() - t0
     finally:
         stop_group(gen)
-        if sink is not None:
-            sink.kill()
-            sink.wait()
+        sink.kill()
+        sink.wait()
         os.unlink(conf)
     return {"delivered_pps": (rx1 - rx0) / wall, "offered_pps": (tx1 - tx0) / wall}
 
@@ -176,12 +200,6 @@ def stop_group(proc: subprocess.Popen[Any]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _has(cmd: str) -> bool:
-    from shutil import which
-
-    return which(cmd) is not None
 
 
 PING_RE = re.compile(r"time=([0-9.]+) ms")

@@ -22,6 +22,8 @@ cdef extern from "fp.h" nogil:
     enum:
         FP_VXLAN_HLEN
         FP_VNET_HLEN
+        FP_TAP_VNET
+        FP_TAP_GSO_UDP
         FP_MAX_HDRS
         FP_OK
         FP_ERR_TRUNCATED
@@ -79,6 +81,7 @@ cdef extern from "fp.h" nogil:
         int cpu_rx
         int workers
         int spin_yield
+        int rcvbuf
 
     struct fp_offloads:
         int udp_gso
@@ -94,6 +97,7 @@ cdef extern from "fp.h" nogil:
         int vnet_hdr
         int mtu
         unsigned offload
+        int gso_udp
 
     const char *const fp_net_counter_names[]
     const char *const fp_global_counter_names[]
@@ -108,7 +112,7 @@ cdef extern from "fp.h" nogil:
     int fp_finish_csum(uint8_t *frame, size_t len, uint16_t csum_start, uint16_t csum_offset)
     int fp_tso_init(fp_tso *st, const uint8_t *frame, size_t len, const fp_vnet_hdr *vh)
     size_t fp_tso_next(fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, size_t *paylen)
-    int fp_gro_offer(fp_gro *g, void *net, int vnet, uint32_t mtu, const uint8_t *frame, size_t len, fp_emit_fn emit,
+    int fp_gro_offer(fp_gro *g, void *net, int caps, uint32_t mtu, const uint8_t *frame, size_t len, fp_emit_fn emit,
                      void *ctx, int *csum_bad)
     void fp_gro_flush(fp_gro *g, fp_emit_fn emit, void *ctx)
 
@@ -313,11 +317,13 @@ cdef void _collect_emit(void *ctx, void *net, const iovec *iov, int niov, int nc
     c.n += 1
 
 
-def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint covered=False):
+def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint covered=False,
+             bint udp_gso=True):
     """What the receive path writes into a TAP for these inner frames arriving in this order:
     a list of (virtio_net_hdr + frame) byte strings (just frames when vnet is False). `mtu` is the
     TAP's MTU: longer frames are GSO super-packets (0: no limit). `covered`: the frames came in
-    datagrams whose non-zero outer UDP checksum the kernel verified (no inner verification)."""
+    datagrams whose non-zero outer UDP checksum the kernel verified (no inner verification).
+    `udp_gso`: the TAP takes UDP GSO frames (trains of same-size UDP datagrams are merged)."""
     cdef list keep = [bytes(f) for f in frames]
     cdef size_t total = sum(len(f) for f in keep) + (len(keep) + 1) * (FP_VNET_HLEN + FP_MAX_HDRS)
     cdef _collect c
@@ -325,6 +331,7 @@ def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint 
     cdef int bad
     cdef bytes f
     cdef size_t off
+    cdef int caps = (FP_TAP_VNET | (FP_TAP_GSO_UDP if udp_gso else 0)) if vnet else 0
     c.buf = <uint8_t *>malloc(total)
     c.lens = <size_t *>malloc(sizeof(size_t) * (len(keep) + 1))
     c.used = 0
@@ -338,7 +345,7 @@ def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint 
         g.verify = verify
         g.covered = covered
         for f in keep:
-            fp_gro_offer(g, <void *>1, vnet, mtu, <const uint8_t *><const char *>f, len(f), _collect_emit, &c, &bad)
+            fp_gro_offer(g, <void *>1, caps, mtu, <const uint8_t *><const char *>f, len(f), _collect_emit, &c, &bad)
         fp_gro_flush(g, _collect_emit, &c)
         out = []
         off = 0
@@ -430,7 +437,8 @@ cdef class Engine:
 
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
                   bint verify_csum=True, int spin_us=0, int rt_prio=0, int nice=0, int cpu_tx=-1,
-                  int cpu_rx=-1, int workers=1, bint spin_yield=True, bint trust_outer_csum=True):
+                  int cpu_rx=-1, int workers=1, bint spin_yield=True, bint trust_outer_csum=True,
+                  int rcvbuf=0):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))
@@ -449,6 +457,7 @@ cdef class Engine:
         o.cpu_rx = cpu_rx
         o.workers = 1 if workers == 1 else 2
         o.spin_yield = spin_yield
+        o.rcvbuf = rcvbuf
         err[0] = 0
         self.e = fp_engine_create(&o, err, sizeof(err))
         if self.e == NULL:
@@ -494,7 +503,8 @@ cdef class Engine:
             "checksum": "avx2" if o.csum_avx2 else "portable",
             "tx_sockets": o.ntx,
             "tx_source_ports": sorted(o.tx_ports[i] for i in range(o.ntx)),
-            "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"])}
+            "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"]),
+                           "udp_coalesce": n["udp_gso_write"]}
                      for vni, n in self.networks.items()},
         }
 
@@ -526,7 +536,8 @@ cdef class Engine:
                 fp_tap_delete(info.fd) if persist else None
                 raise FastpathError(f"add network {vni}: error {rc}")
             self.networks[vni] = {"vni": vni, "netns": netns, "tap": tap, "mtu": info.mtu, "ifindex": info.ifindex,
-                                  "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload, "persist": persist}
+                                  "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload,
+                                  "udp_gso_write": bool(info.vnet_hdr and info.gso_udp), "persist": persist}
             return dict(self.networks[vni])
 
     def remove_network(self, unsigned int vni):

@@ -84,7 +84,11 @@ int fp_tso_init(struct fp_tso *st, const uint8_t *frame, size_t len, const struc
  * length, sets the payload pointer and length, or returns 0 when done. */
 size_t fp_tso_next(struct fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, size_t *paylen);
 
-/* ---- GRO: coalesce consecutive in-order TCP segments of one flow into one vnet_hdr frame ---- */
+/* ---- GRO: coalesce consecutive in-order TCP segments, or equal-size UDP datagrams, of one flow
+ * into one vnet_hdr GSO frame ---- */
+#define FP_TAP_VNET 1    /* the TAP takes a virtio_net_hdr */
+#define FP_TAP_GSO_UDP 2 /* ... and accepts VIRTIO_NET_HDR_GSO_UDP_L4 on write (kernel >= 6.2) */
+#define FP_GRO_MAX_UDP_SEGS 64 /* the kernel's UDP GSO segment limit on older kernels */
 #define FP_GRO_MAX_IOV 96
 typedef void (*fp_emit_fn)(void *ctx, void *net, const struct iovec *iov, int niov, int ncoalesced);
 struct fp_gro {
@@ -93,7 +97,9 @@ struct fp_gro {
     void *net; /* opaque owner (the network); segments of different owners never merge */
     int active;
     uint8_t hdr[FP_VNET_HLEN + FP_MAX_HDRS];
-    size_t hlen; /* eth + ip + tcp, without vnet header */
+    size_t hlen; /* eth + ip + tcp/udp, without vnet header */
+    uint8_t proto; /* 6: TCP, 17: UDP */
+    uint16_t next_id; /* UDP over IPv4 without DF: the IP ID the next datagram must carry */
     size_t l3off, l4off;
     int is_v6;
     uint32_t next_seq;
@@ -106,11 +112,12 @@ struct fp_gro {
     struct iovec iov[FP_GRO_MAX_IOV];
     int niov;
 };
-/* Offer one inner frame (data stays valid until the next fp_gro_flush). `vnet` says whether the
- * TAP takes a virtio_net_hdr; without it nothing is coalesced. Frames longer than `mtu` (+ Ethernet
+/* Offer one inner frame (data stays valid until the next fp_gro_flush). `caps` (FP_TAP_*) says
+ * whether the TAP takes a virtio_net_hdr (without it nothing is coalesced) and whether it accepts
+ * UDP GSO frames (without it UDP datagrams are written one by one). Frames longer than `mtu` (+ Ethernet
  * header) are GSO super-packets and get a GSO description of their own. Returns 1 if the frame was merged
  * into a coalesced group, 0 if emitted on its own. `*csum_bad` is set for TCP with a bad checksum. */
-int fp_gro_offer(struct fp_gro *g, void *net, int vnet, uint32_t mtu, const uint8_t *frame, size_t len,
+int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint8_t *frame, size_t len,
                  fp_emit_fn emit, void *ctx, int *csum_bad);
 void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx);
 
@@ -191,6 +198,7 @@ struct fp_engine_opts {
     int cpu_tx, cpu_rx; /* pin the tx / rx worker to this CPU (-1: let the scheduler place it) */
     int spin_yield;     /* while polling, sched_yield() between empty polls (other tasks go first) */
     int workers;        /* 1: one thread serves both directions (cpu_rx pins it); 2: a tx and an rx thread */
+    int rcvbuf;         /* VXLAN receive socket buffer in bytes (0: FP_RCVBUF_DEFAULT) */
 };
 struct fp_offloads {
     int udp_gso, udp_gro, ntx;
@@ -211,6 +219,7 @@ struct fp_tap_info {
     int vnet_hdr;
     int mtu;
     unsigned offload; /* TUN_F_* flags accepted by TUNSETOFFLOAD */
+    int gso_udp;      /* the kernel takes VIRTIO_NET_HDR_GSO_UDP_L4 frames written to it */
 };
 int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, struct fp_tap_info *out,
                 char *err, size_t errlen);

@@ -467,6 +467,8 @@ static void emit_single(void *net, int vnet, const uint8_t *f, size_t len, const
     emit(ctx, net, iov, n, 1);
 }
 
+/* Same flow as the open group: Ethernet header, the IP fields that must not change between
+ * segments, ports, and for TCP also ack, flags-free header bytes and every option byte. */
 static int same_flow(const struct fp_gro *g, const uint8_t *f, size_t hlen)
 {
     const uint8_t *a = g->hdr + FP_VNET_HLEN, *b = f;
@@ -482,8 +484,12 @@ static int same_flow(const struct fp_gro *g, const uint8_t *f, size_t hlen)
             return 0;
     }
     const uint8_t *ta = a + g->l4off, *tb = b + g->l4off;
-    /* ports, ack, data offset, and every option byte (timestamps included) */
-    if (memcmp(ta, tb, 4) || memcmp(ta + 8, tb + 8, 5) || memcmp(ta + 20, tb + 20, hlen - g->l4off - 20))
+    if (memcmp(ta, tb, 4))
+        return 0; /* ports */
+    if (g->proto == 17)
+        return 1;
+    /* ack, data offset, and every option byte (timestamps included) */
+    if (memcmp(ta + 8, tb + 8, 5) || memcmp(ta + 20, tb + 20, hlen - g->l4off - 20))
         return 0;
     return 1;
 }
@@ -495,35 +501,43 @@ void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx)
     g->active = 0;
     struct fp_vnet_hdr vh = {0, 0, 0, 0, 0, 0};
     uint8_t *f = g->hdr + FP_VNET_HLEN;
+    uint16_t csum_off = g->proto == 17 ? 6 : 16;
     if (g->nseg == 1) {
         if (g->partial) {
             vh.flags = FP_VNET_F_NEEDS_CSUM;
             vh.csum_start = (uint16_t)g->l4off;
-            vh.csum_offset = 16;
+            vh.csum_offset = csum_off;
         } else if (g->verified) {
             vh.flags = FP_VNET_F_DATA_VALID;
         }
     } else {
-        uint8_t *ip = f + FP_ETH_HLEN, *tcp = f + g->l4off;
+        uint8_t *ip = f + FP_ETH_HLEN, *l4 = f + g->l4off;
         uint32_t l4len = (uint32_t)(g->hlen - g->l4off) + g->paylen;
         uint64_t ps;
         if (!g->is_v6) {
             wr16(ip + 2, (uint16_t)(20 + l4len));
             ipv4_header_csum(ip, 20);
-            ps = fp_pseudo_v4(ip, 6, l4len);
+            ps = fp_pseudo_v4(ip, g->proto, l4len);
         } else {
             wr16(ip + 4, (uint16_t)l4len);
-            ps = fp_pseudo_v6(ip, 6, l4len);
+            ps = fp_pseudo_v6(ip, g->proto, l4len);
+        }
+        if (g->proto == 17) {
+            /* UDP GSO: the header describes the whole train; the kernel cuts it back into the
+             * original datagrams (all gso_size long but the last) and fills in each length */
+            wr16(l4 + 4, (uint16_t)l4len);
+            vh.gso_type = FP_VNET_GSO_UDP_L4;
+        } else {
+            vh.gso_type = g->is_v6 ? FP_VNET_GSO_TCPV6 : FP_VNET_GSO_TCPV4;
         }
         /* CHECKSUM_PARTIAL: the field holds the pseudo-header sum and the kernel completes it when
          * it has to. Every merged segment was verified (or was itself PARTIAL) before merging. */
-        store_csum(tcp + 16, fp_csum_fold(ps));
+        store_csum(l4 + csum_off, fp_csum_fold(ps));
         vh.flags = FP_VNET_F_NEEDS_CSUM;
-        vh.gso_type = g->is_v6 ? FP_VNET_GSO_TCPV6 : FP_VNET_GSO_TCPV4;
         vh.hdr_len = (uint16_t)g->hlen;
         vh.gso_size = (uint16_t)g->mss;
         vh.csum_start = (uint16_t)g->l4off;
-        vh.csum_offset = 16;
+        vh.csum_offset = csum_off;
     }
     memcpy(g->hdr, &vh, FP_VNET_HLEN);
     g->iov[0].iov_base = g->hdr;
@@ -560,10 +574,11 @@ static int emit_super(void *net, const uint8_t *f, size_t len, const struct l4in
     return 1;
 }
 
-int fp_gro_offer(struct fp_gro *g, void *net, int vnet, uint32_t mtu, const uint8_t *f, size_t len,
+int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint8_t *f, size_t len,
                  fp_emit_fn emit, void *ctx, int *csum_bad)
 {
     struct l4info x;
+    int vnet = (caps & FP_TAP_VNET) != 0;
     *csum_bad = 0;
     if (!vnet) {
         /* no virtio_net_hdr: the kernel checks everything itself, nothing to merge */
@@ -587,26 +602,37 @@ int fp_gro_offer(struct fp_gro *g, void *net, int vnet, uint32_t mtu, const uint
         return 0;
     }
     uint32_t paylen = x.l4len - (uint32_t)(x.hlen - x.l4off);
-    const uint8_t *tcp = f + x.l4off;
-    uint8_t flags = x.proto == 6 ? tcp[13] : 0;
-    int candidate = x.proto == 6 && x.ihl_plain && paylen > 0 && (state == CS_OK || state == CS_PARTIAL ||
-                    state == CS_UNKNOWN) && !(flags & ~(TCP_ACK | TCP_PSH)) && (flags & TCP_ACK);
+    const uint8_t *l4 = f + x.l4off;
+    const uint8_t *ip = f + FP_ETH_HLEN;
+    uint8_t flags = x.proto == 6 ? l4[13] : 0;
+    int csum_ok = state == CS_OK || state == CS_PARTIAL || state == CS_UNKNOWN;
+    int candidate;
+    if (x.proto == 6)
+        candidate = x.ihl_plain && paylen > 0 && csum_ok && !(flags & ~(TCP_ACK | TCP_PSH)) && (flags & TCP_ACK);
+    else
+        candidate = (caps & FP_TAP_GSO_UDP) && x.ihl_plain && paylen > 0 && csum_ok && rd16(l4 + 4) == x.l4len;
     if (!candidate) {
         fp_gro_flush(g, emit, ctx);
         emit_single(net, vnet, f, len, &x, state, emit, ctx);
         return 0;
     }
-    uint32_t seq = rd32(tcp + 4);
+    uint32_t seq = x.proto == 6 ? rd32(l4 + 4) : 0;
+    /* UDP over IPv4 keeps its datagrams' IP IDs only as a sequence (segmentation numbers them from
+     * the first): merge when DF is set (the ID means nothing then) or the IDs already count up. */
+    uint16_t id = x.is_v6 ? 0 : rd16(ip + 4);
+    int id_ok = x.proto == 6 || x.is_v6 || (ip[6] & 0x40) || id == g->next_id;
     int is_v6 = x.is_v6;
     size_t hlen = x.hlen;
-    if (g->active && g->net == net && !g->closed && g->is_v6 == is_v6 && same_flow(g, f, hlen) &&
-        seq == g->next_seq && paylen <= g->mss &&
+    if (g->active && g->net == net && !g->closed && g->proto == x.proto && g->is_v6 == is_v6 &&
+        same_flow(g, f, hlen) && seq == g->next_seq && paylen <= g->mss && id_ok &&
+        (x.proto == 6 || g->nseg < FP_GRO_MAX_UDP_SEGS) &&
         (hlen - x.l4off) + g->paylen + paylen + (is_v6 ? 0 : 20) <= 65535 && g->niov < FP_GRO_MAX_IOV) {
         g->iov[g->niov].iov_base = (void *)(f + hlen);
         g->iov[g->niov++].iov_len = paylen;
         g->paylen += paylen;
         g->nseg++;
-        g->next_seq += paylen;
+        g->next_seq += x.proto == 6 ? paylen : 0;
+        g->next_id = (uint16_t)(id + 1);
         if (flags & TCP_PSH) {
             g->hdr[FP_VNET_HLEN + g->l4off + 13] |= TCP_PSH;
             g->closed = 1;
@@ -622,10 +648,12 @@ int fp_gro_offer(struct fp_gro *g, void *net, int vnet, uint32_t mtu, const uint
     g->partial = state == CS_PARTIAL;
     memcpy(g->hdr + FP_VNET_HLEN, f, hlen);
     g->hlen = hlen;
+    g->proto = x.proto;
+    g->next_id = (uint16_t)(id + 1);
     g->l3off = FP_ETH_HLEN;
     g->l4off = x.l4off;
     g->is_v6 = is_v6;
-    g->next_seq = seq + paylen;
+    g->next_seq = x.proto == 6 ? seq + paylen : 0;
     g->mss = paylen;
     g->nseg = 1;
     g->paylen = paylen;
