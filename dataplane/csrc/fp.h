@@ -84,18 +84,18 @@ int fp_tso_init(struct fp_tso *st, const uint8_t *frame, size_t len, const struc
  * length, sets the payload pointer and length, or returns 0 when done. */
 size_t fp_tso_next(struct fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, size_t *paylen);
 
-/* ---- GRO: coalesce consecutive in-order TCP segments, or equal-size UDP datagrams, of one flow
- * into one vnet_hdr GSO frame ---- */
+/* ---- GRO: coalesce in-order TCP segments, or equal-size UDP datagrams, of each flow (up to
+ * FP_GRO_FLOWS flows at once) into one vnet_hdr GSO frame per flow ---- */
 #define FP_TAP_VNET 1    /* the TAP takes a virtio_net_hdr */
 #define FP_TAP_GSO_UDP 2 /* ... and accepts VIRTIO_NET_HDR_GSO_UDP_L4 on write (kernel >= 6.2) */
 #define FP_GRO_MAX_UDP_SEGS 64 /* the kernel's UDP GSO segment limit on older kernels */
 #define FP_GRO_MAX_IOV 96
 typedef void (*fp_emit_fn)(void *ctx, void *net, const struct iovec *iov, int niov, int ncoalesced);
-struct fp_gro {
-    int verify; /* verify IPv4 header + TCP checksums of segments before merging them */
-    int covered; /* set per offer: a checksum the kernel verified (non-zero outer UDP) covers the frame */
+#define FP_GRO_FLOWS 8 /* flows coalesced at once (as the kernel's GRO keeps 8 per hash bucket) */
+struct fp_gro_flow {
     void *net; /* opaque owner (the network); segments of different owners never merge */
     int active;
+    uint64_t born; /* when the group was opened: the oldest is flushed when all slots are taken */
     uint8_t hdr[FP_VNET_HLEN + FP_MAX_HDRS];
     size_t hlen; /* eth + ip + tcp/udp, without vnet header */
     uint8_t proto; /* 6: TCP, 17: UDP */
@@ -111,6 +111,12 @@ struct fp_gro {
     int partial; /* first segment carried only the pseudo-header checksum */
     struct iovec iov[FP_GRO_MAX_IOV];
     int niov;
+};
+struct fp_gro {
+    int verify; /* verify IPv4 header + TCP checksums of segments before merging them */
+    int covered; /* set per offer: a checksum the kernel verified (non-zero outer UDP) covers the frame */
+    uint64_t clock;
+    struct fp_gro_flow flow[FP_GRO_FLOWS];
 };
 /* Offer one inner frame (data stays valid until the next fp_gro_flush). `caps` (FP_TAP_*) says
  * whether the TAP takes a virtio_net_hdr (without it nothing is coalesced) and whether it accepts

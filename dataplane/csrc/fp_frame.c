@@ -469,7 +469,7 @@ static void emit_single(void *net, int vnet, const uint8_t *f, size_t len, const
 
 /* Same flow as the open group: Ethernet header, the IP fields that must not change between
  * segments, ports, and for TCP also ack, flags-free header bytes and every option byte. */
-static int same_flow(const struct fp_gro *g, const uint8_t *f, size_t hlen)
+static int same_flow(const struct fp_gro_flow *g, const uint8_t *f, size_t hlen)
 {
     const uint8_t *a = g->hdr + FP_VNET_HLEN, *b = f;
     if (hlen != g->hlen || memcmp(a, b, FP_ETH_HLEN))
@@ -494,7 +494,19 @@ static int same_flow(const struct fp_gro *g, const uint8_t *f, size_t hlen)
     return 1;
 }
 
-void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx)
+/* Same connection as the group (protocol, addresses, ports): its frames must leave in order, so a
+ * frame of it that cannot be merged first flushes the group. */
+static int same_key(const struct fp_gro_flow *g, void *net, const uint8_t *f, const struct l4info *x)
+{
+    if (!g->active || g->net != net || g->proto != x->proto || g->is_v6 != x->is_v6 || g->l4off != x->l4off)
+        return 0;
+    const uint8_t *ia = g->hdr + FP_VNET_HLEN + FP_ETH_HLEN, *ib = f + FP_ETH_HLEN;
+    if (g->is_v6 ? memcmp(ia + 8, ib + 8, 32) : memcmp(ia + 12, ib + 12, 8))
+        return 0;
+    return memcmp(g->hdr + FP_VNET_HLEN + g->l4off, f + x->l4off, 4) == 0;
+}
+
+static void flush_flow(struct fp_gro_flow *g, fp_emit_fn emit, void *ctx)
 {
     if (!g->active)
         return;
@@ -574,6 +586,35 @@ static int emit_super(void *net, const uint8_t *f, size_t len, const struct l4in
     return 1;
 }
 
+void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx)
+{
+    for (int i = 0; i < FP_GRO_FLOWS; i++)
+        flush_flow(&g->flow[i], emit, ctx);
+}
+
+/* The group of this frame's connection, or NULL. */
+static struct fp_gro_flow *find_flow(struct fp_gro *g, void *net, const uint8_t *f, const struct l4info *x)
+{
+    for (int i = 0; i < FP_GRO_FLOWS; i++)
+        if (same_key(&g->flow[i], net, f, x))
+            return &g->flow[i];
+    return NULL;
+}
+
+/* A slot for a new group: a free one, else the oldest group is written out. */
+static struct fp_gro_flow *free_flow(struct fp_gro *g, fp_emit_fn emit, void *ctx)
+{
+    struct fp_gro_flow *oldest = &g->flow[0];
+    for (int i = 0; i < FP_GRO_FLOWS; i++) {
+        if (!g->flow[i].active)
+            return &g->flow[i];
+        if (g->flow[i].born < oldest->born)
+            oldest = &g->flow[i];
+    }
+    flush_flow(oldest, emit, ctx);
+    return oldest;
+}
+
 int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint8_t *f, size_t len,
                  fp_emit_fn emit, void *ctx, int *csum_bad)
 {
@@ -587,15 +628,18 @@ int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint
         return 0;
     }
     if (!parse_l4(f, len, &x)) {
+        /* not TCP/UDP over IP, or a fragment: it may belong to any group, never let it overtake one */
         fp_gro_flush(g, emit, ctx);
         emit_single(net, vnet, f, len, NULL, CS_UNKNOWN, emit, ctx);
         return 0;
     }
+    struct fp_gro_flow *fl = find_flow(g, net, f, &x);
     int state = l4_csum_state(f, &x, g->verify, g->covered);
     if (state == CS_BAD)
         *csum_bad = 1; /* handed on untouched: the kernel drops and counts it */
     if (mtu && len > FP_ETH_HLEN + mtu && state != CS_BAD) {
-        fp_gro_flush(g, emit, ctx);
+        if (fl)
+            flush_flow(fl, emit, ctx);
         if (emit_super(net, f, len, &x, mtu, emit, ctx))
             return 0;
         emit_single(net, vnet, f, len, &x, state, emit, ctx);
@@ -612,7 +656,8 @@ int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint
     else
         candidate = (caps & FP_TAP_GSO_UDP) && x.ihl_plain && paylen > 0 && csum_ok && rd16(l4 + 4) == x.l4len;
     if (!candidate) {
-        fp_gro_flush(g, emit, ctx);
+        if (fl)
+            flush_flow(fl, emit, ctx);
         emit_single(net, vnet, f, len, &x, state, emit, ctx);
         return 0;
     }
@@ -620,47 +665,49 @@ int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint
     /* UDP over IPv4 keeps its datagrams' IP IDs only as a sequence (segmentation numbers them from
      * the first): merge when DF is set (the ID means nothing then) or the IDs already count up. */
     uint16_t id = x.is_v6 ? 0 : rd16(ip + 4);
-    int id_ok = x.proto == 6 || x.is_v6 || (ip[6] & 0x40) || id == g->next_id;
-    int is_v6 = x.is_v6;
+    int id_ok = x.proto == 6 || x.is_v6 || (ip[6] & 0x40) || (fl && id == fl->next_id);
     size_t hlen = x.hlen;
-    if (g->active && g->net == net && !g->closed && g->proto == x.proto && g->is_v6 == is_v6 &&
-        same_flow(g, f, hlen) && seq == g->next_seq && paylen <= g->mss && id_ok &&
-        (x.proto == 6 || g->nseg < FP_GRO_MAX_UDP_SEGS) &&
-        (hlen - x.l4off) + g->paylen + paylen + (is_v6 ? 0 : 20) <= 65535 && g->niov < FP_GRO_MAX_IOV) {
-        g->iov[g->niov].iov_base = (void *)(f + hlen);
-        g->iov[g->niov++].iov_len = paylen;
-        g->paylen += paylen;
-        g->nseg++;
-        g->next_seq += x.proto == 6 ? paylen : 0;
-        g->next_id = (uint16_t)(id + 1);
+    if (fl && !fl->closed && same_flow(fl, f, hlen) && seq == fl->next_seq && paylen <= fl->mss && id_ok &&
+        (x.proto == 6 || fl->nseg < FP_GRO_MAX_UDP_SEGS) &&
+        (hlen - x.l4off) + fl->paylen + paylen + (x.is_v6 ? 0 : 20) <= 65535 && fl->niov < FP_GRO_MAX_IOV) {
+        fl->iov[fl->niov].iov_base = (void *)(f + hlen);
+        fl->iov[fl->niov++].iov_len = paylen;
+        fl->paylen += paylen;
+        fl->nseg++;
+        fl->next_seq += x.proto == 6 ? paylen : 0;
+        fl->next_id = (uint16_t)(id + 1);
         if (flags & TCP_PSH) {
-            g->hdr[FP_VNET_HLEN + g->l4off + 13] |= TCP_PSH;
-            g->closed = 1;
+            fl->hdr[FP_VNET_HLEN + fl->l4off + 13] |= TCP_PSH;
+            fl->closed = 1;
         }
-        if (paylen < g->mss)
-            g->closed = 1;
+        if (paylen < fl->mss)
+            fl->closed = 1;
         return 1;
     }
-    fp_gro_flush(g, emit, ctx);
-    g->active = 1;
-    g->net = net;
-    g->verified = state == CS_OK && (g->verify || g->covered);
-    g->partial = state == CS_PARTIAL;
-    memcpy(g->hdr + FP_VNET_HLEN, f, hlen);
-    g->hlen = hlen;
-    g->proto = x.proto;
-    g->next_id = (uint16_t)(id + 1);
-    g->l3off = FP_ETH_HLEN;
-    g->l4off = x.l4off;
-    g->is_v6 = is_v6;
-    g->next_seq = x.proto == 6 ? seq + paylen : 0;
-    g->mss = paylen;
-    g->nseg = 1;
-    g->paylen = paylen;
-    g->closed = (flags & TCP_PSH) != 0;
-    g->iov[1].iov_base = (void *)(f + hlen);
-    g->iov[1].iov_len = paylen;
-    g->niov = 2;
+    if (fl)
+        flush_flow(fl, emit, ctx);
+    else
+        fl = free_flow(g, emit, ctx);
+    fl->active = 1;
+    fl->born = ++g->clock;
+    fl->net = net;
+    fl->verified = state == CS_OK && (g->verify || g->covered);
+    fl->partial = state == CS_PARTIAL;
+    memcpy(fl->hdr + FP_VNET_HLEN, f, hlen);
+    fl->hlen = hlen;
+    fl->proto = x.proto;
+    fl->next_id = (uint16_t)(id + 1);
+    fl->l3off = FP_ETH_HLEN;
+    fl->l4off = x.l4off;
+    fl->is_v6 = x.is_v6;
+    fl->next_seq = x.proto == 6 ? seq + paylen : 0;
+    fl->mss = paylen;
+    fl->nseg = 1;
+    fl->paylen = paylen;
+    fl->closed = (flags & TCP_PSH) != 0;
+    fl->iov[1].iov_base = (void *)(f + hlen);
+    fl->iov[1].iov_len = paylen;
+    fl->niov = 2;
     return 0;
 }
 

@@ -256,8 +256,24 @@ def test_udp_train_becomes_one_gso_frame(v6: bool) -> None:
 def test_udp_is_not_merged_without_gso_support_or_across_flows() -> None:
     frames = [udp_frame(b"a" * 30) for _ in range(5)]
     assert [unvnet(o)[1] for o in fastpath.coalesce(frames, udp_gso=False)] == frames
-    mixed = [udp_frame(b"a" * 30, sport=1), udp_frame(b"b" * 30, sport=2), udp_frame(b"c" * 30, sport=1)]
-    assert len(fastpath.coalesce(mixed)) == 3
+    # interleaved flows are coalesced each on its own, never into each other
+    mixed = [udp_frame(bytes([i]) * 30, sport=1 + i % 3) for i in range(12)]
+    out = fastpath.coalesce(mixed)
+    assert len(out) == 3
+    for o in out:
+        sport = Ether(unvnet(o)[1])[UDP].sport
+        assert udp_datagrams([o]) == [bytes([i]) * 30 for i in range(12) if 1 + i % 3 == sport]
+
+
+def test_more_flows_than_groups_keep_their_order() -> None:
+    flows = 20  # more than the coalescer holds at once: the oldest groups are written out early
+    frames = [udp_frame(bytes([i % 256]) * 40, sport=1000 + i % flows) for i in range(flows * 6)]
+    out = fastpath.coalesce(frames)
+    per_flow: dict[int, list[bytes]] = {}
+    for o in out:
+        per_flow.setdefault(Ether(unvnet(o)[1])[UDP].sport, []).extend(udp_datagrams([o]))
+    for sport, got in per_flow.items():
+        assert got == [bytes([i % 256]) * 40 for i in range(flows * 6) if 1000 + i % flows == sport]
 
 
 def test_udp_boundaries_survive_size_changes() -> None:
