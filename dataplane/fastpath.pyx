@@ -51,6 +51,7 @@ cdef extern from "fp.h" nogil:
     struct fp_gro:
         int verify
         int covered
+        int nflows
 
     ctypedef void (*fp_emit_fn)(void *ctx, void *net, const iovec *iov, int niov, int ncoalesced) noexcept
 
@@ -82,6 +83,7 @@ cdef extern from "fp.h" nogil:
         int workers
         int spin_yield
         int rcvbuf
+        int gro_flows
 
     struct fp_offloads:
         int udp_gso
@@ -318,7 +320,7 @@ cdef void _collect_emit(void *ctx, void *net, const iovec *iov, int niov, int nc
 
 
 def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint covered=False,
-             bint udp_gso=True):
+             bint udp_gso=True, int flows=0):
     """What the receive path writes into a TAP for these inner frames arriving in this order:
     a list of (virtio_net_hdr + frame) byte strings (just frames when vnet is False). `mtu` is the
     TAP's MTU: longer frames are GSO super-packets (0: no limit). `covered`: the frames came in
@@ -344,6 +346,7 @@ def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint 
         memset(g, 0, sizeof(fp_gro))
         g.verify = verify
         g.covered = covered
+        g.nflows = flows
         for f in keep:
             fp_gro_offer(g, <void *>1, caps, mtu, <const uint8_t *><const char *>f, len(f), _collect_emit, &c, &bad)
         fp_gro_flush(g, _collect_emit, &c)
@@ -438,7 +441,7 @@ cdef class Engine:
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
                   bint verify_csum=True, int spin_us=0, int rt_prio=0, int nice=0, int cpu_tx=-1,
                   int cpu_rx=-1, int workers=1, bint spin_yield=True, bint trust_outer_csum=True,
-                  int rcvbuf=0):
+                  int rcvbuf=0, int gro_flows=0):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))
@@ -458,6 +461,7 @@ cdef class Engine:
         o.workers = 1 if workers == 1 else 2
         o.spin_yield = spin_yield
         o.rcvbuf = rcvbuf
+        o.gro_flows = gro_flows
         err[0] = 0
         self.e = fp_engine_create(&o, err, sizeof(err))
         if self.e == NULL:

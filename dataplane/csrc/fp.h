@@ -84,18 +84,18 @@ int fp_tso_init(struct fp_tso *st, const uint8_t *frame, size_t len, const struc
  * length, sets the payload pointer and length, or returns 0 when done. */
 size_t fp_tso_next(struct fp_tso *st, uint8_t *hdr_out, const uint8_t **pay, size_t *paylen);
 
-/* ---- GRO: coalesce in-order TCP segments, or equal-size UDP datagrams, of each flow (up to
- * FP_GRO_FLOWS flows at once) into one vnet_hdr GSO frame per flow ---- */
+/* ---- GRO: coalesce in-order TCP segments, or equal-size UDP datagrams, of each flow (in up to
+ * FP_GRO_FLOWS slots) into one vnet_hdr GSO frame per flow ---- */
 #define FP_TAP_VNET 1    /* the TAP takes a virtio_net_hdr */
 #define FP_TAP_GSO_UDP 2 /* ... and accepts VIRTIO_NET_HDR_GSO_UDP_L4 on write (kernel >= 6.2) */
 #define FP_GRO_MAX_UDP_SEGS 64 /* the kernel's UDP GSO segment limit on older kernels */
 #define FP_GRO_MAX_IOV 96
 typedef void (*fp_emit_fn)(void *ctx, void *net, const struct iovec *iov, int niov, int ncoalesced);
-#define FP_GRO_FLOWS 8 /* flows coalesced at once (as the kernel's GRO keeps 8 per hash bucket) */
+#define FP_GRO_FLOWS 32 /* slots for flows coalesced at once (direct-mapped by connection) */
 struct fp_gro_flow {
     void *net; /* opaque owner (the network); segments of different owners never merge */
     int active;
-    uint64_t born; /* when the group was opened: the oldest is flushed when all slots are taken */
+    int listed; /* in fp_gro.open until the next fp_gro_flush */
     uint8_t hdr[FP_VNET_HLEN + FP_MAX_HDRS];
     size_t hlen; /* eth + ip + tcp/udp, without vnet header */
     uint8_t proto; /* 6: TCP, 17: UDP */
@@ -115,7 +115,9 @@ struct fp_gro_flow {
 struct fp_gro {
     int verify; /* verify IPv4 header + TCP checksums of segments before merging them */
     int covered; /* set per offer: a checksum the kernel verified (non-zero outer UDP) covers the frame */
-    uint64_t clock;
+    int nflows; /* slots in use, 1..FP_GRO_FLOWS (0: all) */
+    int nopen;
+    uint8_t open[FP_GRO_FLOWS]; /* slots opened since the last flush, in order */
     struct fp_gro_flow flow[FP_GRO_FLOWS];
 };
 /* Offer one inner frame (data stays valid until the next fp_gro_flush). `caps` (FP_TAP_*) says
@@ -205,6 +207,7 @@ struct fp_engine_opts {
     int spin_yield;     /* while polling, sched_yield() between empty polls (other tasks go first) */
     int workers;        /* 1: one thread serves both directions (cpu_rx pins it); 2: a tx and an rx thread */
     int rcvbuf;         /* VXLAN receive socket buffer in bytes (0: FP_RCVBUF_DEFAULT) */
+    int gro_flows;      /* flows coalesced at once on receive, 1..FP_GRO_FLOWS (0: all) */
 };
 struct fp_offloads {
     int udp_gso, udp_gro, ntx;

@@ -975,6 +975,7 @@ static int rx_init(struct fp_engine *e, struct rxstate *r)
     if (!r->bufs || !r->mm || !r->iov || !r->sa || !r->cm || !r->gro)
         return -1;
     r->gro->verify = e->o.verify_csum;
+    r->gro->nflows = e->o.gro_flows;
     for (int i = 0; i < RX_NMSG; i++) {
         r->iov[i].iov_base = r->bufs + (size_t)i * RX_BUFSZ;
         r->iov[i].iov_len = RX_BUFSZ;

@@ -586,33 +586,32 @@ static int emit_super(void *net, const uint8_t *f, size_t len, const struct l4in
     return 1;
 }
 
+static inline uint32_t nslots(const struct fp_gro *g)
+{
+    return g->nflows > 0 && g->nflows < FP_GRO_FLOWS ? (uint32_t)g->nflows : FP_GRO_FLOWS;
+}
+
 void fp_gro_flush(struct fp_gro *g, fp_emit_fn emit, void *ctx)
 {
-    for (int i = 0; i < FP_GRO_FLOWS; i++)
-        flush_flow(&g->flow[i], emit, ctx);
-}
-
-/* The group of this frame's connection, or NULL. */
-static struct fp_gro_flow *find_flow(struct fp_gro *g, void *net, const uint8_t *f, const struct l4info *x)
-{
-    for (int i = 0; i < FP_GRO_FLOWS; i++)
-        if (same_key(&g->flow[i], net, f, x))
-            return &g->flow[i];
-    return NULL;
-}
-
-/* A slot for a new group: a free one, else the oldest group is written out. */
-static struct fp_gro_flow *free_flow(struct fp_gro *g, fp_emit_fn emit, void *ctx)
-{
-    struct fp_gro_flow *oldest = &g->flow[0];
-    for (int i = 0; i < FP_GRO_FLOWS; i++) {
-        if (!g->flow[i].active)
-            return &g->flow[i];
-        if (g->flow[i].born < oldest->born)
-            oldest = &g->flow[i];
+    for (int i = 0; i < g->nopen; i++) {
+        flush_flow(&g->flow[g->open[i]], emit, ctx);
+        g->flow[g->open[i]].listed = 0;
     }
-    flush_flow(oldest, emit, ctx);
-    return oldest;
+    g->nopen = 0;
+}
+
+/* Direct-mapped, as the kernel's GRO hash: a connection always lands in the same slot, and a
+ * different connection in that slot is written out first. */
+static struct fp_gro_flow *slot_of(struct fp_gro *g, void *net, const uint8_t *f, const struct l4info *x)
+{
+    const uint8_t *ip = f + FP_ETH_HLEN;
+    uint32_t h = rd32(f + x->l4off) ^ x->proto ^ (uint32_t)(uintptr_t)net;
+    if (x->is_v6)
+        for (int i = 8; i < 40; i += 4)
+            h = (h ^ rd32(ip + i)) * 0x9E3779B1u;
+    else
+        h = ((h ^ rd32(ip + 12)) * 0x9E3779B1u ^ rd32(ip + 16)) * 0x9E3779B1u;
+    return &g->flow[(h >> 16) % nslots(g)];
 }
 
 int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint8_t *f, size_t len,
@@ -633,7 +632,8 @@ int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint
         emit_single(net, vnet, f, len, NULL, CS_UNKNOWN, emit, ctx);
         return 0;
     }
-    struct fp_gro_flow *fl = find_flow(g, net, f, &x);
+    struct fp_gro_flow *slot = slot_of(g, net, f, &x);
+    struct fp_gro_flow *fl = same_key(slot, net, f, &x) ? slot : NULL;
     int state = l4_csum_state(f, &x, g->verify, g->covered);
     if (state == CS_BAD)
         *csum_bad = 1; /* handed on untouched: the kernel drops and counts it */
@@ -684,12 +684,13 @@ int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint
             fl->closed = 1;
         return 1;
     }
-    if (fl)
-        flush_flow(fl, emit, ctx);
-    else
-        fl = free_flow(g, emit, ctx);
+    fl = slot;
+    flush_flow(fl, emit, ctx);
+    if (!fl->listed) {
+        fl->listed = 1;
+        g->open[g->nopen++] = (uint8_t)(fl - g->flow);
+    }
     fl->active = 1;
-    fl->born = ++g->clock;
     fl->net = net;
     fl->verified = state == CS_OK && (g->verify || g->covered);
     fl->partial = state == CS_PARTIAL;

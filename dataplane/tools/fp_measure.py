@@ -10,8 +10,8 @@ fastpathd (VNI 200), one container per host. Every repeat measures kernel then u
 - tcp:  iperf3 single stream a -> b; Gbit/s, plus CPU seconds per Gbit moved (fastpathd's threads;
         the whole machine's busy time for both, which includes other people's load).
 - ping: 200 pings at 5 ms intervals a -> b; p50/p90 RTT in ms.
-- pps:  64-byte Ethernet frames (UDP, 18 payload bytes) from trafgen (netsniff-ng) on a's container
-        eth0, counted as received on b's container eth0; offered and received kpps.
+- pps:  64-byte Ethernet frames (UDP, 18 payload bytes, 16 flows) from trafgen (netsniff-ng) on a's
+        container eth0, counted as datagrams at b's UDP layer; offered and received kpps.
 
 Needs root, iperf3 and (for pps) trafgen. Everything created is named with --prefix and removed.
 """
@@ -118,16 +118,34 @@ def pps(a: Container, b: Container, seconds: int, tmp: str, cpus: int) -> dict[s
         # 14 Ethernet + 20 IPv4 + 8 UDP + 18 payload = 60 bytes (64 with the FCS); 16 flows
         f.write(f"{{\n  eth(da={b.mac}, sa={a.mac}),\n  ipv4(saddr={a.ip}, daddr={b.ip}, ttl=64, df),\n"
                 "  udp(sport=dinc(1000, 1015), dport=9),\n  fill(0x41, 18)\n}\n")
-    tx0 = link_stats(a.ns, "eth0")["tx_packets"]
-    rx0 = link_stats(b.ns, "eth0")["rx_packets"]
-    t0 = time.monotonic()
-    nsexec(a.ns, "timeout", "-s", "INT", str(seconds), "trafgen", "-i", conf, "-o", "eth0", "-q", "-P", str(cpus),
-           timeout=seconds + 30, check=False)
-    time.sleep(0.3)  # let queues drain
-    dt = time.monotonic() - t0 - 0.3
-    tx = link_stats(a.ns, "eth0")["tx_packets"] - tx0
-    rx = link_stats(b.ns, "eth0")["rx_packets"] - rx0
+    # A socket on port 9 that never reads: every datagram is counted at b's UDP layer (after GSO
+    # segmentation; a device counter would count a coalesced train once) and none draws an ICMP error.
+    sink = nspopen(b.ns, sys.executable, "-c", "import socket, sys, time\n"
+                   "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9))\n"
+                   "print('ready', flush=True); time.sleep(3600)", stdout=subprocess.PIPE)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+        tx0 = link_stats(a.ns, "eth0")["tx_packets"]
+        rx0 = udp_datagrams(b.ns)
+        t0 = time.monotonic()
+        nsexec(a.ns, "timeout", "-s", "INT", str(seconds), "trafgen", "-i", conf, "-o", "eth0", "-q", "-P", str(cpus),
+               timeout=seconds + 30, check=False)
+        time.sleep(0.3)  # let queues drain
+        dt = time.monotonic() - t0 - 0.3
+        tx = link_stats(a.ns, "eth0")["tx_packets"] - tx0
+        rx = udp_datagrams(b.ns) - rx0
+    finally:
+        sink.kill()
+        sink.wait()
     return {"offered_kpps": tx / dt / 1e3, "received_kpps": rx / dt / 1e3}
+
+
+def udp_datagrams(ns: str) -> int:
+    """InDatagrams + NoPorts + InErrors from /proc/net/snmp inside `ns`."""
+    rows = [line.split() for line in nsexec(ns, "cat", "/proc/net/snmp").stdout.decode().splitlines()
+            if line.startswith("Udp:")]
+    v = dict(zip(rows[0][1:], rows[1][1:], strict=True))
+    return int(v["InDatagrams"]) + int(v["NoPorts"]) + int(v["InErrors"])
 
 
 def median(xs: list[float]) -> float:

@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="busy-poll without sched_yield() between empty polls (hogs the CPU while spinning)")
     p.add_argument("--rcvbuf-kib", type=int, default=0,
                    help="VXLAN receive socket buffer in KiB (0: the built-in default)")
+    p.add_argument("--gro-flows", type=int, default=0,
+                   help="slots for flows coalesced at once on receive, 1..32 (0: 32)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="fastpathd: %(levelname)s %(message)s", stream=sys.stderr)
@@ -312,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                                  nice=max(-20, min(19, a.nice)), cpu_tx=a.cpu_tx, cpu_rx=a.cpu_rx,
                                  workers=a.workers, spin_yield=not a.no_spin_yield,
                                  trust_outer_csum=not a.verify_inner_csum,
-                                 rcvbuf=max(0, min(a.rcvbuf_kib, 1 << 20)) * 1024)
+                                 rcvbuf=max(0, min(a.rcvbuf_kib, 1 << 20)) * 1024,
+                                 gro_flows=max(0, min(a.gro_flows, 32)))
     except (OSError, ValueError, ImportError) as e:
         print(f"fastpathd: cannot start: {e}", file=sys.stderr)
         return 1

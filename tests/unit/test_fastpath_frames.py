@@ -311,3 +311,9 @@ def test_udp_coalesce_round_trip(sizes: list[int], v6: bool) -> None:
     assert udp_datagrams(out) == payloads
     for o in out:
         assert len(unvnet(o)[1]) <= 14 + 65535
+
+
+def test_one_group_only_merges_back_to_back_frames() -> None:
+    mixed = [udp_frame(bytes([i]) * 30, sport=1 + i % 2) for i in range(6)]
+    assert len(fastpath.coalesce(mixed, flows=1)) == 6
+    assert len(fastpath.coalesce(mixed)) == 2
