@@ -157,6 +157,7 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
 
 _DECAP_REASONS = {FP_ERR_TRUNCATED: "truncated", FP_ERR_BAD_FLAGS: "bad_flags", FP_ERR_BAD_INNER: "bad_inner"}
 
@@ -274,7 +275,8 @@ cdef fp_vnet_hdr _vnet(bytes vh) except *:
 
 def segment(bytes vnet_hdr, bytes frame):
     """Inner frames the transmit path emits for one TAP read (virtio_net_hdr + frame): TSO frames are
-    split into MSS-sized segments with IP/TCP fixups and full checksums; NEEDS_CSUM is completed."""
+    split into MSS-sized segments with IP/TCP fixups and full checksums, UDP GSO frames into their
+    datagrams; NEEDS_CSUM is completed."""
     cdef fp_vnet_hdr h = _vnet(vnet_hdr)
     cdef fp_tso st
     cdef uint8_t hdr[256]
@@ -285,7 +287,7 @@ def segment(bytes vnet_hdr, bytes frame):
             return [finish_checksum(frame, h.csum_start, h.csum_offset)]
         return [frame]
     if fp_tso_init(&st, <const uint8_t *><const char *>frame, len(frame), &h):
-        raise ValueError("not a TCP TSO frame this fast path can split")
+        raise ValueError("not a TSO or UDP GSO frame this fast path can split")
     out = []
     while True:
         hl = fp_tso_next(&st, hdr, &pay, &paylen)
@@ -426,7 +428,7 @@ def setns(str path):
 
 cdef dict _offload_names(unsigned f):
     return {"csum": bool(f & TUN_F_CSUM), "tso4": bool(f & TUN_F_TSO4), "tso6": bool(f & TUN_F_TSO6),
-            "tso_ecn": bool(f & TUN_F_TSO_ECN)}
+            "tso_ecn": bool(f & TUN_F_TSO_ECN), "uso": bool(f & TUN_F_USO4)}
 
 
 cdef class Engine:

@@ -70,8 +70,9 @@ int fp_finish_csum(uint8_t *frame, size_t len, uint16_t csum_start, uint16_t csu
 struct fp_tso {
     const uint8_t *frame;
     size_t len;
-    size_t l3off, l4off, hlen; /* IP header offset, TCP header offset, total header length */
+    size_t l3off, l4off, hlen; /* IP header offset, TCP/UDP header offset, total header length */
     int is_v6;
+    uint8_t proto; /* 6: TSO, 17: UDP GSO (USO) */
     uint32_t mss;
     uint32_t seq0;
     uint16_t id0;

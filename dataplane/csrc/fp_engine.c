@@ -304,24 +304,26 @@ int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, 
             seterr(err, errlen, "TUNSETVNETHDRSZ");
             goto out;
         }
-        /* Probe from most to least capable. We take CSUM + TSO (not USO: the kernel segments inner
-         * UDP for us then, which is what kernel VXLAN does too). */
+        /* Probe from most to least capable: CSUM, TSO and (kernel >= 6.2) USO, so that TCP and UDP
+         * GSO frames (an application's UDP_SEGMENT sends, or UDP GRO on a container's veth) reach
+         * us whole and are split here, right before encapsulation. */
         static const unsigned tries[] = {
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
             TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
             TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
             TUN_F_CSUM | TUN_F_TSO4,
             TUN_F_CSUM,
             0,
         };
-        /* Kernels that know USO (6.2+) also take UDP GSO frames written to the TAP: the receive
-         * side may then coalesce a train of same-size UDP datagrams into one write. */
-        out->gso_udp = ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6) == 0;
         for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
             if (ioctl(fd, TUNSETOFFLOAD, tries[i]) == 0) {
                 out->offload = tries[i];
                 break;
             }
         }
+        /* Kernels that know USO also take UDP GSO frames written to the TAP: the receive side may
+         * then coalesce a train of same-size UDP datagrams into one write. */
+        out->gso_udp = (out->offload & TUN_F_USO4) != 0;
     }
     if (persist && ioctl(fd, TUNSETPERSIST, 1)) {
         seterr(err, errlen, "TUNSETPERSIST");

@@ -272,28 +272,39 @@ int fp_tso_init(struct fp_tso *st, const uint8_t *frame, size_t len, const struc
 {
     int gso = vh->gso_type & ~FP_VNET_GSO_ECN;
     memset(st, 0, sizeof(*st));
-    if ((gso != FP_VNET_GSO_TCPV4 && gso != FP_VNET_GSO_TCPV6) || vh->gso_size == 0 || len < FP_ETH_HLEN + 40)
+    if ((gso != FP_VNET_GSO_TCPV4 && gso != FP_VNET_GSO_TCPV6 && gso != FP_VNET_GSO_UDP_L4) || vh->gso_size == 0 ||
+        len < FP_ETH_HLEN + 40)
         return -1;
     size_t l3 = FP_ETH_HLEN, l4;
     uint16_t et = rd16(frame + 12);
-    if (gso == FP_VNET_GSO_TCPV4) {
+    /* UDP GSO (USO) says nothing about the IP version: the frame does */
+    int v4 = gso == FP_VNET_GSO_TCPV4 || (gso == FP_VNET_GSO_UDP_L4 && et == ETH_P_IPV4);
+    st->proto = gso == FP_VNET_GSO_UDP_L4 ? 17 : 6;
+    if (v4) {
         const uint8_t *ip = frame + l3;
         size_t ihl = (ip[0] & 0xf) * 4u;
-        if (et != ETH_P_IPV4 || (ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 6)
+        if (et != ETH_P_IPV4 || (ip[0] >> 4) != 4 || ihl < 20 || ip[9] != st->proto)
             return -1;
         l4 = l3 + ihl;
         st->id0 = rd16(ip + 4);
     } else {
         const uint8_t *ip = frame + l3;
-        if (et != ETH_P_IPV6 || (ip[0] >> 4) != 6 || ip[6] != 6)
+        if (et != ETH_P_IPV6 || (ip[0] >> 4) != 6 || ip[6] != st->proto)
             return -1;
         l4 = l3 + 40;
         st->is_v6 = 1;
     }
-    if (len < l4 + 20)
-        return -1;
-    size_t thl = (frame[l4 + 12] >> 4) * 4u;
-    if (thl < 20 || len < l4 + thl || l4 + thl > FP_MAX_HDRS)
+    size_t thl;
+    if (st->proto == 17) {
+        thl = 8;
+        if (len < l4 + thl)
+            return -1;
+    } else {
+        if (len < l4 + 20)
+            return -1;
+        thl = (frame[l4 + 12] >> 4) * 4u;
+    }
+    if (thl < 8 || len < l4 + thl || l4 + thl > FP_MAX_HDRS)
         return -1;
     st->frame = frame;
     st->len = len;
@@ -325,6 +336,22 @@ size_t fp_tso_next(struct fp_tso *st, uint8_t *hdr, const uint8_t **pay, size_t 
     } else {
         wr16(ip + 4, (uint16_t)(thl + pl));
     }
+    const uint8_t *p = st->frame + st->next;
+    if (st->proto == 17) {
+        /* one datagram per segment: its own length and a full checksum (0 is sent as 0xffff) */
+        wr16(tcp + 4, (uint16_t)(8 + pl));
+        tcp[6] = tcp[7] = 0;
+        uint64_t u = st->is_v6 ? fp_pseudo_v6(ip, 17, (uint32_t)(8 + pl)) : fp_pseudo_v4(ip, 17, (uint32_t)(8 + pl));
+        u = fp_csum_partial(tcp, 8, u);
+        u = fp_csum_partial(p, pl, u);
+        uint16_t c = (uint16_t)~fp_csum_fold(u);
+        store_csum(tcp + 6, c ? c : 0xffff);
+        *pay = p;
+        *paylen = pl;
+        st->next += pl;
+        st->index++;
+        return st->hlen;
+    }
     wr32(tcp + 4, st->seq0 + st->index * st->mss);
     uint8_t flags = tcp[13];
     if (!last)
@@ -333,7 +360,6 @@ size_t fp_tso_next(struct fp_tso *st, uint8_t *hdr, const uint8_t **pay, size_t 
         flags &= (uint8_t)~TCP_CWR;
     tcp[13] = flags;
     tcp[16] = tcp[17] = 0;
-    const uint8_t *p = st->frame + st->next;
     uint64_t s = st->is_v6 ? fp_pseudo_v6(ip, 6, (uint32_t)(thl + pl)) : fp_pseudo_v4(ip, 6, (uint32_t)(thl + pl));
     s = fp_csum_partial(tcp, thl, s);
     s = fp_csum_partial(p, pl, s);

@@ -317,3 +317,37 @@ def test_one_group_only_merges_back_to_back_frames() -> None:
     mixed = [udp_frame(bytes([i]) * 30, sport=1 + i % 2) for i in range(6)]
     assert len(fastpath.coalesce(mixed, flows=1)) == 6
     assert len(fastpath.coalesce(mixed)) == 2
+
+
+# ---- UDP GSO (USO) split on transmit: one GSO frame from the TAP becomes its datagrams
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("size, gso", [(18 * 40 + 7, 18), (3000, 1000), (1000, 1000), (65000, 1400)])
+def test_uso_split_into_datagrams(v6: bool, size: int, gso: int) -> None:
+    payload = bytes(i % 253 for i in range(size))
+    frame = udp_frame(payload, ip_id=500, v6=v6)
+    hl = 14 + (40 if v6 else 20)
+    segs = fastpath.segment(vnet(NEEDS_CSUM, GSO_UDP_L4, hl + 8, gso, hl, 6), frame)
+    assert len(segs) == -(-size // gso)
+    got = []
+    for i, s in enumerate(segs):
+        pkt = Ether(s)
+        assert checksums_ok(s), f"datagram {i} has a bad checksum"
+        assert pkt[UDP].len == len(s) - hl and pkt[UDP].sport == 4000
+        if not v6:
+            assert pkt[IP].id == 500 + i and pkt[IP].len == len(s) - 14
+        else:
+            assert pkt[IPv6].plen == len(s) - 54
+        got.append(bytes(pkt[UDP].payload))
+    assert got == [payload[i:i + gso] for i in range(0, size, gso)]
+
+
+def test_uso_then_coalesce_round_trip() -> None:
+    payload = bytes(i % 251 for i in range(18 * 30 + 5))
+    segs = fastpath.segment(vnet(NEEDS_CSUM, GSO_UDP_L4, 42, 18, 34, 6), udp_frame(payload))
+    assert udp_datagrams(fastpath.coalesce(segs)) == [payload[i:i + 18] for i in range(0, len(payload), 18)]
+
+
+def test_uso_rejects_a_frame_that_is_not_udp() -> None:
+    with pytest.raises(ValueError):
+        fastpath.segment(vnet(NEEDS_CSUM, GSO_UDP_L4, 66, 1000, 34, 16), tso_frame(b"t" * 3000))
