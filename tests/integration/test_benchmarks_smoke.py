@@ -33,7 +33,8 @@ def test_quickest_cases_write_real_numbers(prefix: str, tmp_path) -> None:
 
     for mode in ("underlay", "kernel-vxlan"):
         for case, metric in (("tcp-1 mtu1450", "throughput"), ("tcp-4 mtu1450", "throughput"),
-                             ("udp-64B mtu1450", "delivered"), ("ping mtu1450", "rtt p50")):
+                             ("udp-64B mtu1450", "delivered"), ("udp-64B-16flows mtu1450", "delivered"),
+                             ("ping mtu1450", "rtt p50")):
             fig = figures[("dataplane", case, mode, metric)]
             assert fig["status"] == "ok", fig
             assert fig["values"] and all(math.isfinite(v) and v > 0 for v in fig["values"]), fig
