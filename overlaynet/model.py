@@ -124,6 +124,21 @@ def validate_dns_names(names: object) -> list[str]:
     return out
 
 
+def usable_dns_names(candidates: list[str]) -> list[str]:
+    """The candidates (a container's name, its aliases) that are valid DNS names, lower-cased,
+    without duplicates, at most MAX_NAMES: the rest are skipped, not refused (Compose's `proj_web_1`
+    is no DNS name; its service name `web` is)."""
+    out: list[str] = []
+    for name in candidates:
+        try:
+            value = validate_dns_name(name)
+        except BadRequest:
+            continue
+        if value not in out:
+            out.append(value)
+    return out[:MAX_NAMES]
+
+
 def gateway_mac(vni: int) -> str:
     """The anycast gateway's MAC: the same on every host for one network, unique per VNI.
 

@@ -358,7 +358,7 @@ events_logger = "file"
     def add_network(self, name: str, network: str | None = None, subnet: str | None = None,
                     cni_version: str = "1.0.0") -> str:
         plugin: dict[str, Any] = {"type": "overlaynet-cni", "socket": self.api_socket,
-                                  "capabilities": {"ips": True}}
+                                  "capabilities": {"ips": True, "aliases": True}}
         if network:
             plugin["network"] = network
         if subnet:

@@ -60,8 +60,10 @@ def test_podman_static_ip(podman_cluster: PodmanCluster, prefix: str) -> None:
 def test_podman_containers_on_two_hosts_ping_each_other(podman_cluster: PodmanCluster, prefix: str) -> None:
     a, b = podman_cluster.a, podman_cluster.b
     one, two = f"{prefix}-pa", f"{prefix}-pb"
+    alias = f"{prefix}-web"
     try:
-        ip_a = run_container(a, one)  # the first ADD creates the network (config has "subnet")
+        # the first ADD creates the network (config has "subnet")
+        ip_a = run_container(a, one, "--network-alias", alias)
 
         def on_b() -> bool:
             return any(n["name"] == NETWORK for n in Client(b.host.socket).list_networks())
@@ -83,6 +85,17 @@ def test_podman_containers_on_two_hosts_ping_each_other(podman_cluster: PodmanCl
         assert ", 0% packet loss" in ping_ab, ping_ab
         ping_ba = b.engine.podman("exec", two, "ping", "-c", "3", "-W", "2", ip_a).stdout
         assert ", 0% packet loss" in ping_ba, ping_ba
+
+        # Names: the container's name (CNI_ARGS K8S_POD_NAME) and its network alias (capability
+        # "aliases") resolve on the other host, through that host's overlaynet DNS on the gateway.
+        gateway = Client(b.host.socket).get_network(NETWORK)["gateway"]
+
+        def resolves(name: str) -> bool:
+            out = b.engine.podman("exec", two, "nslookup", name, gateway, check=False).stdout
+            return ip_a in out.split("Name:", 1)[-1]
+
+        wait_until(lambda: resolves(one), 30, f"{one}'s name to resolve on host b")
+        assert resolves(alias)
     finally:
         a.engine.podman("rm", "-f", "-t", "0", one, check=False)
         b.engine.podman("rm", "-f", "-t", "0", two, check=False)

@@ -79,6 +79,16 @@ def test_static_ip_sources() -> None:
     assert spec.requested_ip(runtime, inv) == "198.19.1.7"
 
 
+def test_dns_names_from_the_pod_name_and_this_networks_aliases() -> None:
+    inv = spec.parse_env(ENV)  # K8S_POD_NAME=q1
+    assert spec.dns_names(spec.parse_config(config(), "ADD"), inv) == ["q1"]
+    conf = spec.parse_config(config(runtimeConfig={"aliases": {"blue": ["web", "Web", "not_a_name"],
+                                                                "red": ["other"]}}), "ADD")
+    assert spec.dns_names(conf, inv) == ["q1", "web"]
+    nameless = spec.parse_env({k: v for k, v in ENV.items() if k != "CNI_ARGS"})
+    assert spec.dns_names(spec.parse_config(config(runtimeConfig={"aliases": "junk"}), "ADD"), nameless) == []
+
+
 def test_valid_attachments() -> None:
     conf = spec.parse_config(config("1.1.0", **{"cni.dev/valid-attachments": [
         {"containerID": "a", "ifname": "eth0"}, {"ifname": "eth0"}, "junk"]}), "GC")

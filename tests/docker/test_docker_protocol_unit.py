@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from overlaynet import model
 from overlaynet.plugins.docker import protocol as p
 
 pytestmark = pytest.mark.unit
@@ -76,7 +77,7 @@ def test_join_hands_over_the_veth_and_disables_gwbridge() -> None:
 
 def test_container_names_become_dns_names() -> None:
     # Compose: the container name has underscores (not a DNS name), the service alias is kept.
-    assert p.dns_names(["proj_web_1", "web", "3f2a9c1d0e4b", "Web", ""]) == ["web", "3f2a9c1d0e4b"]
+    assert model.usable_dns_names(["proj_web_1", "web", "3f2a9c1d0e4b", "Web", ""]) == ["web", "3f2a9c1d0e4b"]
 
 
 def test_request_pool() -> None:

@@ -30,7 +30,8 @@ async def _ensure_network(api: AsyncClient, conf: NetConf) -> None:
         if e.status != 404:
             raise _daemon_error(e, f"looking up network {conf.network}") from None
     try:
-        await api.create_network(conf.network, conf.subnet)
+        # with the anycast gateway (the network's DNS address) at the first address, as the CLI does
+        await api.create_network(conf.network, conf.subnet, gateway="auto")
     except ApiError as e:
         if e.status != 409:  # 409: created meanwhile by a concurrent ADD or another host
             raise _daemon_error(e, f"creating network {conf.network}") from None
@@ -45,6 +46,7 @@ async def add(api: AsyncClient, conf: NetConf, inv: Invocation) -> dict[str, Any
         endpoint = await api.create_endpoint(
             conf.network, netns=inv.netns, ifname=inv.ifname, ip=spec.requested_ip(conf, inv),
             mac=spec.requested_mac(conf, inv), id=endpoint_id, labels=spec.labels(conf, inv),
+            names=spec.dns_names(conf, inv),
         )
     except ApiError as e:
         raise _daemon_error(e, f"attaching {inv.ifname} to network {conf.network}") from None

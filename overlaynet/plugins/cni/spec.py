@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from overlaynet import model
+
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 LATEST = "1.1.0"
 DEFAULT_SOCKET = "/run/overlaynet/overlayd.sock"
@@ -147,6 +149,22 @@ def requested_ip(conf: NetConf, inv: Invocation) -> str | None:
     if isinstance(cni_args, dict) and cni_args.get("ips"):
         return str(cni_args["ips"][0]).split("/")[0]
     return inv.args.get("IP") or None
+
+
+def dns_names(conf: NetConf, inv: Invocation) -> list[str]:
+    """Names the endpoint answers to in overlaynet's DNS: the container's name (podman and
+    Kubernetes runtimes pass it as CNI_ARGS K8S_POD_NAME) and the runtime's aliases for this network
+    (capability "aliases": runtimeConfig {"aliases": {network name: [...]}}, `podman run
+    --network-alias`). Names that are not valid DNS names are skipped, not refused."""
+    candidates: list[str] = []
+    if inv.args.get("K8S_POD_NAME"):
+        candidates.append(inv.args["K8S_POD_NAME"])
+    aliases = (conf.raw.get("runtimeConfig") or {}).get("aliases")
+    if isinstance(aliases, dict):
+        mine = aliases.get(conf.name)
+        if isinstance(mine, list):
+            candidates += [a for a in mine if isinstance(a, str)]
+    return model.usable_dns_names(candidates)
 
 
 def requested_mac(conf: NetConf, inv: Invocation) -> str | None:

@@ -18,6 +18,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from overlaynet import model
 from overlaynet.api.client import ApiError, AsyncClient
 from overlaynet.plugins.docker import protocol as p
 from overlaynet.plugins.docker.engine import Engine, EngineUnavailable
@@ -247,7 +248,7 @@ class Driver:
     async def _name_endpoint(self, docker_network_id: str, endpoint_id: str) -> None:
         try:
             found = await self.engine.endpoint_names(docker_network_id, endpoint_id)
-            names = p.dns_names(found)
+            names = model.usable_dns_names(found)
             if not names:
                 log.info("event=endpoint-unnamed endpoint=%s found=%s", endpoint_id[:12], ",".join(found) or "-")
                 return

@@ -10,9 +10,6 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlaynet.errors import BadRequest
-from overlaynet.model import MAX_NAMES, validate_dns_name
-
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 GENERIC_OPTIONS = "com.docker.network.generic"
 GATEWAY_REQUEST = "com.docker.network.gateway"
@@ -150,18 +147,6 @@ def join_response(endpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def dns_names(candidates: list[str]) -> list[str]:
-    """The container name and aliases that are valid DNS names (Compose's `proj_web_1` is not; its
-    service name `web` is), lower-cased, without duplicates, at most MAX_NAMES."""
-    out: list[str] = []
-    for name in candidates:
-        try:
-            value = validate_dns_name(name)
-        except BadRequest:
-            continue
-        if value not in out:
-            out.append(value)
-    return out[:MAX_NAMES]
 
 
 def oper_info(endpoint: dict[str, Any]) -> dict[str, Any]:
