@@ -15,6 +15,7 @@ from overlaynet.dataplane.control import FastpathClient, FastpathControlError
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fastpath_helpers import (  # noqa: E402
+    Container,
     Lab,
     link_stats,
     nsexec,
@@ -309,6 +310,26 @@ bad = [d for d in got if len(d) < 8 or d != d[:8] * (len(d) // 8) + d[:len(d) % 
 print(len(got), len(bad), len({d[:8] for d in got}))
 """
 
+def udp_datagrams_arrive_whole(src: Container, dst: Container, sender: str) -> int:
+    """Run `sender` (Python; argv[1] is dst's address, it prints how many datagrams it sent) in src
+    against UDP_SINK in dst; check every datagram arrived whole and once. Returns how many arrived."""
+    sink = nspopen(dst.ns, sys.executable, "-c", UDP_SINK, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert sink.stdout is not None
+        assert sink.stdout.readline().strip() == b"ready"
+        sent = int(nsexec(src.ns, sys.executable, "-c", sender, dst.ip).stdout)
+        out, _ = sink.communicate(timeout=30)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    received, malformed, distinct = (int(x) for x in out.split())
+    assert malformed == 0, "a datagram arrived cut, merged or with foreign bytes"
+    assert distinct == received, "a datagram arrived twice"
+    assert received >= sent * 0.95, f"only {received} of {sent} datagrams arrived"
+    return received
+
+
 UDP_BURSTS = r"""
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -332,20 +353,7 @@ def test_udp_trains_are_coalesced_and_arrive_datagram_for_datagram(make_lab: Cal
     with lab.hosts["b"].client() as c:
         tap = c.offloads()["taps"][4097]
     before = counters(lab, "b", 4097)
-    sink = nspopen(cb.ns, sys.executable, "-c", UDP_SINK, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert sink.stdout is not None
-        assert sink.stdout.readline().strip() == b"ready"
-        sent = int(nsexec(ca.ns, sys.executable, "-c", UDP_BURSTS, cb.ip).stdout)
-        out, err = sink.communicate(timeout=30)
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
-    received, malformed, distinct = (int(x) for x in out.split())
-    assert malformed == 0, "a datagram arrived cut, merged or with foreign bytes"
-    assert distinct == received, "a datagram arrived twice"
-    assert received >= sent * 0.95, f"only {received} of {sent} datagrams arrived"
+    received = udp_datagrams_arrive_whole(ca, cb, UDP_BURSTS)
     after = counters(lab, "b", 4097)
     if tap["udp_coalesce"]:
         assert after["rx_coalesced"] > before["rx_coalesced"], "UDP trains should be coalesced"
@@ -372,19 +380,7 @@ def test_udp_gso_sends_from_a_container_are_split_into_datagrams(make_lab: Calla
     with lab.hosts["a"].client() as c:
         tap = c.offloads()["taps"][4097]
     before = counters(lab, "a", 4097)
-    sink = nspopen(cb.ns, sys.executable, "-c", UDP_SINK, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert sink.stdout is not None
-        assert sink.stdout.readline().strip() == b"ready"
-        sent = int(nsexec(ca.ns, sys.executable, "-c", UDP_GSO_SENDER, cb.ip).stdout)
-        out, err = sink.communicate(timeout=30)
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
-    received, malformed, distinct = (int(x) for x in out.split())
-    assert malformed == 0 and distinct == received
-    assert received >= sent * 0.95, f"only {received} of {sent} datagrams arrived"
+    udp_datagrams_arrive_whole(ca, cb, UDP_GSO_SENDER)
     after = counters(lab, "a", 4097)
     if tap["uso"]:
         assert after["tx_tso_frames"] - before["tx_tso_frames"] >= 20, "UDP GSO sends should arrive whole"
