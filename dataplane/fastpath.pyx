@@ -99,7 +99,6 @@ cdef extern from "fp.h" nogil:
         int vnet_hdr
         int mtu
         unsigned offload
-        int gso_udp
 
     const char *const fp_net_counter_names[]
     const char *const fp_global_counter_names[]
@@ -509,8 +508,7 @@ cdef class Engine:
             "checksum": "avx2" if o.csum_avx2 else "portable",
             "tx_sockets": o.ntx,
             "tx_source_ports": sorted(o.tx_ports[i] for i in range(o.ntx)),
-            "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"]),
-                           "udp_coalesce": n["udp_gso_write"]}
+            "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"])}
                      for vni, n in self.networks.items()},
         }
 
@@ -542,8 +540,7 @@ cdef class Engine:
                 fp_tap_delete(info.fd) if persist else None
                 raise FastpathError(f"add network {vni}: error {rc}")
             self.networks[vni] = {"vni": vni, "netns": netns, "tap": tap, "mtu": info.mtu, "ifindex": info.ifindex,
-                                  "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload,
-                                  "udp_gso_write": bool(info.vnet_hdr and info.gso_udp), "persist": persist}
+                                  "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload, "persist": persist}
             return dict(self.networks[vni])
 
     def remove_network(self, unsigned int vni):

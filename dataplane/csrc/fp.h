@@ -229,7 +229,6 @@ struct fp_tap_info {
     int vnet_hdr;
     int mtu;
     unsigned offload; /* TUN_F_* flags accepted by TUNSETOFFLOAD */
-    int gso_udp;      /* the kernel takes VIRTIO_NET_HDR_GSO_UDP_L4 frames written to it */
 };
 int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, struct fp_tap_info *out,
                 char *err, size_t errlen);

@@ -321,9 +321,6 @@ int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, 
                 break;
             }
         }
-        /* Kernels that know USO also take UDP GSO frames written to the TAP: the receive side may
-         * then coalesce a train of same-size UDP datagrams into one write. */
-        out->gso_udp = (out->offload & TUN_F_USO4) != 0;
     }
     if (persist && ioctl(fd, TUNSETPERSIST, 1)) {
         seterr(err, errlen, "TUNSETPERSIST");
@@ -1366,7 +1363,9 @@ int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_inf
     memset(n, 0, sizeof(*n));
     n->vni = vni;
     n->fd = tap->fd;
-    n->vnet = tap->vnet_hdr ? FP_TAP_VNET | (tap->gso_udp ? FP_TAP_GSO_UDP : 0) : 0;
+    /* Kernels that know USO also take UDP GSO frames written to the TAP: the receive side may then
+     * coalesce a train of same-size UDP datagrams into one write. */
+    n->vnet = tap->vnet_hdr ? FP_TAP_VNET | (tap->offload & TUN_F_USO4 ? FP_TAP_GSO_UDP : 0) : 0;
     n->mtu = (uint32_t)tap->mtu;
     n->offload = tap->offload;
     n->persist = persist;
