@@ -122,14 +122,18 @@ def _rx_packets(pair: Pair, ns: str, dev: str, what: str = "rx_packets") -> int:
     raise RuntimeError(f"no device {dev} in {ns}")
 
 
-def _udp_datagrams(pair: Pair, ns: str) -> int:
-    """Datagrams that reached the UDP layer inside `ns` (/proc/net/snmp: InDatagrams + NoPorts +
-    InErrors, the last including a full socket buffer's drops). Counted after GSO segmentation, so
-    a coalesced train of datagrams counts as the datagrams it carries, unlike a device counter."""
-    lines = [line.split() for line in pair.lab.run(ns, ["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
-             if line.startswith("Udp:")]
-    values = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+def udp_datagrams_in(snmp: str) -> int:
+    """Datagrams that reached the UDP layer, from a namespace's /proc/net/snmp: InDatagrams + NoPorts
+    + InErrors (the last includes a full socket buffer's drops). Counted after GSO segmentation, so a
+    coalesced train counts as the datagrams it carries, unlike a device counter. (Also used by
+    dataplane/tools/fp_measure.py: both count the same way.)"""
+    rows = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+    values = dict(zip(rows[0][1:], rows[1][1:], strict=True))
     return int(values["InDatagrams"]) + int(values["NoPorts"]) + int(values["InErrors"])
+
+
+def _udp_datagrams(pair: Pair, ns: str) -> int:
+    return udp_datagrams_in(pair.lab.run(ns, ["cat", "/proc/net/snmp"], check=True).stdout)
 
 
 # Binds port 9 and never reads: every datagram is counted at the UDP layer (delivered, or dropped at

@@ -35,6 +35,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests"))
 from fastpath_helpers import Container, Lab, link_stats, nsexec, nspopen, ping_until  # noqa: E402
 
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+from benchmarks.dataplane import UDP_SINK, udp_datagrams_in  # noqa: E402  (one way of counting for both tools)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -120,9 +123,7 @@ def pps(a: Container, b: Container, seconds: int, tmp: str, cpus: int) -> dict[s
                 "  udp(sport=dinc(1000, 1015), dport=9),\n  fill(0x41, 18)\n}\n")
     # A socket on port 9 that never reads: every datagram is counted at b's UDP layer (after GSO
     # segmentation; a device counter would count a coalesced train once) and none draws an ICMP error.
-    sink = nspopen(b.ns, sys.executable, "-c", "import socket, sys, time\n"
-                   "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9))\n"
-                   "print('ready', flush=True); time.sleep(3600)", stdout=subprocess.PIPE)
+    sink = nspopen(b.ns, sys.executable, "-c", UDP_SINK, b.ip, stdout=subprocess.PIPE)
     try:
         assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
         tx0 = link_stats(a.ns, "eth0")["tx_packets"]
@@ -141,11 +142,7 @@ def pps(a: Container, b: Container, seconds: int, tmp: str, cpus: int) -> dict[s
 
 
 def udp_datagrams(ns: str) -> int:
-    """InDatagrams + NoPorts + InErrors from /proc/net/snmp inside `ns`."""
-    rows = [line.split() for line in nsexec(ns, "cat", "/proc/net/snmp").stdout.decode().splitlines()
-            if line.startswith("Udp:")]
-    v = dict(zip(rows[0][1:], rows[1][1:], strict=True))
-    return int(v["InDatagrams"]) + int(v["NoPorts"]) + int(v["InErrors"])
+    return udp_datagrams_in(nsexec(ns, "cat", "/proc/net/snmp").stdout.decode())
 
 
 def median(xs: list[float]) -> float:
