@@ -101,7 +101,7 @@ struct fp_gro_flow {
     size_t hlen; /* eth + ip + tcp/udp, without vnet header */
     uint8_t proto; /* 6: TCP, 17: UDP */
     uint16_t next_id; /* UDP over IPv4 without DF: the IP ID the next datagram must carry */
-    size_t l3off, l4off;
+    size_t l4off;
     int is_v6;
     uint32_t next_seq;
     uint32_t mss;

@@ -724,7 +724,6 @@ int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint
     fl->hlen = hlen;
     fl->proto = x.proto;
     fl->next_id = (uint16_t)(id + 1);
-    fl->l3off = FP_ETH_HLEN;
     fl->l4off = x.l4off;
     fl->is_v6 = x.is_v6;
     fl->next_seq = x.proto == 6 ? seq + paylen : 0;
