@@ -515,8 +515,13 @@ void fp_engine_offloads(struct fp_engine *e, struct fp_offloads *out)
 
 /* ------------------------------------------------------------------ tx: TAP -> UDP */
 
-#define TX_NBUF 48
-#define TX_BUFSZ (FP_VNET_HLEN + 65536 + 256)
+#define TX_BUFSZ (FP_VNET_HLEN + 65536 + 256) /* room one TAP read needs: a whole TSO frame */
+/* TAP reads are packed into one arena (64-byte aligned), so a batch holds ~60 TSO frames or
+ * TX_PEND small ones: with many interleaved flows, bigger batches mean longer GSO trains per
+ * (socket, VTEP) and fewer sendmmsg calls. */
+#define TX_ARENA (64 * TX_BUFSZ)
+#define TX_PEND 256
+#define TX_GROUP_SLOTS 512 /* > TX_PEND: open addressing never fills */
 #define TX_MAXMSG 256
 #define TX_MAXIOV 4096
 #define TX_SCRATCH (256 * 1024)
@@ -543,14 +548,22 @@ struct txq {
     uint8_t scratch[TX_SCRATCH];
     size_t sused;
     /* Small unicast frames wait here until the batch is sent, so that frames of many interleaved
-     * flows still leave as one UDP GSO send per (socket, VTEP) instead of one syscall each. */
+     * flows still leave as one UDP GSO send per (socket, VTEP) instead of one syscall each.
+     * Frames of one group are chained in arrival order (next), groups in order of first arrival. */
     struct txpend {
         struct fp_net *net;
         const uint8_t *f;
         uint32_t len, vtep;
         int sock;
-    } pend[TX_NBUF];
+        int next; /* next frame of the same group, -1: last */
+    } pend[TX_PEND];
     int npend;
+    int heads[TX_PEND], nheads;
+    struct txgroup {
+        uint32_t gen, vtep;
+        int sock, tail;
+    } group[TX_GROUP_SLOTS];
+    uint32_t gen; /* group[] entries of older generations are empty */
 };
 
 static void set_gso(struct txq *q, int i, uint16_t segsize)
@@ -688,25 +701,43 @@ static void q_small(struct fp_engine *e, struct txq *q, struct fp_net *net, int 
     q_msg(e, q, net, sock, vtep, first, 2, 1, bytes, bytes, bytes, mergeable);
 }
 
-/* Queue the waiting small frames grouped by (socket, VTEP); a flow always maps to one socket, so
- * each flow keeps its order. Called before anything else is queued and before sending. */
-static void q_pend_emit(struct fp_engine *e, struct txq *q)
+/* Park a small unicast frame: it joins the chain of its (socket, VTEP) group. */
+static void q_pend_add(struct txq *q, struct fp_net *net, const uint8_t *f, uint32_t len, uint32_t vtep, int sock)
 {
-    int n = q->npend;
-    q->npend = 0;
-    uint64_t done = 0; /* n <= TX_NBUF <= 64 */
-    for (int i = 0; i < n; i++) {
-        if (done >> i & 1)
-            continue;
-        struct txpend *a = &q->pend[i];
-        for (int j = i; j < n; j++) {
-            struct txpend *b = &q->pend[j];
-            if (!(done >> j & 1) && b->sock == a->sock && b->vtep == a->vtep) {
-                done |= 1ull << j;
-                q_small(e, q, b->net, b->sock, b->vtep, b->f, b->len, 1);
-            }
+    if (q->npend == 0 && ++q->gen == 0) { /* generation wrapped: really empty the table once */
+        memset(q->group, 0, sizeof(q->group));
+        q->gen = 1;
+    }
+    int i = q->npend++;
+    q->pend[i] = (struct txpend){net, f, len, vtep, sock, -1};
+    uint32_t h = (vtep * 2654435761u ^ (uint32_t)sock * 40503u) % TX_GROUP_SLOTS;
+    for (;; h = (h + 1) % TX_GROUP_SLOTS) {
+        struct txgroup *g = &q->group[h];
+        if (g->gen != q->gen) {
+            *g = (struct txgroup){q->gen, vtep, sock, i};
+            q->heads[q->nheads++] = i;
+            return;
+        }
+        if (g->vtep == vtep && g->sock == sock) {
+            q->pend[g->tail].next = i;
+            g->tail = i;
+            return;
         }
     }
+}
+
+/* Queue the waiting small frames group by group; a flow always maps to one socket, so each flow
+ * keeps its order. Called before anything else is queued and before sending. */
+static void q_pend_emit(struct fp_engine *e, struct txq *q)
+{
+    int nheads = q->nheads;
+    q->npend = 0;
+    q->nheads = 0;
+    for (int h = 0; h < nheads; h++)
+        for (int i = q->heads[h]; i >= 0; i = q->pend[i].next) {
+            struct txpend *p = &q->pend[i];
+            q_small(e, q, p->net, p->sock, p->vtep, p->f, p->len, 1);
+        }
 }
 
 static void tap_write_arp(struct fp_net *net, const uint8_t *reply, size_t len)
@@ -822,8 +853,8 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
         return;
     }
     cnt(&net->c[FP_NC_TX_PACKETS], nd);
-    if (nd == 1 && e->udp_gso && q->npend < TX_NBUF) {
-        q->pend[q->npend++] = (struct txpend){net, f, (uint32_t)len, dst[0], sock};
+    if (nd == 1 && e->udp_gso && q->npend < TX_PEND) {
+        q_pend_add(q, net, f, (uint32_t)len, dst[0], sock);
         cnt(&net->c[FP_NC_TX_BYTES], (uint64_t)len);
         return;
     }
@@ -878,22 +909,24 @@ static void worker_sched(const struct fp_engine *e, int cpu)
 
 /* Transmit state of one worker: frame buffers (TAP reads) and the pending sendmmsg queue. */
 struct txstate {
-    uint8_t *bufs;
+    uint8_t *arena;
     struct txq *q;
-    int nb; /* buffers in use (frames the queue may still point into) */
+    size_t used; /* arena bytes holding frames the queue may still point into */
+    int nframes;
 };
 
 static int tx_init(struct txstate *t)
 {
-    t->bufs = malloc((size_t)TX_NBUF * TX_BUFSZ);
+    t->arena = aligned_alloc(64, TX_ARENA);
     t->q = calloc(1, sizeof(*t->q));
-    t->nb = 0;
-    return t->bufs && t->q ? 0 : -1;
+    t->used = 0;
+    t->nframes = 0;
+    return t->arena && t->q ? 0 : -1;
 }
 
 static void tx_free(struct txstate *t)
 {
-    free(t->bufs);
+    free(t->arena);
     free(t->q);
 }
 
@@ -903,7 +936,8 @@ static void tx_flush(struct fp_engine *e, struct txstate *t)
     q_flush(e, t->q);
     t->q->niov = 0;
     t->q->sused = 0;
-    t->nb = 0;
+    t->used = 0;
+    t->nframes = 0;
 }
 
 /* Read what the TAP of `net` holds (up to `max` frames) and queue it. Returns frames read. */
@@ -912,9 +946,9 @@ static int tx_net(struct fp_engine *e, struct txstate *t, struct fp_net *net, in
     const struct fp_tables *tb = atomic_load_explicit(&net->tables, memory_order_acquire);
     int got = 0;
     for (; got < max; got++) {
-        if (t->nb == TX_NBUF)
+        if (TX_ARENA - t->used < TX_BUFSZ || t->nframes == TX_PEND)
             tx_flush(e, t);
-        uint8_t *b = t->bufs + (size_t)t->nb * TX_BUFSZ;
+        uint8_t *b = t->arena + t->used;
         ssize_t r = read(net->fd, b, TX_BUFSZ);
         if (r < 0 && errno != EAGAIN && errno != EINTR) {
             /* the TAP is gone (its namespace was deleted): stop polling it */
@@ -923,7 +957,8 @@ static int tx_net(struct fp_engine *e, struct txstate *t, struct fp_net *net, in
         }
         if (r <= 0)
             break;
-        t->nb++;
+        t->used += ((size_t)r + 63) & ~(size_t)63;
+        t->nframes++;
         tx_frame(e, t->q, net, tb, b, (size_t)r);
     }
     return got;
