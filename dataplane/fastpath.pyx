@@ -438,6 +438,7 @@ cdef class Engine:
     cdef object lock
     cdef readonly int port
     cdef readonly str bind
+    cdef readonly int spin_us
 
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
                   bint verify_csum=True, int spin_us=0, int rt_prio=0, int nice=0, int cpu_tx=-1,
@@ -471,6 +472,7 @@ cdef class Engine:
         self.lock = threading.Lock()
         self.port = port
         self.bind = bind
+        self.spin_us = max(0, spin_us)
 
     def __dealloc__(self):
         if self.e != NULL:
@@ -508,6 +510,7 @@ cdef class Engine:
             "checksum": "avx2" if o.csum_avx2 else "portable",
             "tx_sockets": o.ntx,
             "tx_source_ports": sorted(o.tx_ports[i] for i in range(o.ntx)),
+            "busy_poll_us": self.spin_us,
             "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"])}
                      for vni, n in self.networks.items()},
         }

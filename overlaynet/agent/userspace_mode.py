@@ -25,9 +25,10 @@ log = logging.getLogger("overlaynet.userspace")
 class UserspaceMode:
     name = "userspace"
 
-    def __init__(self, state_dir: str, advertise: str, vxlan_port: int) -> None:
+    def __init__(self, state_dir: str, advertise: str, vxlan_port: int, spin_us: int = 0) -> None:
         self.advertise = advertise
         self.vxlan_port = vxlan_port
+        self.spin_us = spin_us
         self.control = os.path.join(state_dir, "fastpath.sock")
         self.state_file = os.path.join(state_dir, "fastpath.state")
         self.pid_file = os.path.join(state_dir, "fastpath.pid")
@@ -42,14 +43,20 @@ class UserspaceMode:
         try:
             self.pid = int(self.client.ping()["pid"])
             log.info("event=fastpathd-adopted pid=%d control=%s", self.pid, self.control)
+            running = self.client.offloads().get("busy_poll_us", 0)
+            if running != self.spin_us:
+                # forwarding must not stop for a tuning change: the running fastpathd keeps its own
+                log.warning("event=fastpathd-settings-differ busy_poll_us=%s configured=%d "
+                            "hint=restart-fastpathd-to-apply", running, self.spin_us)
             return
         except FastpathControlError:
             self.client.close()
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a fastpathd that died
         with open(self.log_file, "ab") as logf:
+            extra = ["--spin-us", str(self.spin_us)] if self.spin_us else []
             proc = start_fastpathd(self.control, bind=self.advertise, port=self.vxlan_port,
-                                   state=self.state_file, log=logf)
+                                   state=self.state_file, extra=extra, log=logf)
         self.pid = proc.pid
         with open(self.pid_file, "w") as f:
             f.write(f"{proc.pid}\n")

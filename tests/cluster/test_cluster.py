@@ -300,8 +300,10 @@ def test_userspace_dataplane_across_hosts(lab, modes):
     h1, h2 = lab.add_host("h1"), lab.add_host("h2")
     lab.start_daemon(h1, "--key-file", host_key_file(lab, h1, key), "--dataplane", modes[0], *FAST)
     lab.start_daemon(h2, "--key-file", host_key_file(lab, h2, key), "--dataplane", modes[1], "--join", h1.address,
-                     *FAST)
+                     "--fastpath-spin-us", "20", *FAST)
     wait_until(lambda: alive_count(lab, h1) == 2 and alive_count(lab, h2) == 2)
+    if modes[1] == "userspace":  # the setting reaches the fastpathd that overlayd starts
+        assert lab.overlayctl_json(h2, "status")["dataplane_status"]["offloads"]["busy_poll_us"] == 20
     lab.overlayctl(h1, "network", "create", "fast", "--subnet", "198.19.61.0/24")
     wait_until(lambda: any(n["name"] == "fast" for n in lab.overlayctl_json(h2, "network", "ls")))
     a, b = lab.add_container("a"), lab.add_container("b")
@@ -327,10 +329,12 @@ def test_userspace_dataplane_across_hosts(lab, modes):
         time.sleep(0.5)
         lab.stop_daemon(h1, signal.SIGKILL)
         time.sleep(0.5)
-        lab.start_daemon(h1)
+        lab.start_daemon(h1, *h1.extra_args, "--fastpath-spin-us", "25")
         out, _ = ping.communicate(timeout=60)
     finally:
         if ping.poll() is None:
             ping.kill()
     assert " 0% packet loss" in out, out
     assert "fastpathd-adopted" in lab.daemon_log(h1)
+    # the adopted fastpathd keeps forwarding with its own setting; the difference is logged
+    assert "fastpathd-settings-differ busy_poll_us=0 configured=25" in lab.daemon_log(h1)

@@ -45,6 +45,7 @@ def test_unknown_key_is_named(tmp_path):
     (["--advertise", "nope"], "invalid --advertise"),
     (["--vxlan-port", "0"], "invalid --vxlan-port"),
     (["--join", "1.2.3.4:99999"], "invalid --join"),
+    (["--fastpath-spin-us", "-1"], "invalid --fastpath-spin-us"),
 ])
 def test_bad_values(argv, match):
     with pytest.raises(BadRequest, match=match):
