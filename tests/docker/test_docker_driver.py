@@ -101,6 +101,33 @@ def test_stop_start_and_rm_never_leak_veths_or_endpoints(
     assert overlay_links(netns) == [], "veth pairs leaked into the host namespace"
 
 
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["clean-restart", "crash"])
+def test_dockerd_restart_brings_containers_back_without_stale_endpoints(
+        docker_cluster: DockerCluster, net_a: str, prefix: str, how: signal.Signals) -> None:
+    """dockerd restarts (cleanly, or after kill -9): containers with a restart policy come back on
+    the network and reach each other by name; nothing of their old attachments is left."""
+    engine, netns = docker_cluster.a.engine, docker_cluster.a.host.netns
+    names = [f"{prefix}-r{how.value}x{i}" for i in range(2)]
+    for name in names:
+        engine.docker("run", "-d", "--name", name, "--network", net_a, "--restart", "always",
+                      "--stop-signal", "SIGKILL", IMAGE, "sleep", "3600")
+    assert len(api(docker_cluster).list_endpoints(net_a)) == 2
+    engine.restart(how)
+
+    def back() -> bool:
+        running = engine.docker("ps", "-q", "--filter", f"network={net_a}", check=False).stdout.split()
+        return len(running) == 2
+
+    wait_until(back, 60, "containers with --restart always running again")
+    out = engine.docker("exec", names[0], "ping", "-c", "2", "-W", "2", names[1], check=False)
+    assert ", 0% packet loss" in out.stdout, out.stdout + out.stderr
+    endpoints = api(docker_cluster).list_endpoints(net_a)
+    assert len(endpoints) == 2, f"stale endpoints after the restart: {endpoints}"
+    assert len(overlay_links(netns)) == 0, "veth pairs leaked into the host namespace"
+    engine.docker("rm", "-f", *names)
+    assert api(docker_cluster).list_endpoints(net_a) == []
+
+
 def test_static_ip_and_mac_are_honoured_and_conflicts_explained(
         docker_cluster: DockerCluster, net_a: str, prefix: str) -> None:
     engine = docker_cluster.a.engine
