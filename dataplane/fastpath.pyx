@@ -33,6 +33,7 @@ cdef extern from "fp.h" nogil:
         FP_FWD_UNICAST
         FP_FWD_FLOOD
         FP_FWD_ARP_REPLY
+        FP_FWD_LOCAL
         FP_NC_MAX
         FP_GC_MAX
 
@@ -152,6 +153,7 @@ cdef extern from "fp.h" nogil:
 VXLAN_HEADER_LEN = 8
 VNET_HEADER_LEN = 10
 MAX_VNI = 0xFFFFFF
+LOCAL_VTEP = "0.0.0.0"  # FDB VTEP of a MAC on this host's own bridge: never sent, never ARP-answered
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -186,6 +188,13 @@ cdef uint32_t _ip4(object addr) except? 0:
         raise ValueError(f"{addr!r} is not a usable IPv4 address")
     memcpy(&v, <const char *>b, 4)
     return v
+
+
+cdef uint32_t _fdb_vtep(object vtep) except? 0:
+    """An FDB entry's VTEP; 0.0.0.0 marks a MAC of this host's own bridge (FP_FWD_LOCAL)."""
+    if str(vtep) == LOCAL_VTEP:
+        return 0
+    return _ip4(vtep)
 
 
 cdef str _ip4_str(uint32_t v):
@@ -374,7 +383,7 @@ cdef fp_tables *_build_tables(fdb, flood, arp) except NULL:
     try:
         for mac, vtep in fdb.items():
             m = _mac(mac)
-            fp_tables_fdb_put(t, <const uint8_t *><const char *>m, _ip4(vtep))
+            fp_tables_fdb_put(t, <const uint8_t *><const char *>m, _fdb_vtep(vtep))
         for ip, mac in arp.items():
             m = _mac(mac)
             fp_tables_arp_put(t, _ip4(ip), <const uint8_t *><const char *>m)
@@ -398,7 +407,8 @@ cdef class Tables:
         fp_tables_free(self.t)
 
     def classify(self, const uint8_t[:] frame not None):
-        """('drop', None) | ('unicast', vtep) | ('flood', [vteps]) | ('arp_reply', reply frame)."""
+        """('drop', None) | ('unicast', vtep) | ('flood', [vteps]) | ('arp_reply', reply frame) |
+        ('local', None): for this host's bridge (FDB VTEP 0.0.0.0), neither sent nor answered."""
         cdef uint32_t vtep = 0
         cdef uint8_t reply[64]
         cdef size_t rlen = 0
@@ -412,6 +422,8 @@ cdef class Tables:
             return ("flood", [_ip4_str(self.t.flood[i]) for i in range(self.t.nflood)])
         if k == FP_FWD_ARP_REPLY:
             return ("arp_reply", (<char *>reply)[:rlen])
+        if k == FP_FWD_LOCAL:
+            return ("local", None)
         return ("drop", None)
 
 
@@ -572,7 +584,7 @@ cdef class Engine:
             try:
                 for mac, vtep in (fdb or {}).items():
                     m = _mac(mac)
-                    fp_tables_fdb_put(cur, <const uint8_t *><const char *>m, _ip4(vtep))
+                    fp_tables_fdb_put(cur, <const uint8_t *><const char *>m, _fdb_vtep(vtep))
                 for ip, mac in (arp or {}).items():
                     m = _mac(mac)
                     fp_tables_arp_put(cur, _ip4(ip), <const uint8_t *><const char *>m)

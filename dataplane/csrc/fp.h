@@ -164,6 +164,8 @@ struct fp_tables *fp_tables_clone(const struct fp_tables *t, int keep_fdb, int k
                                   uint32_t nfdb, uint32_t narp, uint32_t nflood);
 void fp_tables_free(struct fp_tables *t);
 int fp_fdb_lookup(const struct fp_tables *t, const uint8_t mac[6], uint32_t *vtep);
+/* A MAC of this host's own bridge (FDB VTEP 0.0.0.0: FP_FWD_LOCAL). */
+int fp_fdb_is_local(const struct fp_tables *t, const uint8_t mac[6]);
 int fp_arp_lookup(const struct fp_tables *t, uint32_t ip, uint8_t mac[6]);
 struct fp_ipset *fp_ipset_new(uint32_t n);
 int fp_ipset_put(struct fp_ipset *s, uint32_t ip);
@@ -171,7 +173,9 @@ int fp_ipset_has(const struct fp_ipset *s, uint32_t ip);
 void fp_ipset_free(struct fp_ipset *s);
 
 /* ---- forwarding decision for one frame read from a TAP ---- */
-enum { FP_FWD_DROP = 0, FP_FWD_UNICAST = 1, FP_FWD_FLOOD = 2, FP_FWD_ARP_REPLY = 3 };
+/* FP_FWD_LOCAL: for this host's own bridge (an FDB entry with VTEP 0.0.0.0, e.g. the anycast
+ * gateway's MAC): the bridge has the frame already and answers ARP for it itself. */
+enum { FP_FWD_DROP = 0, FP_FWD_UNICAST = 1, FP_FWD_FLOOD = 2, FP_FWD_ARP_REPLY = 3, FP_FWD_LOCAL = 4 };
 /* For ARP_REPLY the reply frame is written to `reply` (>= 42 bytes) and *reply_len set. */
 int fp_classify(const struct fp_tables *t, const uint8_t *frame, size_t len, uint32_t *vtep,
                 uint8_t *reply, size_t *reply_len);
@@ -182,7 +186,7 @@ enum {
     FP_NC_RX_DROP_BAD_SENDER, FP_NC_RX_DROP_MALFORMED, FP_NC_RX_CSUM_BAD, FP_NC_RX_TAP_ERRORS,
     FP_NC_TX_PACKETS, FP_NC_TX_BYTES, FP_NC_TX_TAP_READS, FP_NC_TX_TSO_FRAMES, FP_NC_TX_FLOODED,
     FP_NC_TX_ARP_SUPPRESSED, FP_NC_TX_DROP_NO_DEST, FP_NC_TX_DROP_MALFORMED, FP_NC_TX_ERRORS,
-    FP_NC_MAX
+    FP_NC_TX_LOCAL, FP_NC_RX_DROP_LOCAL_SOURCE, FP_NC_MAX
 };
 enum {
     FP_GC_RX_DATAGRAMS, FP_GC_RX_SEGMENTS, FP_GC_RX_DROP_UNKNOWN_VNI, FP_GC_RX_DROP_MALFORMED,

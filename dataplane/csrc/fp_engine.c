@@ -61,6 +61,7 @@ const char *const fp_net_counter_names[FP_NC_MAX] = {
     "rx_drop_bad_sender", "rx_drop_malformed", "rx_csum_bad", "rx_tap_errors",
     "tx_packets", "tx_bytes", "tx_tap_reads", "tx_tso_frames", "tx_flooded",
     "tx_arp_suppressed", "tx_drop_no_dest", "tx_drop_malformed", "tx_errors",
+    "tx_local", "rx_drop_local_source",
 };
 const char *const fp_global_counter_names[FP_GC_MAX] = {
     "rx_datagrams", "rx_segments", "rx_drop_unknown_vni", "rx_drop_malformed",
@@ -826,6 +827,9 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
         tap_write_arp(net, reply, rlen);
         cnt(&net->c[FP_NC_TX_ARP_SUPPRESSED], 1);
         return;
+    case FP_FWD_LOCAL:
+        cnt(&net->c[FP_NC_TX_LOCAL], 1);
+        return;
     case FP_FWD_UNICAST:
         dst = &vtep;
         nd = 1;
@@ -1097,6 +1101,16 @@ static int rx_batch(struct fp_engine *e, struct rxstate *r, struct fp_qs *qs, in
             if (!allowed) {
                 cnt(&net->c[FP_NC_RX_DROP_BAD_SENDER], 1);
                 continue;
+            }
+            const uint8_t *inner = pk + ioff;
+            if (seg - ioff >= FP_ETH_HLEN && (inner[0] & 1)) {
+                /* A broadcast from another host's anycast gateway (a kernel-mode peer floods them):
+                 * our bridge has the same MAC and would see a frame from itself. */
+                const struct fp_tables *tb = atomic_load_explicit(&net->tables, memory_order_acquire);
+                if (tb && fp_fdb_is_local(tb, inner + 6)) {
+                    cnt(&net->c[FP_NC_RX_DROP_LOCAL_SOURCE], 1);
+                    continue;
+                }
             }
             cnt(&net->c[FP_NC_RX_PACKETS], 1);
             cnt(&net->c[FP_NC_RX_BYTES], seg - ioff);

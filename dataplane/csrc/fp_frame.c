@@ -739,6 +739,8 @@ int fp_gro_offer(struct fp_gro *g, void *net, int caps, uint32_t mtu, const uint
 
 /* ------------------------------------------------------------------ forwarding decision */
 
+/* An ARP request for a known address: 1 with the reply in `out`; FP_FWD_LOCAL when the address
+ * belongs to this host's bridge (which answers it itself); 0 when it goes on as a broadcast. */
 static int arp_reply(const struct fp_tables *t, const uint8_t *f, size_t len, uint8_t *out, size_t *out_len)
 {
     if (len < FP_ETH_HLEN + 28 || rd16(f + 12) != ETH_P_ARP)
@@ -756,6 +758,8 @@ static int arp_reply(const struct fp_tables *t, const uint8_t *f, size_t len, ui
     /* Gratuitous ARP and "who has my own address" go to the wire like any broadcast. */
     if (!memcmp(spa, tpa, 4) || !memcmp(mac, sha, 6))
         return 0;
+    if (fp_fdb_is_local(t, mac))
+        return FP_FWD_LOCAL;
     memcpy(out, sha, 6);
     memcpy(out + 6, mac, 6);
     wr16(out + 12, ETH_P_ARP);
@@ -778,9 +782,16 @@ int fp_classify(const struct fp_tables *t, const uint8_t *f, size_t len, uint32_
 {
     if (len < FP_ETH_HLEN)
         return FP_FWD_DROP;
-    if (t && arp_reply(t, f, len, reply, reply_len))
-        return FP_FWD_ARP_REPLY;
+    if (t) {
+        int arp = arp_reply(t, f, len, reply, reply_len);
+        if (arp)
+            return arp == FP_FWD_LOCAL ? FP_FWD_LOCAL : FP_FWD_ARP_REPLY;
+    }
     if (!(f[0] & 1) && t && fp_fdb_lookup(t, f, vtep))
-        return FP_FWD_UNICAST;
+        return *vtep ? FP_FWD_UNICAST : FP_FWD_LOCAL;
+    /* The bridge's own broadcasts (the anycast gateway asking for a local container's MAC) stay
+     * here: every host's bridge has that MAC, and would see a frame from "itself" arrive. */
+    if (t && fp_fdb_is_local(t, f + 6))
+        return FP_FWD_LOCAL;
     return FP_FWD_FLOOD; /* broadcast, multicast, unknown unicast: head-end replication */
 }

@@ -89,6 +89,12 @@ int fp_fdb_lookup(const struct fp_tables *t, const uint8_t mac[6], uint32_t *vte
     }
 }
 
+int fp_fdb_is_local(const struct fp_tables *t, const uint8_t mac[6])
+{
+    uint32_t vtep;
+    return fp_fdb_lookup(t, mac, &vtep) && vtep == 0;
+}
+
 int fp_tables_arp_put(struct fp_tables *t, uint32_t ip, const uint8_t mac[6])
 {
     if (2 * (t->narp + 1) > t->arp_mask + 1)

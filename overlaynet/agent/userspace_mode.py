@@ -16,6 +16,7 @@ from typing import Any
 
 from overlaynet import kernel
 from overlaynet.agent.forwarding import Forwarding
+from overlaynet.dataplane import protocol
 from overlaynet.dataplane.control import FastpathClient, FastpathControlError, start_fastpathd
 from overlaynet.model import Network
 
@@ -83,10 +84,16 @@ class UserspaceMode:
 
     def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
         before = self._call(self.client.networks)["networks"].get(net.vni) or {}
-        self._call(lambda: self.client.sync_fdb(net.vni, fwd.fdb))
+        fdb = dict(fwd.fdb)
+        if net.gateway_mac:
+            # The gateway (in fwd.neigh) is the bridge itself: marked local, the fast path neither
+            # answers ARP for it (the bridge does; a second answer would enter the bridge with the
+            # bridge's own MAC as source) nor sends frames for it across the underlay.
+            fdb[net.gateway_mac] = protocol.LOCAL_VTEP
+        self._call(lambda: self.client.sync_fdb(net.vni, fdb))
         self._call(lambda: self.client.sync_arp(net.vni, fwd.neigh))
         self._call(lambda: self.client.sync_flood(net.vni, sorted(fwd.flood)))
-        changed = _changes(before.get("fdb") or {}, fwd.fdb) + _changes(before.get("arp") or {}, fwd.neigh)
+        changed = _changes(before.get("fdb") or {}, fdb) + _changes(before.get("arp") or {}, fwd.neigh)
         return changed + len(set(before.get("flood") or []) ^ fwd.flood)
 
     def sync_peers(self, vteps: set[str]) -> None:

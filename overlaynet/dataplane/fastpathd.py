@@ -155,7 +155,7 @@ class Fastpathd:
         fdb = args.get("fdb") or {}
         if not isinstance(fdb, dict):
             raise RequestError("fdb must be a map {mac: vtep}")
-        clean = {_mac(m): _ipv4(v, "vtep") for m, v in fdb.items()}
+        clean = {_mac(m): v if v == protocol.LOCAL_VTEP else _ipv4(v, "vtep") for m, v in fdb.items()}
         self.engine.set_fdb(vni, clean)
         net["fdb"] = clean
         self.save()

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from overlaynet.lab import Lab, wait_until
+from overlaynet.model import gateway_mac
 
 pytestmark = pytest.mark.cluster
 
@@ -317,10 +318,14 @@ def test_userspace_dataplane_across_hosts(lab, modes):
     status = lab.overlayctl_json(h1, "status")
     assert status["dataplane"] == "userspace" and status["dataplane_status"]["offloads"]
     stats = lab.overlayctl_json(h1, "stats")
-    counters = stats["networks"][str(ep_a and lab.overlayctl_json(h1, "network", "inspect", "fast")["vni"])]
+    vni = lab.overlayctl_json(h1, "network", "inspect", "fast")["vni"]
+    counters = stats["networks"][str(vni)]
     assert counters["tx_packets"] > 0 and counters["rx_packets"] > 0
     fdb = lab.overlayctl_json(h1, "fdb", "fast")["programmed"]
-    assert fdb["fdb"] == [{"mac": ep_b["mac"], "vtep": h2.address}] and fdb["flood"] == [h2.address]
+    # the remote endpoint, and the anycast gateway's MAC as local to this host's bridge
+    assert sorted(fdb["fdb"], key=lambda e: e["vtep"]) == [
+        {"mac": gateway_mac(vni), "vtep": "0.0.0.0"}, {"mac": ep_b["mac"], "vtep": h2.address}]
+    assert fdb["flood"] == [h2.address]
 
     # overlayd restarts (even kill -9) do not stop the fast path: a ping running across keeps answering.
     ping = lab.popen(a, ["ping", "-n", "-i", "0.05", "-c", "80", "-W", "1", ep_b["ip"]],

@@ -73,3 +73,19 @@ def test_bad_table_entries_are_refused() -> None:
         fastpath.Tables(fdb={"nonsense": "198.18.0.2"})
     with pytest.raises(OSError):
         fastpath.Tables(flood=["not-an-ip"])
+
+
+def test_frames_for_this_hosts_bridge_are_neither_answered_nor_sent() -> None:
+    """The anycast gateway's MAC is local (VTEP 0.0.0.0): the bridge answers ARP for it itself, so
+    the fast path must not answer a second time, flood the request, or send frames for it away."""
+    gw_mac, gw_ip = "02:0d:00:00:10:01", "198.19.1.254"
+    t = fastpath.Tables(fdb={B: "198.18.0.2", gw_mac: fastpath.LOCAL_VTEP}, flood=FLOOD,
+                        arp={"198.19.1.2": B, gw_ip: gw_mac})
+    assert t.classify(arp_request(gw_ip)) == ("local", None)
+    assert t.classify(ip_frame(gw_mac)) == ("local", None)
+    # the bridge's own broadcasts (ARP for a local container) stay on this host
+    from_bridge = raw(Ether(src=gw_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=gw_mac, psrc=gw_ip,
+                                                                      pdst="198.19.1.7"))
+    assert t.classify(from_bridge) == ("local", None)
+    assert t.classify(arp_request("198.19.1.2"))[0] == "arp_reply"  # remote entries unchanged
+    assert t.classify(ip_frame(B)) == ("unicast", "198.18.0.2")
