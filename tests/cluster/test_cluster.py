@@ -94,9 +94,12 @@ def test_three_hosts_one_network(lab):
     lab.wait_ping(b, ep_a["ip"])
     transfer = lab.tcp_transfer(a, b, ep_b["ip"], 8 * 1024 * 1024)
     assert transfer.intact, transfer
-    # What h2 programmed: the two remote MACs behind h3's VTEP, h3 in the flood list.
+    # What h2 programmed: the two remote MACs behind h3's VTEP (and the anycast gateway's MAC as
+    # local to the bridge), h3 in the flood list.
     fdb = lab.overlayctl_json(h2, "fdb", "blue")["programmed"]
-    assert {e["mac"]: e["vtep"] for e in fdb["fdb"]} == {ep_b["mac"]: h3.address, ep_c["mac"]: h3.address}
+    vni = lab.overlayctl_json(h2, "network", "inspect", "blue")["vni"]
+    assert {e["mac"]: e["vtep"] for e in fdb["fdb"]} == {ep_b["mac"]: h3.address, ep_c["mac"]: h3.address,
+                                                         gateway_mac(vni): "0.0.0.0"}
     assert fdb["flood"] == [h3.address]
     # ARP suppression: the remote endpoints, and the network's anycast gateway (answered on this host).
     assert {e["ip"] for e in fdb["neigh"]} == {ep_b["ip"], ep_c["ip"], "198.19.50.1"}
@@ -144,8 +147,11 @@ def test_kill_9_withdraws_and_restart_restores(lab):
                timeout=30, what="h3 declared dead by h1 and h2")
     wait_until(lambda: ep_b["ip"] not in endpoint_ips(lab, h2, "red"), what="h3's endpoint withdrawn on h2")
     # Its forwarding entries stay for --withdraw-delay (a restart must not cut traffic), then go.
-    assert lab.overlayctl_json(h2, "fdb", "red")["programmed"]["fdb"]
-    wait_until(lambda: not lab.overlayctl_json(h2, "fdb", "red")["programmed"]["fdb"], timeout=30,
+    def remote_fdb() -> list[dict]:  # entries behind other hosts' VTEPs (not the local gateway MAC)
+        return [e for e in lab.overlayctl_json(h2, "fdb", "red")["programmed"]["fdb"] if e["vtep"] != "0.0.0.0"]
+
+    assert remote_fdb()
+    wait_until(lambda: not remote_fdb(), timeout=30,
                what="h3's FDB entries removed from h2's kernel")
 
     lab.start_daemon(h3)
