@@ -7,7 +7,6 @@ launcher into a CNI bin directory. See docs/cni.md.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -22,25 +21,25 @@ def _print(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _run(inv: spec.Invocation, conf: spec.NetConf) -> dict[str, Any] | None:
-    from overlaynet.api.client import AsyncClient
+def _run(inv: spec.Invocation, conf: spec.NetConf) -> dict[str, Any] | None:
+    from overlaynet.api.client import Client
     from overlaynet.plugins.cni import commands
 
     # Generous but bounded: a runtime waits on us, and a hung daemon must not hang it forever.
-    api = AsyncClient(conf.socket, timeout=30.0)
+    api = Client(conf.socket, timeout=30.0)
     if inv.command == "ADD":
-        return await commands.add(api, conf, inv)
+        return commands.add(api, conf, inv)
     if inv.command == "DEL":
-        await commands.delete(api, conf, inv)
+        commands.delete(api, conf, inv)
         return None
     if inv.command == "CHECK":
-        await commands.check(api, conf, inv)
+        commands.check(api, conf, inv)
         return None
     if inv.command == "STATUS":
-        await commands.status(api, conf)
+        commands.status(api, conf)
         return None
     if inv.command == "GC":
-        await commands.gc(api, conf)
+        commands.gc(api, conf)
         return None
     raise CniError(spec.ERR_INVALID_ENV, f"unknown CNI_COMMAND {inv.command}")
 
@@ -54,7 +53,7 @@ def run(env: dict[str, str], stdin: str) -> tuple[int, dict[str, Any] | None]:
             return 0, spec.version_result()
         conf = spec.parse_config(stdin, inv.command)
         version = conf.cni_version
-        result = asyncio.run(_run(inv, conf))
+        result = _run(inv, conf)
         return 0, result
     except CniError as e:
         return (e.code if e.code in (spec.ERR_NOT_READY, 51) else 1), e.to_json(version)

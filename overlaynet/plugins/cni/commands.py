@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from overlaynet.api.client import ApiError, AsyncClient, DaemonUnreachable
+from overlaynet.api.client import ApiError, Client, DaemonUnreachable
 from overlaynet.plugins.cni import spec
 from overlaynet.plugins.cni.spec import CniError, Invocation, NetConf
 
@@ -19,31 +19,31 @@ def _daemon_error(e: ApiError, doing: str) -> CniError:
     return CniError(spec.ERR_DAEMON, f"{doing}: {e.message}")
 
 
-async def _ensure_network(api: AsyncClient, conf: NetConf) -> None:
+def _ensure_network(api: Client, conf: NetConf) -> None:
     """With "subnet" in the config, the first ADD creates the network (or finds it, made by any host)."""
     if not conf.subnet:
         return
     try:
-        await api.get_network(conf.network)
+        api.get_network(conf.network)
         return
     except ApiError as e:
         if e.status != 404:
             raise _daemon_error(e, f"looking up network {conf.network}") from None
     try:
         # with the anycast gateway (the network's DNS address) at the first address, as the CLI does
-        await api.create_network(conf.network, conf.subnet, gateway="auto")
+        api.create_network(conf.network, conf.subnet, gateway="auto")
     except ApiError as e:
         if e.status != 409:  # 409: created meanwhile by a concurrent ADD or another host
             raise _daemon_error(e, f"creating network {conf.network}") from None
 
 
-async def add(api: AsyncClient, conf: NetConf, inv: Invocation) -> dict[str, Any]:
+def add(api: Client, conf: NetConf, inv: Invocation) -> dict[str, Any]:
     if not os.path.exists(inv.netns):
         raise CniError(spec.ERR_INVALID_ENV, f"CNI_NETNS {inv.netns} does not exist")
-    await _ensure_network(api, conf)
+    _ensure_network(api, conf)
     endpoint_id = spec.endpoint_id(conf.network, inv.container_id, inv.ifname)
     try:
-        endpoint = await api.create_endpoint(
+        endpoint = api.create_endpoint(
             conf.network, netns=inv.netns, ifname=inv.ifname, ip=spec.requested_ip(conf, inv),
             mac=spec.requested_mac(conf, inv), id=endpoint_id, labels=spec.labels(conf, inv),
             names=spec.dns_names(conf, inv),
@@ -53,20 +53,20 @@ async def add(api: AsyncClient, conf: NetConf, inv: Invocation) -> dict[str, Any
     return spec.build_result(conf, inv, endpoint)
 
 
-async def delete(api: AsyncClient, conf: NetConf, inv: Invocation) -> None:
+def delete(api: Client, conf: NetConf, inv: Invocation) -> None:
     """Idempotent: an endpoint that is already gone (or a netns that vanished) is success."""
     endpoint_id = spec.endpoint_id(conf.network, inv.container_id, inv.ifname)
     try:
-        await api.delete_endpoint(endpoint_id)
+        api.delete_endpoint(endpoint_id)
     except ApiError as e:
         if e.status != 404:
             raise _daemon_error(e, f"detaching {inv.ifname} from network {conf.network}") from None
 
 
-async def check(api: AsyncClient, conf: NetConf, inv: Invocation) -> None:
+def check(api: Client, conf: NetConf, inv: Invocation) -> None:
     endpoint_id = spec.endpoint_id(conf.network, inv.container_id, inv.ifname)
     try:
-        endpoint = await api.get_endpoint(endpoint_id, check=True)
+        endpoint = api.get_endpoint(endpoint_id, check=True)
     except ApiError as e:
         if e.status == 404:
             raise CniError(spec.ERR_CHECK_FAILED,
@@ -89,11 +89,11 @@ async def check(api: AsyncClient, conf: NetConf, inv: Invocation) -> None:
                                               "back); overlayd repairs it at its next reconciliation")
 
 
-async def status(api: AsyncClient, conf: NetConf) -> None:
+def status(api: Client, conf: NetConf) -> None:
     try:
-        await api.status()
+        api.status()
         if not conf.subnet:
-            await api.get_network(conf.network)
+            api.get_network(conf.network)
     except DaemonUnreachable as e:
         raise CniError(spec.ERR_NOT_READY, e.message) from None
     except ApiError as e:
@@ -105,12 +105,12 @@ async def status(api: AsyncClient, conf: NetConf) -> None:
         raise CniError(spec.ERR_NOT_READY, e.message) from None
 
 
-async def gc(api: AsyncClient, conf: NetConf) -> list[str]:
+def gc(api: Client, conf: NetConf) -> list[str]:
     """Remove this host's CNI endpoints on the network that the runtime no longer lists."""
     keep = {spec.endpoint_id(conf.network, cid, ifname) for cid, ifname in spec.valid_attachments(conf)}
     try:
-        me = (await api.status()).get("name")
-        endpoints = await api.list_endpoints(conf.network)
+        me = api.status().get("name")
+        endpoints = api.list_endpoints(conf.network)
     except ApiError as e:
         raise _daemon_error(e, "listing endpoints for GC") from None
     removed = []
@@ -119,7 +119,7 @@ async def gc(api: AsyncClient, conf: NetConf) -> list[str]:
         if not spec.is_ours(endpoint) or ident in keep or endpoint.get("host") != me:
             continue
         try:
-            await api.delete_endpoint(ident)
+            api.delete_endpoint(ident)
             removed.append(ident)
         except ApiError as e:
             if e.status != 404:
