@@ -4,7 +4,9 @@ side, at several loss rates (nftables on every host's eth0, after the cluster ha
 overlaynet (N overlayd, all --join host 1, one network, a "pinger" container on host 1):
 - attach-to-reachable: wall time from starting `overlayctl attach` for a new container on host k
   until a ping from host 1's container answers (ping every 10 ms; the pinger's ARP retry is 10 ms);
-- propagation: from the attach's return until each host's FDB for the network lists the new MAC
+- propagation: from the endpoint's creation (its `created_at`, stamped by the attaching overlayd just
+  before it publishes the endpoint; every host shares this machine's clock) until each other host's
+  FDB for the network lists the new MAC
   (GET /v1/networks/NET/fdb, what `overlayctl fdb NET --json` shows; all hosts polled concurrently
   every 20 ms through the API client, so resolution is ~20 ms);
 - failure detection: kill -9 one overlayd; until each survivor's member list (GET /v1/members, as
@@ -174,7 +176,10 @@ class OverlaynetCluster:
         watcher.start()
         others = [h for h in self.hosts if h is not host and h.process is not None]
         mac = ep["mac"].lower()
-        prop = poll_hosts(others, FDB_PATH.format(network=NETWORK), lambda d: programmed(d, mac), returned, timeout)
+        # Gossip starts when overlayd publishes the endpoint, not when the CLI has exited: measuring
+        # from the command's return would credit gossip with the CLI's own exit time.
+        origin = float(ep.get("created_at") or returned)
+        prop = poll_hosts(others, FDB_PATH.format(network=NETWORK), lambda d: programmed(d, mac), origin, timeout)
         watcher.join(timeout + 5)
         return returned - started, prop, reached[0]
 
