@@ -310,10 +310,10 @@ bad = [d for d in got if len(d) < 8 or d != d[:8] * (len(d) // 8) + d[:len(d) % 
 print(len(got), len(bad), len({d[:8] for d in got}))
 """
 
-def udp_datagrams_arrive_whole(src: Container, dst: Container, sender: str) -> int:
-    """Run `sender` (Python; argv[1] is dst's address, it prints how many datagrams it sent) in src
-    against UDP_SINK in dst; check every datagram arrived whole and once. Returns how many arrived."""
-    sink = nspopen(dst.ns, sys.executable, "-c", UDP_SINK, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def run_udp(src: Container, dst: Container, sender: str, sink_code: str) -> tuple[int, list[int]]:
+    """Run `sink_code` (Python: prints "ready", then its counts) in dst and `sender` (Python; argv[1]
+    is dst's address, it prints how many datagrams it sent) in src. Returns (sent, the sink's counts)."""
+    sink = nspopen(dst.ns, sys.executable, "-c", sink_code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert sink.stdout is not None
         assert sink.stdout.readline().strip() == b"ready"
@@ -323,7 +323,13 @@ def udp_datagrams_arrive_whole(src: Container, dst: Container, sender: str) -> i
         if sink.poll() is None:
             sink.kill()
             sink.wait()
-    received, malformed, distinct = (int(x) for x in out.split())
+    return sent, [int(x) for x in out.split()]
+
+
+def udp_datagrams_arrive_whole(src: Container, dst: Container, sender: str) -> int:
+    """Run `sender` in src against UDP_SINK in dst; check every datagram arrived whole and once.
+    Returns how many arrived."""
+    sent, (received, malformed, distinct) = run_udp(src, dst, sender, UDP_SINK)
     assert malformed == 0, "a datagram arrived cut, merged or with foreign bytes"
     assert distinct == received, "a datagram arrived twice"
     assert received >= sent * 0.95, f"only {received} of {sent} datagrams arrived"
@@ -425,17 +431,7 @@ def test_interleaved_small_flows_keep_their_order(make_lab: Callable[..., Lab]) 
     """Small frames of many flows, interleaved frame by frame, are regrouped per (socket, VTEP)
     into UDP GSO trains on the sending host; each flow must still arrive in its own order."""
     lab, ca, cb = pair(make_lab, "userspace", "userspace")
-    sink = nspopen(cb.ns, sys.executable, "-c", ORDER_SINK, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert sink.stdout is not None
-        assert sink.stdout.readline().strip() == b"ready"
-        sent = int(nsexec(ca.ns, sys.executable, "-c", INTERLEAVED_SENDER, cb.ip).stdout)
-        out, _ = sink.communicate(timeout=30)
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
-    received, reordered, flows = (int(x) for x in out.split())
+    sent, (received, reordered, flows) = run_udp(ca, cb, INTERLEAVED_SENDER, ORDER_SINK)
     assert flows == 16
     assert reordered == 0, f"{reordered} datagrams arrived behind a later one of their flow"
     assert received >= sent * 0.95, f"only {received} of {sent} datagrams arrived"
