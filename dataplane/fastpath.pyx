@@ -8,6 +8,8 @@ Nothing here runs per packet: the forwarding loops are C threads that never take
 import socket
 import threading
 
+from overlaynet.dataplane.protocol import LOCAL_VTEP  # FDB VTEP of this host's own bridge: one definition
+
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -153,7 +155,6 @@ cdef extern from "fp.h" nogil:
 VXLAN_HEADER_LEN = 8
 VNET_HEADER_LEN = 10
 MAX_VNI = 0xFFFFFF
-LOCAL_VTEP = "0.0.0.0"  # FDB VTEP of a MAC on this host's own bridge: never sent, never ARP-answered
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04

@@ -18,7 +18,7 @@ VERSION = 1
 MAX_MESSAGE = 16 << 20  # a sync of a very large FDB still fits; anything bigger is a bug
 # sync_fdb: the VTEP of a MAC that belongs to this host's own bridge (the anycast gateway). Frames
 # for it are neither sent across the underlay nor ARP-answered by the fast path: the bridge has
-# them already and answers for itself (same value as the fast path's fastpath.LOCAL_VTEP).
+# them already and answers for itself (the fast path maps it to VTEP 0: FP_FWD_LOCAL).
 LOCAL_VTEP = "0.0.0.0"
 
 OPS = (
