@@ -292,13 +292,17 @@ def test_live_updates_during_transfer(make_lab: Callable[..., Lab]) -> None:
     assert n["tx_errors"] == 0 and n["rx_drop_bad_sender"] == 0
 
 
-UDP_SINK = r"""
-import socket, sys
+# The start of every sink below: UDP port 7000, a buffer for bursts, "ready" once bound.
+SINK_SOCKET = r"""
+import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
 s.bind(("0.0.0.0", 7000))
 s.settimeout(10)
 print("ready", flush=True)
+"""
+
+UDP_SINK = SINK_SOCKET + r"""
 got = []
 try:
     while True:
@@ -405,13 +409,7 @@ for burst in range(40):
 print(n)
 """
 
-ORDER_SINK = r"""
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-s.bind(("0.0.0.0", 7000))
-s.settimeout(10)
-print("ready", flush=True)
+ORDER_SINK = SINK_SOCKET + r"""
 last, got, reordered = {}, 0, 0
 try:
     while True:
