@@ -30,8 +30,8 @@ from benchmarks.serf import SerfCluster
 from benchmarks.topology import close_lab
 from overlaynet.lab import Host, Lab
 
-MEMBERS_PATH = "/v1/members"
-FDB_PATH = "/v1/networks/{network}/fdb"
+# What is polled: a client method (api/routes.py's name for the route) and its arguments.
+MEMBERS: tuple[str, tuple[str, ...]] = ("members", ())
 NETWORK = "bctl"
 SUBNET = "198.19.64.0/18"
 DEAD_STATES = {"dead", "failed", "left", "reaped"}
@@ -66,15 +66,20 @@ def programmed(fdb: Any, mac: str) -> bool:
     return mac in json.dumps(part).lower()
 
 
-async def _get(socket: str, path: str) -> Any:
+def fdb_of(network: str) -> tuple[str, tuple[str, ...]]:
+    return ("network_fdb", (network,))
+
+
+async def _get(socket: str, call: tuple[str, tuple[str, ...]]) -> Any:
     from overlaynet.api.client import AsyncClient
 
-    return await AsyncClient(socket, timeout=5).request("GET", path)
+    name, args = call
+    return await getattr(AsyncClient(socket, timeout=5), name)(*args)
 
 
-def poll_hosts(hosts: list[Host], path: str, done: Callable[[Any], bool], t0: float,
+def poll_hosts(hosts: list[Host], call: tuple[str, tuple[str, ...]], done: Callable[[Any], bool], t0: float,
                timeout: float) -> dict[str, float | None]:
-    """Poll `path` on every host concurrently until done(answer); wall seconds after t0 (time.time())."""
+    """Poll the API `call` on every host concurrently until done(answer); wall seconds after t0 (time.time())."""
 
     async def main() -> dict[str, float | None]:
         seen: dict[str, float | None] = {h.label: None for h in hosts}
@@ -83,7 +88,7 @@ def poll_hosts(hosts: list[Host], path: str, done: Callable[[Any], bool], t0: fl
         async def one(h: Host) -> None:
             while time.monotonic() < deadline:
                 try:
-                    data = await _get(h.socket, path)
+                    data = await _get(h.socket, call)
                     if done(data):
                         seen[h.label] = time.time() - t0
                         return
@@ -112,11 +117,11 @@ class OverlaynetCluster:
         for h in self.hosts[1:]:
             self.lab.wait_ready(h, timeout=60)
         try:
-            asyncio.run(_get(first.socket, MEMBERS_PATH))
+            asyncio.run(_get(first.socket, MEMBERS))
         except Exception as e:
-            raise NotAvailable(f"overlayd answers GET {MEMBERS_PATH} with: {e}") from None
+            raise NotAvailable(f"overlayd answers the members route with: {e}") from None
         names = {h.label for h in self.hosts}
-        seen = poll_hosts(self.hosts, MEMBERS_PATH,
+        seen = poll_hosts(self.hosts, MEMBERS,
                           lambda d: {k for k, v in member_states(d).items() if v == "alive"} >= names,
                           time.time(), timeout)
         if any(v is None for v in seen.values()):
@@ -184,7 +189,7 @@ class OverlaynetCluster:
         # leaves out at most the CLI's exit (small since the client stopped importing aiohttp).
         # created_at would be earlier but includes the attaching host's own veth work, which under
         # the load of 32 daemons on 2 CPUs is hundreds of ms: not gossip.
-        prop = poll_hosts(others, FDB_PATH.format(network=NETWORK), lambda d: programmed(d, mac), returned, timeout)
+        prop = poll_hosts(others, fdb_of(NETWORK), lambda d: programmed(d, mac), returned, timeout)
         watcher.join(timeout + 5)
         return returned - started, prop, reached[0]
 
@@ -192,7 +197,7 @@ class OverlaynetCluster:
         t0 = time.time()
         self.lab.stop_daemon(host, signal.SIGKILL)
         survivors = [h for h in self.hosts if h.process is not None]
-        return poll_hosts(survivors, MEMBERS_PATH,
+        return poll_hosts(survivors, MEMBERS,
                           lambda d: member_states(d).get(host.label, "dead") in DEAD_STATES, t0, timeout)
 
 

@@ -35,6 +35,7 @@ from overlaynet.gossip.transport import GossipNode
 from overlaynet.ipam import AddressPool
 from overlaynet.kernel import KernelError
 from overlaynet.model import Endpoint, Network
+from overlaynet.requests import EndpointCreate, NetworkCreate
 
 log = logging.getLogger("overlaynet.agent")
 T = TypeVar("T")
@@ -284,16 +285,16 @@ class Agent:
     def networks(self) -> dict[str, Network]:
         return self.cluster.networks()
 
-    async def create_network(self, request: dict[str, Any]) -> Network:
-        name = model.validate_name(request.get("name"))
-        subnet = model.validate_subnet(request.get("subnet"))
+    async def create_network(self, request: NetworkCreate) -> Network:
+        name = model.validate_name(request.name)
+        subnet = model.validate_subnet(request.subnet)
         async with self._lock:
             networks = self.networks
             if name in networks:
                 raise Conflict(f"network {name!r} already exists; pick another name or remove it first")
             taken_vnis = {n.vni for n in networks.values()}
-            if request.get("vni") is not None:
-                vni = model.validate_vni(request["vni"])
+            if request.vni is not None:
+                vni = model.validate_vni(request.vni)
                 if vni in taken_vnis:
                     other = next(n.name for n in networks.values() if n.vni == vni)
                     raise Conflict(f"VNI {vni} is already used by network {other!r}; pick another or omit --vni")
@@ -305,21 +306,19 @@ class Agent:
                         f"subnet {subnet} overlaps network {other_net.name!r} ({other_net.subnet}); pick another"
                     )
             default_mtu = self.underlay_mtu - model.VXLAN_OVERHEAD
-            mtu = model.validate_mtu(request["mtu"]) if request.get("mtu") is not None else default_mtu
+            mtu = model.validate_mtu(request.mtu) if request.mtu is not None else default_mtu
             if mtu > default_mtu:
                 raise BadRequest(
                     f"MTU {mtu} is too large for this host's underlay MTU {self.underlay_mtu}: "
                     f"at most {default_mtu} (VXLAN adds {model.VXLAN_OVERHEAD} bytes)"
                 )
-            gateway = request.get("gateway")
+            gateway = request.gateway
             if gateway == "auto":
                 # The first usable address: the network's anycast gateway and DNS address (dns.md).
                 gateway = str(subnet.network_address + 1)
             if gateway is not None:
-                gateway = AddressPool(str(subnet)).check_requested(str(gateway), [])
-            options = request.get("options") or {}
-            if not isinstance(options, dict):
-                raise BadRequest("options must be a JSON object of string keys")
+                gateway = AddressPool(str(subnet)).check_requested(gateway, [])
+            options = request.options or {}
             net = Network(
                 name=name, vni=vni, subnet=str(subnet), mtu=mtu, gateway=gateway,
                 options=options, created_at=time.time(), owner=self.config.name,
@@ -427,17 +426,15 @@ class Agent:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    async def create_endpoint(self, request: dict[str, Any]) -> Endpoint:
-        net_name = request.get("network")
-        if not isinstance(net_name, str):
-            raise BadRequest("missing network: say which network to attach to")
-        ifname = model.validate_ifname(request.get("ifname") or "eth0")
-        endpoint_id = request.get("id") or uuid.uuid4().hex
-        if not isinstance(endpoint_id, str) or not endpoint_id.isalnum() or len(endpoint_id) < 12:
+    async def create_endpoint(self, request: EndpointCreate) -> Endpoint:
+        net_name = request.network
+        ifname = model.validate_ifname(request.ifname or "eth0")
+        endpoint_id = request.id or uuid.uuid4().hex
+        if not endpoint_id.isalnum() or len(endpoint_id) < 12:
             raise BadRequest(f"invalid endpoint id {endpoint_id!r}: at least 12 letters or digits")
-        target = request.get("netns")
-        labels = model.validate_labels(request.get("labels"))
-        names = model.validate_dns_names(request.get("names"))
+        target = request.netns
+        labels = model.validate_labels(request.labels)
+        names = model.validate_dns_names(request.names)
         async with self._lock:
             net = self.get_network(net_name)
             if endpoint_id in self.endpoints:
@@ -445,7 +442,7 @@ class Agent:
             netns_path: str | None = None
             if target is not None:
                 try:
-                    netns_path = await self._kernel(kernel.resolve_netns, str(target))
+                    netns_path = await self._kernel(kernel.resolve_netns, target)
                 except KernelError as e:
                     raise BadRequest(str(e)) from None
                 identity = await self._kernel(kernel.netns_identity, netns_path)
@@ -455,16 +452,16 @@ class Agent:
                             f"namespace {target} is already attached to network {net.name!r} "
                             f"(endpoint {ep.id[:12]}, {ep.ip}); detach it first"
                         )
-            requested_ip = request.get("ip")
+            requested_ip = request.ip
             reserved = self.reservations.get(net.name, set())
-            taking_reservation = isinstance(requested_ip, str) and requested_ip in reserved
-            if isinstance(requested_ip, str) and taking_reservation:
+            taking_reservation = requested_ip is not None and requested_ip in reserved
+            if requested_ip is not None and taking_reservation:
                 # Docker IPAM: RequestAddress reserved it; the endpoint takes the reservation over.
                 ip = AddressPool(net.subnet, net.gateway).check_requested(
                     requested_ip, self._used_ips(net) - {requested_ip})
             else:
                 ip = await self.blocks.allocate(net, lambda: self._used_ips(net), requested_ip)
-            mac = model.validate_mac(request["mac"]) if request.get("mac") else model.mac_for(endpoint_id)
+            mac = model.validate_mac(request.mac) if request.mac else model.mac_for(endpoint_id)
             for other in self.cluster.endpoints().values():
                 if other.get("network") == net.name and other.get("mac") == mac:
                     raise Conflict(f"MAC {mac} is already used in network {net.name!r} (host {other.get('host')})")
@@ -511,15 +508,9 @@ class Agent:
                 raise Conflict(f"IP {ep.ip} was handed out at the same moment on host {other.get('host')!r}; "
                                "pick another or omit --ip")
 
-    async def update_endpoint(self, endpoint_id: str, request: dict[str, Any]) -> Endpoint:
+    async def set_endpoint_names(self, endpoint_id: str, names: list[str]) -> Endpoint:
         """Change what may change on a live endpoint: its DNS names (replaced as a whole)."""
-        unknown = set(request) - {"names"}
-        if unknown:
-            raise BadRequest(f"cannot change {', '.join(sorted(unknown))} of an endpoint: only names; "
-                             "detach and attach again for anything else")
-        if "names" not in request:
-            raise BadRequest('nothing to change: give {"names": [...]}')
-        names = model.validate_dns_names(request["names"])
+        names = model.validate_dns_names(names)
         async with self._lock:
             ep = self.get_endpoint(endpoint_id)
             ep.names = names
@@ -791,12 +782,10 @@ class Agent:
         return {"encrypted": True, "primary": ids[0], "key_file": str(self.keyring.path),
                 "keys": [{"id": kid, "primary": i == 0} for i, kid in enumerate(ids)]}
 
-    async def key_op(self, op: str, key_text: object) -> dict[str, Any]:
+    async def key_op(self, op: str, key_text: str) -> dict[str, Any]:
         """install / use / remove a key here and on every member (the op is gossiped, encrypted)."""
         if self.keyring is None or self.node is None:
             raise BadRequest("gossip runs without encryption (--plaintext): there is no keyring to change")
-        if not isinstance(key_text, str):
-            raise BadRequest("give the key in base64, as `overlayctl keys generate` prints it")
         try:
             key = decode_key(key_text)
             changed = self.node.key_op(op, key)

@@ -1,6 +1,6 @@
 """The one way front ends (overlayctl, the Docker driver, the CNI plugin) talk to overlayd.
 
-The routes are written once (`Routes`); two transports carry them over overlayd's unix socket:
+The routes are written once (api/routes.py; `Routes` has a method per route); two transports carry them over overlayd's unix socket:
 `Client` blocks (the standard library's http.client: one-shot tools such as overlayctl and the CNI
 plugin start in tens of milliseconds instead of paying ~120 ms to import aiohttp), `AsyncClient`
 awaits (aiohttp, for code that already runs an event loop: the Docker plugin). Failures raise
@@ -15,11 +15,16 @@ import os
 import socket
 from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
+import msgspec
+
+from overlaynet import requests as rq
 from overlaynet.agent.config import DEFAULT_SOCKET
+from overlaynet.api.routes import BY_NAME
 
 SOCKET_ENV = "OVERLAYNET_SOCKET"
+_JSON = {"Content-Type": "application/json"}
 
 R = TypeVar("R")
 
@@ -79,89 +84,95 @@ def _answer(status: int, raw: bytes) -> Any:
 
 # ---- the routes ----------------------------------------------------------------------------------
 
-class Routes(Generic[R]):
-    """overlayd's REST API, one method per route; a transport implements `_call`."""
+def _query_text(query: msgspec.Struct | None) -> dict[str, str] | None:
+    """A query Struct as query-string values (defaults left out; booleans as true/false)."""
+    if query is None:
+        return None
+    values = {k: ("true" if v is True else "false" if v is False else str(v))
+              for k, v in msgspec.to_builtins(query).items()}
+    return values or None
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              params: dict[str, str] | None = None) -> R:
+
+class Routes(Generic[R]):
+    """overlayd's REST API, one method per route of api/routes.py (same names); a transport
+    implements `_send`."""
+
+    def _send(self, method: str, path: str, body: bytes | None, params: dict[str, str] | None) -> R:
         raise NotImplementedError
 
+    def _call(self, route_name: str, body: msgspec.Struct | None = None, /,
+              query: msgspec.Struct | None = None, **path: str) -> R:
+        route = BY_NAME[route_name]
+        return self._send(route.method, route.url(**path),
+                          msgspec.json.encode(body) if body is not None else None, _query_text(query))
+
+    def openapi(self) -> R:
+        return self._call("openapi")
+
     def status(self) -> R:
-        return self._call("GET", "/v1/status")
+        return self._call("status")
+
+    def stats(self) -> R:
+        return self._call("stats")
 
     def list_networks(self) -> R:
-        return self._call("GET", "/v1/networks")
+        return self._call("list_networks")
 
     def create_network(self, name: str, subnet: str, vni: int | None = None, mtu: int | None = None,
                        gateway: str | None = None, options: dict[str, Any] | None = None) -> R:
-        body: dict[str, Any] = {"name": name, "subnet": subnet}
-        for key, value in (("vni", vni), ("mtu", mtu), ("gateway", gateway), ("options", options)):
-            if value is not None:
-                body[key] = value
-        return self._call("POST", "/v1/networks", body)
+        return self._call("create_network", rq.NetworkCreate(name=name, subnet=subnet, vni=vni, mtu=mtu,
+                                                             gateway=gateway, options=options))
 
     def get_network(self, name: str) -> R:
-        return self._call("GET", f"/v1/networks/{quote(name, safe='')}")
+        return self._call("get_network", name=name)
 
     def delete_network(self, name: str, force: bool = False) -> R:
-        return self._call("DELETE", f"/v1/networks/{quote(name, safe='')}",
-                          params={"force": "true"} if force else None)
+        return self._call("delete_network", query=rq.NetworkDeleteQuery(force=force), name=name)
+
+    def network_fdb(self, network: str) -> R:
+        return self._call("network_fdb", name=network)
+
+    def reserve_address(self, network: str, ip: str | None = None) -> R:
+        return self._call("reserve_address", rq.AddressReserve(ip=ip), name=network)
+
+    def release_address(self, network: str, ip: str) -> R:
+        return self._call("release_address", name=network, ip=ip)
 
     def list_endpoints(self, network: str | None = None, everywhere: bool = False) -> R:
-        params = {"network": network} if network else {}
-        if everywhere:
-            params["all"] = "true"
-        return self._call("GET", "/v1/endpoints", params=params or None)
+        return self._call("list_endpoints", query=rq.EndpointListQuery(network=network, all=everywhere))
 
     def create_endpoint(self, network: str, netns: str | None = None, ifname: str | None = None,
                         ip: str | None = None, mac: str | None = None,
                         id: str | None = None, labels: dict[str, str] | None = None,
                         names: list[str] | None = None) -> R:
-        body: dict[str, Any] = {"network": network, "netns": netns}
-        for key, value in (("ifname", ifname), ("ip", ip), ("mac", mac), ("id", id), ("labels", labels),
-                           ("names", names)):
-            if value is not None:
-                body[key] = value
-        return self._call("POST", "/v1/endpoints", body)
+        return self._call("create_endpoint", rq.EndpointCreate(
+            network=network, netns=netns, ifname=ifname, ip=ip, mac=mac, id=id, labels=labels, names=names))
+
+    def detach(self, network: str, netns: str) -> R:
+        return self._call("detach", query=rq.DetachQuery(network=network, netns=netns))
 
     def get_endpoint(self, endpoint_id: str, check: bool = False) -> R:
         """With check=True the answer says whether the endpoint's veth is really there ("present")."""
-        return self._call("GET", f"/v1/endpoints/{quote(endpoint_id, safe='')}",
-                          params={"check": "true"} if check else None)
+        return self._call("get_endpoint", query=rq.EndpointGetQuery(check=check), id=endpoint_id)
 
     def set_endpoint_names(self, endpoint_id: str, names: list[str]) -> R:
         """Replace an endpoint's DNS names (answered by every host's DNS on the network)."""
-        return self._call("PATCH", f"/v1/endpoints/{quote(endpoint_id, safe='')}", {"names": names})
+        return self._call("set_endpoint_names", rq.EndpointUpdate(names=names), id=endpoint_id)
 
     def delete_endpoint(self, endpoint_id: str) -> R:
-        return self._call("DELETE", f"/v1/endpoints/{quote(endpoint_id, safe='')}")
-
-    def detach(self, network: str, netns: str) -> R:
-        return self._call("DELETE", "/v1/endpoints", params={"network": network, "netns": netns})
-
-    def reserve_address(self, network: str, ip: str | None = None) -> R:
-        return self._call("POST", f"/v1/networks/{quote(network, safe='')}/addresses", {"ip": ip} if ip else {})
-
-    def release_address(self, network: str, ip: str) -> R:
-        return self._call("DELETE", f"/v1/networks/{quote(network, safe='')}/addresses/{quote(ip, safe='')}")
+        return self._call("delete_endpoint", id=endpoint_id)
 
     def members(self) -> R:
-        return self._call("GET", "/v1/members")
-
-    def fdb(self, network: str) -> R:
-        return self._call("GET", f"/v1/networks/{quote(network, safe='')}/fdb")
+        return self._call("members")
 
     def keys(self) -> R:
-        return self._call("GET", "/v1/keys")
+        return self._call("keys")
 
     def key_op(self, op: str, key: str) -> R:
-        return self._call("POST", f"/v1/keys/{op}", {"key": key})
+        return self._call("key_op", rq.KeyChange(key=key), op=op)
 
     def reconcile(self) -> R:
-        return self._call("POST", "/v1/reconcile")
-
-    def get(self, path: str, params: dict[str, str] | None = None) -> R:
-        return self._call("GET", path, params=params)
+        return self._call("reconcile")
 
 
 # ---- blocking transport: http.client over the unix socket ---------------------------------------
@@ -189,16 +200,11 @@ class Client(Routes[Any]):
         self.socket_path = socket_path or default_socket()
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              params: dict[str, str] | None = None) -> Any:
-        return self.request(method, path, body, params)
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                params: dict[str, str] | None = None) -> Any:
+    def _send(self, method: str, path: str, body: bytes | None, params: dict[str, str] | None) -> Any:
         _check_socket(self.socket_path)
         target = path + ("?" + urlencode(params) if params else "")
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        payload = body
+        headers = _JSON if payload is not None else {}
         conn = _UnixConnection(self.socket_path, self.timeout)
         try:
             conn.request(method, target, body=payload, headers=headers)
@@ -226,12 +232,11 @@ class AsyncClient(Routes[Coroutine[Any, Any, Any]]):
         self.socket_path = socket_path or default_socket()
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              params: dict[str, str] | None = None) -> Coroutine[Any, Any, Any]:
-        return self.request(method, path, body, params)
+    def _send(self, method: str, path: str, body: bytes | None,
+              params: dict[str, str] | None) -> Coroutine[Any, Any, Any]:
+        return self._request(method, path, body, params)
 
-    async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                      params: dict[str, str] | None = None) -> Any:
+    async def _request(self, method: str, path: str, body: bytes | None, params: dict[str, str] | None) -> Any:
         import aiohttp  # here, not at the top: the blocking Client never needs it
 
         _check_socket(self.socket_path)
@@ -239,7 +244,8 @@ class AsyncClient(Routes[Coroutine[Any, Any, Any]]):
         try:
             async with aiohttp.ClientSession(connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
-                async with session.request(method, "http://overlayd" + path, json=body, params=params) as resp:
+                async with session.request(method, "http://overlayd" + path, data=body, params=params,
+                                           headers=_JSON if body is not None else None) as resp:
                     return _answer(resp.status, await resp.read())
         except PermissionError:
             raise _permission_denied(self.socket_path) from None

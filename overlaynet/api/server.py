@@ -1,25 +1,31 @@
 """The REST API on overlayd's unix socket (mode 0600: root only). JSON in, JSON out.
 
-Handlers are thin: parse, call the agent, shape the answer. Errors become
+Each route of api/routes.py has a handler of the same name here. The route says what to decode
+(typed body and query: overlaynet/requests.py) and the success status; handlers are thin: call the
+agent, shape the answer. Errors become
 `{"error": "<one line>"}` with the status the error carries.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 
+from overlaynet import requests as rq
 from overlaynet.agent.agent import Agent
 from overlaynet.api.openapi import openapi_document
+from overlaynet.api.routes import BY_NAME, KEY_OPS, ROUTES, Route
 from overlaynet.errors import BadRequest, OverlayError
 
 log = logging.getLogger("overlaynet.api")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+B = TypeVar("B", bound=rq.Request)
 
 AGENT_KEY = web.AppKey("agent", Agent)
 
@@ -29,7 +35,8 @@ def error_response(status: int, message: str) -> web.Response:
 
 
 @web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def errors_as_json(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except OverlayError as e:
@@ -41,172 +48,199 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(500, f"internal error in overlayd ({type(e).__name__}: {e}); see its log")
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
+def _decode_error(where: str, kind: type[rq.Request], error: msgspec.ValidationError) -> BadRequest:
+    """One line naming what was wrong; for an unknown key, also the keys that are known."""
+    text = str(error)
+    unknown = re.search(r"unknown field `([^`]*)`", text)
+    if unknown:
+        known = ", ".join(kind.__struct_fields__)
+        return BadRequest(f"unknown key {unknown.group(1)!r} in the {where}; known keys: {known}")
+    return BadRequest(f"invalid {where}: {text}")
+
+
+async def decode_body(request: web.Request, kind: type[B]) -> B:
+    raw = await request.read() if request.can_read_body else b""
     try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.ValidationError as e:
+        raise _decode_error("request body", kind, e) from None
+    except msgspec.DecodeError:
         raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
 
 
-def agent_of(request: web.Request) -> Agent:
-    return request.app[AGENT_KEY]
+def decode_query(request: web.Request, kind: type[B]) -> B:
+    try:
+        return msgspec.convert(dict(request.query), kind, strict=False)
+    except msgspec.ValidationError as e:
+        raise _decode_error("query string", kind, e) from None
 
 
-async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(await agent_of(request).status())
+@dataclass
+class Call:
+    """One request, decoded: its path parameters, typed body and typed query."""
+    agent: Agent
+    path: dict[str, str]
+    body: Any
+    query: Any
 
 
-async def get_stats(request: web.Request) -> web.Response:
-    return web.json_response(await agent_of(request).dataplane_stats())
+Handler = Callable[[Call], Awaitable[Any]]  # returns the answer's JSON value (None: no body)
+HANDLERS: dict[str, Handler] = {}
 
 
-async def list_networks(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    return web.json_response([agent.network_view(n) for n in sorted(agent.networks.values(), key=lambda n: n.name)])
+def handles(fn: Handler) -> Handler:
+    """Register a handler for the route of the same name (api/routes.py)."""
+    assert fn.__name__ in BY_NAME, f"no route named {fn.__name__} in api/routes.py"
+    HANDLERS[fn.__name__] = fn
+    return fn
 
 
-async def create_network(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    net = await agent.create_network(await json_body(request))
-    return web.json_response(agent.network_view(net), status=201)
+@handles
+async def openapi(call: Call) -> Any:
+    return openapi_document()
 
 
-async def get_network(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    return web.json_response(agent.network_view(agent.get_network(request.match_info["name"])))
+@handles
+async def status(call: Call) -> Any:
+    return await call.agent.status()
 
 
-def flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
+@handles
+async def stats(call: Call) -> Any:
+    return await call.agent.dataplane_stats()
 
 
-async def delete_network(request: web.Request) -> web.Response:
-    await agent_of(request).delete_network(request.match_info["name"], force=flag(request, "force"))
-    return web.Response(status=204)
+@handles
+async def list_networks(call: Call) -> Any:
+    agent = call.agent
+    return [agent.network_view(n) for n in sorted(agent.networks.values(), key=lambda n: n.name)]
 
 
-async def list_endpoints(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    network = request.query.get("network")
+@handles
+async def create_network(call: Call) -> Any:
+    return call.agent.network_view(await call.agent.create_network(call.body))
+
+
+@handles
+async def get_network(call: Call) -> Any:
+    return call.agent.network_view(call.agent.get_network(call.path["name"]))
+
+
+@handles
+async def delete_network(call: Call) -> Any:
+    await call.agent.delete_network(call.path["name"], force=call.query.force)
+
+
+@handles
+async def network_fdb(call: Call) -> Any:
+    return await call.agent.programmed(call.path["name"])
+
+
+@handles
+async def reserve_address(call: Call) -> Any:
+    ip, prefixlen = await call.agent.reserve_address(call.path["name"], call.body.ip)
+    return {"ip": ip, "prefixlen": prefixlen}
+
+
+@handles
+async def release_address(call: Call) -> Any:
+    await call.agent.release_address(call.path["name"], call.path["ip"])
+
+
+@handles
+async def list_endpoints(call: Call) -> Any:
+    agent, network = call.agent, call.query.network
     if network is not None:
         agent.get_network(network)  # 404 for an unknown network rather than an empty list
-    if flag(request, "all"):
+    if call.query.all:
         everywhere = [e for e in agent.cluster.endpoints().values() if network is None or e.get("network") == network]
         everywhere.sort(key=lambda e: (e.get("network", ""), e.get("host", ""), e.get("ip", "")))
-        return web.json_response(everywhere)
+        return everywhere
     eps = [e for e in agent.endpoints.values() if network is None or e.network == network]
     eps.sort(key=lambda e: (e.network, e.created_at))
-    return web.json_response([agent.endpoint_view(e) for e in eps])
+    return [agent.endpoint_view(e) for e in eps]
 
 
-async def create_endpoint(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    ep = await agent.create_endpoint(await json_body(request))
-    return web.json_response(agent.endpoint_view(ep), status=201)
+@handles
+async def create_endpoint(call: Call) -> Any:
+    return call.agent.endpoint_view(await call.agent.create_endpoint(call.body))
 
 
-async def get_endpoint(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    ep = agent.get_endpoint(request.match_info["id"])
+@handles
+async def detach(call: Call) -> Any:
+    ep = await call.agent.delete_endpoint_by_netns(call.query.network, call.query.netns)
+    return call.agent.endpoint_view(ep)
+
+
+@handles
+async def get_endpoint(call: Call) -> Any:
+    agent = call.agent
+    ep = agent.get_endpoint(call.path["id"])
     view = agent.endpoint_view(ep)
-    if flag(request, "check"):
+    if call.query.check:
         view["present"] = await agent.endpoint_present(ep)
-    return web.json_response(view)
+    return view
 
 
-async def update_endpoint(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    ep = await agent.update_endpoint(request.match_info["id"], await json_body(request))
-    return web.json_response(agent.endpoint_view(ep))
+@handles
+async def set_endpoint_names(call: Call) -> Any:
+    agent = call.agent
+    return agent.endpoint_view(await agent.set_endpoint_names(call.path["id"], call.body.names))
 
 
-async def delete_endpoint(request: web.Request) -> web.Response:
-    await agent_of(request).delete_endpoint(request.match_info["id"])
-    return web.Response(status=204)
+@handles
+async def delete_endpoint(call: Call) -> Any:
+    await call.agent.delete_endpoint(call.path["id"])
 
 
-async def delete_endpoint_by_netns(request: web.Request) -> web.Response:
-    network, netns = request.query.get("network"), request.query.get("netns")
-    if not network or not netns:
-        raise BadRequest("give both ?network=NAME and ?netns=NETNS to detach by namespace")
-    agent = agent_of(request)
-    ep = await agent.delete_endpoint_by_netns(network, netns)
-    return web.json_response(agent.endpoint_view(ep))
-
-
-async def reserve_address(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    ip, prefixlen = await agent_of(request).reserve_address(request.match_info["name"], body.get("ip"))
-    return web.json_response({"ip": ip, "prefixlen": prefixlen}, status=201)
-
-
-async def release_address(request: web.Request) -> web.Response:
-    await agent_of(request).release_address(request.match_info["name"], request.match_info["ip"])
-    return web.Response(status=204)
-
-
-async def list_members(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    members = sorted(agent.cluster.members(), key=lambda m: m.name)
-    return web.json_response([
+@handles
+async def members(call: Call) -> Any:
+    return [
         {"name": m.name, "addr": m.addr, "port": m.port, "state": m.state, "incarnation": m.incarnation,
          "last_change": m.last_change, "vtep": m.meta.get("vtep"), "dataplane": m.meta.get("dataplane")}
-        for m in members
-    ])
+        for m in sorted(call.agent.cluster.members(), key=lambda m: m.name)
+    ]
 
 
-async def network_fdb(request: web.Request) -> web.Response:
-    return web.json_response(await agent_of(request).programmed(request.match_info["name"]))
+@handles
+async def keys(call: Call) -> Any:
+    return call.agent.keys()
 
 
-async def list_keys(request: web.Request) -> web.Response:
-    return web.json_response(agent_of(request).keys())
+@handles
+async def key_op(call: Call) -> Any:
+    op = call.path["op"]
+    if op not in KEY_OPS:
+        raise BadRequest(f"unknown key operation {op!r}: {', '.join(KEY_OPS)}")
+    return await call.agent.key_op(op, call.body.key)
 
 
-async def key_op(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    op = request.match_info["op"]
-    if op not in ("install", "use", "remove"):
-        raise BadRequest(f"unknown key operation {op!r}: install, use or remove")
-    return web.json_response(await agent_of(request).key_op(op, body.get("key")))
+@handles
+async def reconcile(call: Call) -> Any:
+    return await call.agent.reconcile()
 
 
-async def reconcile(request: web.Request) -> web.Response:
-    return web.json_response(await agent_of(request).reconcile())
+def _endpoint(route: Route, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler of a route: decode what the route declares, call, encode the answer."""
 
+    async def serve_route(request: web.Request) -> web.StreamResponse:
+        body = await decode_body(request, route.body) if route.body is not None else None
+        query = decode_query(request, route.query) if route.query is not None else None
+        answer = await handler(Call(request.app[AGENT_KEY], dict(request.match_info), body, query))
+        if route.answer is None:
+            return web.Response(status=route.ok)
+        return web.json_response(answer, status=route.ok)
 
-async def get_openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return serve_route
 
 
 def make_app(agent: Agent) -> web.Application:
+    missing = [r.name for r in ROUTES if r.name not in HANDLERS]
+    assert not missing, f"routes without a handler: {missing}"
     app = web.Application(middlewares=[errors_as_json])
     app[AGENT_KEY] = agent
-    app.router.add_get("/openapi.json", get_openapi)
-    app.router.add_get("/v1/status", get_status)
-    app.router.add_get("/v1/networks", list_networks)
-    app.router.add_post("/v1/networks", create_network)
-    app.router.add_get("/v1/networks/{name}", get_network)
-    app.router.add_delete("/v1/networks/{name}", delete_network)
-    app.router.add_post("/v1/networks/{name}/addresses", reserve_address)
-    app.router.add_delete("/v1/networks/{name}/addresses/{ip}", release_address)
-    app.router.add_get("/v1/endpoints", list_endpoints)
-    app.router.add_post("/v1/endpoints", create_endpoint)
-    app.router.add_delete("/v1/endpoints", delete_endpoint_by_netns)
-    app.router.add_get("/v1/endpoints/{id}", get_endpoint)
-    app.router.add_patch("/v1/endpoints/{id}", update_endpoint)
-    app.router.add_delete("/v1/endpoints/{id}", delete_endpoint)
-    app.router.add_get("/v1/networks/{name}/fdb", network_fdb)
-    app.router.add_get("/v1/members", list_members)
-    app.router.add_get("/v1/stats", get_stats)
-    app.router.add_get("/v1/keys", list_keys)
-    app.router.add_post("/v1/keys/{op}", key_op)
-    app.router.add_post("/v1/reconcile", reconcile)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _endpoint(route, HANDLERS[route.name]), name=route.name)
     return app
 
 

@@ -165,7 +165,7 @@ def cmd_fdb(client: Client, args: argparse.Namespace) -> None:
             lines.append("note: differs from the desired entries; the next reconciliation repairs it")
         return "\n".join(lines)
 
-    emit(args, client.fdb(args.network), text)
+    emit(args, client.network_fdb(args.network), text)
 
 
 def stats_text(d: dict[str, Any]) -> str:
@@ -183,7 +183,7 @@ def stats_text(d: dict[str, Any]) -> str:
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> None:
-    emit(args, client.get("/v1/stats"), stats_text)
+    emit(args, client.stats(), stats_text)
 
 
 def keys_text(d: dict[str, Any]) -> str:

@@ -146,6 +146,38 @@ def test_status_and_openapi(lab, host):
     assert oct(os.stat(host.socket).st_mode & 0o777) == "0o600"
 
 
+def test_answers_match_the_documented_shapes(lab, host):
+    """Every route a real daemon serves answers in the shape its route (and so /openapi.json) documents."""
+    import msgspec
+
+    from overlaynet.api.client import ApiError, Client
+    from overlaynet.api.routes import BY_NAME
+
+    api = Client(host.socket)
+    net = api.create_network("shapes", "198.19.40.0/24")
+    ns = lab.add_container("shapes")
+    ep = api.create_endpoint("shapes", netns=ns, names=["shapes"])
+    calls = {
+        "create_network": net, "create_endpoint": ep, "get_network": api.get_network("shapes"),
+        "list_networks": api.list_networks(), "list_endpoints": api.list_endpoints("shapes"),
+        "get_endpoint": api.get_endpoint(ep["id"], check=True), "members": api.members(),
+        "set_endpoint_names": api.set_endpoint_names(ep["id"], ["shapes2"]), "keys": api.keys(),
+        "network_fdb": api.network_fdb("shapes"), "reconcile": api.reconcile(),
+        "reserve_address": api.reserve_address("shapes"), "status": api.status(), "stats": api.stats(),
+        "openapi": api.openapi(), "detach": api.detach("shapes", ns),
+    }
+    for name, answer in calls.items():
+        msgspec.convert(answer, BY_NAME[name].answer)
+    # The edge refuses what it does not know, through the real socket, in one line.
+    try:
+        api._send("POST", "/v1/networks", b'{"name": "m", "subnet": "198.19.41.0/24", "mut": 1400}', None)
+        raise AssertionError("an unknown key was accepted")
+    except ApiError as e:
+        assert e.status == 400 and "'mut'" in e.message and "mtu" in e.message, e.message
+    assert all(n["name"] != "m" for n in api.list_networks())
+    api.delete_network("shapes", force=True)
+
+
 def _has_curl():
     return subprocess.run(["which", "curl"], capture_output=True).returncode == 0
 
