@@ -42,14 +42,58 @@ def test_unknown_key_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--advertise", "nope"], "invalid --advertise"),
-    (["--vxlan-port", "0"], "invalid --vxlan-port"),
-    (["--join", "1.2.3.4:99999"], "invalid --join"),
-    (["--fastpath-spin-us", "-1"], "invalid --fastpath-spin-us"),
+    (["--advertise", "nope"], "--advertise must be an IPv4 address"),
+    (["--vxlan-port", "0"], "--vxlan-port must be a port number from 1 to 65535, got \"0\""),
+    (["--join", "1.2.3.4:99999"], "--join must be a list of"),
+    (["--fastpath-spin-us", "-1"], "--fastpath-spin-us must be a whole number of microseconds"),
 ])
 def test_bad_values(argv, match):
     with pytest.raises(BadRequest, match=match):
         parse(argv)
+
+
+@pytest.mark.parametrize("toml,expected", [
+    ("resync_interval = 0", "resync_interval must be a number of seconds above 0 (at most 2592000), got 0"),
+    ("settle_time = -0.5", "settle_time must be a number of seconds from 0 to 2592000, got -0.5"),
+    ("ipam_reclaim_after = 1e12", "ipam_reclaim_after must be a number of seconds from 0 to 2592000, got 1000000000000.0"),
+    ("startup_hold = nan", "startup_hold must be a number of seconds from 0 to 2592000, got NaN"),
+    ('join = ["198.18.0.1:99999"]', 'join must be a list of "ADDR[:PORT]" strings, e.g. ["198.18.0.1:7946"], '
+                                    'got ["198.18.0.1:99999"]'),
+    ('join = [1]', 'join must be a list of "ADDR[:PORT]" strings, e.g. ["198.18.0.1:7946"], got [1]'),
+    ('vxlan_port = "4789"', 'vxlan_port must be a port number from 1 to 65535, got "4789"'),
+    ("vxlan_port = true", "vxlan_port must be a port number from 1 to 65535, got true"),
+    ("fastpath_spin_us = 1.5", "fastpath_spin_us must be a whole number of microseconds from 0 to 1000000, got 1.5"),
+    ('bind = "everywhere"', 'bind must be an IPv4 address such as 198.18.0.1, got "everywhere"'),
+    ('advertise = "::1"', 'advertise must be an IPv4 address such as 198.18.0.1 (or unset), got "::1"'),
+    ('dataplane = "ebpf"', 'dataplane must be one of "kernel", "userspace", got "ebpf"'),
+    ('name = ""', 'name must be a name of 1 to 63 characters, got ""'),
+    ("key_file = true", "key_file must be a path (or unset), got true"),
+    ("state_dir = []", "state_dir must be a path, got []"),
+    ("socket = 1", "socket must be a path, got 1"),
+    ("plaintext = 1", "plaintext must be true or false, got 1"),
+])
+def test_each_key_refuses_bad_values(tmp_path, toml, expected):
+    path = tmp_path / "o.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(BadRequest) as refused:
+        parse(["--config", str(path)])
+    assert refused.value.message == expected
+
+
+def test_flags_are_converted_to_their_types(tmp_path):
+    cfg = parse(["--resync-interval", "2.5", "--gossip-port", "8000", "--plaintext", "--log-level", "debug"])
+    assert cfg.resync_interval == 2.5 and cfg.gossip_port == 8000 and cfg.plaintext is True
+    assert cfg.log_level == "debug"
+
+
+def test_file_values_must_have_their_type(tmp_path):
+    path = tmp_path / "o.toml"
+    path.write_text('plaintext = "no"\n')
+    with pytest.raises(BadRequest, match='^plaintext must be true or false, got "no"$'):
+        parse(["--config", str(path)])
+    path.write_text('plaintext = false\nresync_interval = 5\njoin = "198.18.0.2:7000"\n')
+    cfg = parse(["--config", str(path)])
+    assert cfg.plaintext is False and cfg.resync_interval == 5.0 and cfg.join == ["198.18.0.2:7000"]
 
 
 def test_state_store_atomic_roundtrip(tmp_path):
