@@ -65,6 +65,7 @@ class Agent:
         self._failed_at: dict[str, float] = {}  # member -> when it was declared dead (monotonic)
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
+        self._resync_wakeup = asyncio.Event()  # the resync interval changed (config reload)
         self._tasks: list[asyncio.Task[None]] = []
         # One thread for all netlink work: kernel verbs run in order, never concurrently.
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
@@ -271,9 +272,18 @@ class Agent:
                 self.counters["program_errors"] += 1
                 log.exception("event=program-failed")
 
+    def resync_interval_changed(self) -> None:
+        """Start the next wait with the new interval instead of finishing the old one."""
+        self._resync_wakeup.set()
+
     async def _resync_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.config.resync_interval)
+            try:
+                await asyncio.wait_for(self._resync_wakeup.wait(), self.config.resync_interval)
+                self._resync_wakeup.clear()
+                continue
+            except TimeoutError:
+                pass
             try:
                 await self.reconcile()
             except Exception:

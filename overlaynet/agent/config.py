@@ -87,6 +87,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "userspace dataplane: busy-poll this long after traffic before sleeping; lower latency for a "
         "CPU per host while traffic flows (default 0: never)")] = 0
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _help("default info")] = "info"
+    # SIGHUP reopens it, so logrotate can move it away (reload.py lists what else a reload applies).
+    log_file: Annotated[Path | None, _help("append logs to this file instead of stderr; SIGHUP reopens it")] = None
 
 
 def _field_types() -> dict[str, Any]:

@@ -1,22 +1,28 @@
 """overlayd: the per-host root daemon. Wiring only: config, checks, the agent, the API, signals.
 
 SIGTERM/SIGINT stop the daemon without tearing anything down: containers keep their networking,
-and the next start adopts what exists.
+and the next start adopts what exists. Every other signal that would end the process is logged and
+ends it the same clean way (exit status 128 + the signal's number). SIGHUP reopens the log file
+and reloads the config (reload.py); a crash in native code leaves a traceback in the log.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
 import socket
 import sys
+from typing import Any
 
 from overlaynet import __version__
 from overlaynet.agent import config as config_mod
 from overlaynet.agent.agent import Agent
+from overlaynet.agent.reload import Reloader
+from overlaynet.agent.statelock import StateDirBusy, lock_state_dir
 from overlaynet.api.server import make_app, serve
 from overlaynet.errors import OverlayError
 from overlaynet.gossip.keyring import Keyring, KeyringError, generate_key
@@ -47,13 +53,30 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '\\"') + '"' if " " in text or '"' in text else text
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+# Signals whose default action ends the process and that can be caught. SIGTERM and SIGINT are the
+# ordinary ways to stop; the rest would otherwise end overlayd silently, mid-request.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+OTHER_FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGVTALRM,
+                       signal.SIGPROF, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGPWR, signal.SIGIO,
+                       signal.SIGSTKFLT)
+
+
+def setup_logging(level: str, log_file: str | None = None) -> None:
+    """Log to `log_file` (appending) or stderr. Called again on SIGHUP: that reopens the file, so a
+    rotated log gets a fresh file at the configured path."""
+    stream: Any = open(log_file, "a", encoding="utf-8", buffering=1) if log_file else sys.stderr
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
+    for old in root.handlers:
+        old_stream = getattr(old, "stream", None)
+        if old_stream not in (None, sys.stderr, stream):
+            old_stream.close()  # the previous log file (a rotated one, after SIGHUP)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    # A fatal error in native code (SIGSEGV, SIGBUS, ...) leaves a Python traceback in the log.
+    faulthandler.enable(file=stream)
 
 
 def check_socket_free(path: str) -> None:
@@ -97,29 +120,64 @@ def load_keyring(config: config_mod.Config) -> Keyring | None:
     return keyring
 
 
-async def run(config: config_mod.Config) -> int:
+def reload_config(args: argparse.Namespace, reloader: Reloader) -> None:
+    """SIGHUP: reopen the log, re-read the config, apply what can change; keep the rest running."""
+    config = reloader.running
+    setup_logging(config.log_level, config.log_file)  # reopen first: the outcome lands in the new file
+    try:
+        new = config_mod.load(args)
+    except OverlayError as e:
+        log.error("event=config-reload-failed config=%s error=%s kept=running-config",
+                  args.config or config_mod.DEFAULT_CONFIG, _quote(e.message))
+        return
+    result = reloader.apply(new)
+    log.info("event=config-reloaded config=%s changed=%s restart_needed=%s",
+             args.config or config_mod.DEFAULT_CONFIG, ",".join(result.changed) or "-",
+             ",".join(result.restart_needed) or "-")
+    if result.restart_needed:
+        log.warning("event=config-needs-restart keys=%s msg=\"these keep their running values until "
+                    "overlayd restarts\"", ",".join(result.restart_needed))
+
+
+async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        stop.set()
+
+    # Installed before anything else so that no signal can end a half-started daemon silently.
+    for sig in STOP_SIGNALS + OTHER_FATAL_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
     check_socket_free(config.socket)
+    lock_fd = lock_state_dir(config.state_dir)
     agent = Agent(config, load_keyring(config))
+    reloader = Reloader(config, appliers={
+        "log_level": lambda level: logging.getLogger().setLevel(level.upper()),
+        "log_file": lambda path: setup_logging(config.log_level, path),
+        "resync_interval": lambda _seconds: agent.resync_interval_changed(),
+    })
+    loop.add_signal_handler(signal.SIGHUP, reload_config, args, reloader)
     await agent.start()
     runner = await serve(make_app(agent), config.socket)
-    log.info("event=started name=%s advertise=%s dataplane=%s socket=%s state_dir=%s version=%s",
-             config.name, agent.advertise, config.dataplane, config.socket, config.state_dir, __version__)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    log.info("event=started name=%s advertise=%s dataplane=%s socket=%s state_dir=%s version=%s pid=%d",
+             config.name, agent.advertise, config.dataplane, config.socket, config.state_dir, __version__,
+             os.getpid())
 
     await stop.wait()
-    log.info("event=stopping reason=signal teardown=none")
+    sig = signal.Signals(received[0])
+    log.info("event=stopping reason=signal signal=%s teardown=none", sig.name)
     await runner.cleanup()
     try:
         os.unlink(config.socket)
     except FileNotFoundError:
         pass
     await agent.close()
+    os.close(lock_fd)
     log.info("event=stopped")
-    return 0
+    return 0 if sig in STOP_SIGNALS else 128 + int(sig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,15 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     except OverlayError as e:
         print(f"overlayd: {e.message}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    try:
+        setup_logging(config.log_level, config.log_file)
+    except OSError as e:
+        print(f"overlayd: cannot open log file {config.log_file}: {e.strerror}", file=sys.stderr)
+        return 1
     if os.geteuid() != 0:
         print("overlayd: must run as root (it creates namespaces, bridges and VXLAN devices)", file=sys.stderr)
         return 1
     try:
         import uvloop
 
-        return uvloop.run(run(config))
-    except (StartupError, OverlayError, KernelError, KeyringError) as e:
+        return uvloop.run(run(config, args))
+    except (StartupError, StateDirBusy, OverlayError, KernelError, KeyringError) as e:
         print(f"overlayd: {e}", file=sys.stderr)
         return 1
 

@@ -38,7 +38,9 @@ def error_response(status: int, message: str) -> web.Response:
 async def errors_as_json(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
+        log.debug("event=api-request method=%s path=%s status=%d", request.method, request.path, response.status)
+        return response
     except OverlayError as e:
         return error_response(e.status, e.message)
     except web.HTTPException as e:
