@@ -6,12 +6,17 @@ prefix, so concurrent runs never collide and the session-end leak check can tell
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import subprocess
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from overlaynet.lab import Lab
 
 # Short: Linux device names are at most 15 characters and the prefix is only their start.
 RUN_PREFIX = os.environ.get("OVERLAYNET_TEST_PREFIX") or "t" + secrets.token_hex(2)
@@ -75,6 +80,21 @@ class NetnsFactory:
             except OSError:
                 pass
         self.created.clear()
+
+
+_lab_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def lab(prefix: str) -> Iterator[Lab]:
+    """A multi-host lab (overlaynet/lab.py) named with the run's prefix, removed even on failure."""
+    from overlaynet.lab import Lab
+
+    lab = Lab(prefix=f"{prefix}l{next(_lab_numbers)}")
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,19 +11,9 @@ import time
 import pytest
 
 from overlaynet import kernel as knames
-from overlaynet.lab import Lab
 from tests.as_nobody import run_as_nobody
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}l{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def start_failure(lab, host, *args):

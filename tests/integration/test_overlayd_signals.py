@@ -10,18 +10,9 @@ import sys
 
 import pytest
 
-from overlaynet.lab import Lab, wait_until
+from overlaynet.lab import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}s{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def write_config(path: str, **values: object) -> None:
