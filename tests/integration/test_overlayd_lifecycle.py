@@ -30,7 +30,7 @@ def start_failure(lab, host, *args):
 def test_refuses_to_start_with_clear_reasons(lab):
     host = lab.add_host("h1")
     assert "not configured on this host" in start_failure(lab, host, "--advertise", "198.18.99.99")
-    assert "invalid --advertise" in start_failure(lab, host, "--advertise", "banana")
+    assert "--advertise must be an IPv4 address" in start_failure(lab, host, "--advertise", "banana")
     lab.start_daemon(host)
     assert "already running" in start_failure(lab, host, "--advertise", host.address)
     from overlaynet.agent.daemon import main
