@@ -215,9 +215,10 @@ mount -t sysfs sysfs /sys
 mount --rbind {cg} /sys/fs/cgroup
 umount -l {cg}
 mount --bind {self.plugin_dir} /run/docker/plugins
+# Docker's own defaults otherwise (iptables, masquerading, forwarding, docker0): published ports
+# and egress through docker_gwbridge are tested against a stock engine.
 exec /usr/sbin/dockerd --host {self.host} --data-root {self.dir}/data --exec-root {self.dir}/exec \\
-  --pidfile {self.dir}/dockerd.pid --iptables=false --ip-masq=false --ip-forward=false \\
-  --bridge=none --storage-driver=overlay2 --log-level=info
+  --pidfile {self.dir}/dockerd.pid --storage-driver=overlay2 --log-level=info
 """)
         log = open(self.log_path, "ab")
         # unshare, nsenter and sh all exec: the child's PID is dockerd's.

@@ -11,7 +11,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster, DockerHost
-from tests.engines import IMAGE, wait_until
+from tests.engines import IMAGE, run_in, wait_until
 
 # Generous: the first test also pays for installing (apt) and starting two engines.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -44,16 +44,56 @@ services:
     command: httpd -f -p 80 -h /var/www
     stop_signal: SIGKILL
     dns: [198.19.30.1]
+    ports:
+      - "80:80"
   db:
     image: {IMAGE}
-    command: sleep 3600
+    command: httpd -f -p 3306 -h /var/www
     stop_signal: SIGKILL
     dns: [198.19.30.1]
+    ports:
+      - "3306:3306"
 networks:
   default:
     external:
       name: my-network
 """
+
+
+# The seed's file as written, ports included; busybox stands in for nginx (80) and mysql (3306).
+SEED = f"""version: '3'
+services:
+  web:
+    image: {IMAGE}
+    command: httpd -f -p 80 -h /var/www
+    stop_signal: SIGKILL
+    ports:
+      - "80:80"
+  db:
+    image: {IMAGE}
+    command: httpd -f -p 3306 -h /var/www
+    stop_signal: SIGKILL
+    ports:
+      - "3306:3306"
+networks:
+  default:
+    external:
+      name: my-network
+"""
+
+
+def fetch_from(netns: str, url: str) -> str:
+    """What an HTTP GET from a lab namespace (a host, not a container) returns ("" on failure)."""
+    return run_in(netns, ["/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-qO-", url]).stdout.strip()
+
+
+def assert_published(docker_host: DockerHost, other: DockerHost, port: int) -> None:
+    """The port answers on the Docker host itself (127.0.0.1) and from another host (its address)."""
+    here = docker_host.host
+    wait_until(lambda: fetch_from(here.netns, f"http://127.0.0.1:{port}/") == "overlaynet-ok", 20,
+               f"127.0.0.1:{port} on host {here.label}")
+    wait_until(lambda: fetch_from(other.host.netns, f"http://{here.address}:{port}/") == "overlaynet-ok", 20,
+               f"{here.address}:{port} from host {other.host.label}")
 
 
 def create_network(h: DockerHost, subnet: str) -> None:
@@ -95,11 +135,46 @@ def test_classic_compose_file_on_one_host(docker_cluster: DockerCluster, project
     assert Client(a.host.socket).list_endpoints("my-network") == []
 
 
+def test_seed_compose_file_publishes_ports_and_reaches_outside(docker_cluster: DockerCluster,
+                                                               project: tuple[str, str]) -> None:
+    """The seed's file, ports and all, under a stock dockerd: published ports answer on the host and
+    from another host, containers reach beyond the overlay, names still work."""
+    name, path = project
+    a, b = docker_cluster.a, docker_cluster.b
+    create_network(a, "198.19.33.0/24")
+    with open(os.path.join(path, "docker-compose.yml"), "w") as f:
+        f.write(SEED)
+    a.engine.compose(path, "-p", name, "up", "-d")
+    assert_published(a, b, 80)
+    assert_published(a, b, 3306)
+    # Egress: another host's underlay address, outside the overlay, through docker_gwbridge.
+    ping = a.engine.compose(path, "-p", name, "exec", "-T", "web", "ping", "-c", "2", "-W", "2", b.host.address,
+                            check=False)
+    assert ", 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+    # Overlaynet's routes stay right: its subnet on its interface, the default route on the gwbridge.
+    routes = a.engine.compose(path, "-p", name, "exec", "-T", "web", "ip", "route").stdout
+    web_ip = a.engine.docker_json("inspect", f"{name}_web_1")[0]["NetworkSettings"]["Networks"]["my-network"][
+        "IPAddress"]
+    overlay_dev = next(line.split("dev ")[1].split()[0] for line in routes.splitlines()
+                       if line.startswith("198.19.33.0/24"))
+    default_dev = next(line.split("dev ")[1].split()[0] for line in routes.splitlines()
+                       if line.startswith("default"))
+    assert overlay_dev != default_dev, routes
+    assert web_ip in a.engine.compose(
+        path, "-p", name, "exec", "-T", "web", "ip", "-o", "addr", "show", overlay_dev).stdout
+    page = a.engine.compose(path, "-p", name, "exec", "-T", "db", "wget", "-qO-", "http://web/")
+    assert page.stdout.strip() == "overlaynet-ok"
+    a.engine.compose(path, "-p", name, "down")
+    assert Client(a.host.socket).list_endpoints("my-network") == []
+
+
 def network_on(h: DockerHost, name: str) -> dict | None:
     return next((n for n in Client(h.host.socket).list_networks() if n["name"] == name), None)
 
 
 def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project: tuple[str, str]) -> None:
+    """The seed's file split over two hosts (web on a, db on b): names resolve across hosts, each
+    host publishes its service's port, to itself and to the other host."""
     name, path = project
     a, b = docker_cluster.a, docker_cluster.b
     create_network(a, "198.19.30.0/24")
@@ -152,6 +227,11 @@ def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project:
     except AssertionError as e:
         raise AssertionError(f"{e}; wget said: {said[0]}") from None
     assert ", 0% packet loss" in ping(a, "web", "db", 2)
+    # Each host publishes its own service's port, to itself and to the other host.
+    assert_published(a, b, 80)
+    assert_published(b, a, 3306)
+    page = a.engine.compose(path, "-p", name, "exec", "-T", "web", "wget", "-qO-", "http://db:3306/", check=False)
+    assert page.stdout.strip() == "overlaynet-ok", page.stdout + page.stderr
     # What overlayd published: the service name (and the short container id) on the endpoint.
     names = {n for e in Client(a.host.socket).list_endpoints("my-network") for n in e["names"]}
     assert "web" in names, names

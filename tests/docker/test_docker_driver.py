@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -75,8 +78,10 @@ def test_containers_reach_each_other_by_name_and_ip_with_overlay_mtu_and_mac(
     assert ep["labels"]["owner"] == "docker"
     link = engine.docker("exec", web, "ip", "-o", "link", "show", "eth0").stdout
     assert f"mtu {ep['mtu']}" in link and ep["mac"] in link, link
-    assert "gw" not in engine.docker("exec", web, "ip", "route").stdout  # no docker_gwbridge, no eth1
-    assert "eth1" not in engine.docker("exec", web, "ip", "-o", "link").stdout
+    # eth0 carries the overlay's subnet; Docker's gateway service adds eth1 on docker_gwbridge with
+    # the default route (egress, published ports).
+    routes = engine.docker("exec", web, "ip", "route").stdout
+    assert "198.19.20.0/24 dev eth0" in routes and "default via" in routes and "dev eth1" in routes, routes
     assert engine.docker("exec", db, "wget", "-qO-", "http://" + web + "/").stdout.strip() == "overlaynet-ok"
     assert engine.docker("exec", db, "wget", "-qO-", f"http://{web_ip}/").stdout.strip() == "overlaynet-ok"
     db_ip = engine.docker_json("inspect", db)[0]["NetworkSettings"]["Networks"][net_a]["IPAddress"]
@@ -141,11 +146,78 @@ def test_static_ip_and_mac_are_honoured_and_conflicts_explained(
     assert len(api(docker_cluster).list_endpoints(net_a)) == 1  # the failed run left nothing behind
 
 
+def test_internal_network_gets_neither_egress_nor_published_ports(
+        docker_cluster: DockerCluster, prefix: str) -> None:
+    engine, b = docker_cluster.a.engine, docker_cluster.b.host
+    name, web = f"{prefix}-int", f"{prefix}-intweb"
+    engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet", "--internal",
+                  "--subnet", "198.19.29.0/24", name)
+    try:
+        engine.docker("run", "-d", "--name", web, "--network", name, "-p", "18080:80", "--stop-signal", "SIGKILL",
+                      IMAGE, "httpd", "-f", "-p", "80", "-h", "/var/www")
+        routes = engine.docker("exec", web, "ip", "route").stdout
+        assert "default" not in routes and "eth1" not in routes, routes
+        served = engine.docker("exec", web, "wget", "-qO-", "http://127.0.0.1/").stdout.strip()
+        assert served == "overlaynet-ok"  # it serves; nothing publishes it
+        netns = docker_cluster.a.host.netns
+        fetched = run_in(netns, ["/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-qO-",
+                                 "http://127.0.0.1:18080/"])
+        assert "overlaynet-ok" not in fetched.stdout
+        ping = engine.docker("exec", web, "ping", "-c", "1", "-W", "2", b.address, check=False)
+        assert ping.returncode != 0, ping.stdout
+        # Docker drops -p on --internal networks before the driver sees it; the driver says so.
+        assert "event=network-internal" in engine.plugin_log() and "no published ports" in engine.plugin_log()
+    finally:
+        engine.docker("rm", "-f", web, check=False)
+        engine.docker("network", "rm", name, check=False)
+
+
+def test_docker_option_conventions(docker_cluster: DockerCluster, prefix: str) -> None:
+    engine, client = docker_cluster.a.engine, api(docker_cluster)
+
+    def create(name: str, *args: str, check: bool = True):
+        return engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet", *args, name,
+                             check=check)
+
+    made: list[str] = []
+    try:
+        # Docker's standard MTU key is honoured.
+        made.append(f"{prefix}-mtu")
+        create(made[-1], "--subnet", "198.19.34.0/24", "-o", "com.docker.network.driver.mtu=1400")
+        assert wait_network(docker_cluster, "a", made[-1])["mtu"] == 1400
+        link = engine.docker("run", "--rm", "--network", made[-1], IMAGE, "ip", "-o", "link", "show", "eth0").stdout
+        assert "mtu 1400" in link, link
+        # Unknown keys and encryption are refused, saying what is known / why.
+        typo = create(f"{prefix}-typo", "--subnet", "198.19.35.0/24", "-o", "colour=blue", check=False)
+        assert typo.returncode != 0 and "unknown option -o colour" in typo.stderr, typo.stderr
+        assert "com.docker.network.driver.mtu, mtu, name, vni" in typo.stderr, typo.stderr
+        enc = create(f"{prefix}-enc", "--subnet", "198.19.35.0/24", "-o", "encrypted", check=False)
+        assert enc.returncode != 0 and "encrypted networks are not supported yet" in enc.stderr, enc.stderr
+        # Without --subnet: a free /24 of the default pool, a different one for each network.
+        subnets = []
+        for i in range(2):
+            made.append(f"{prefix}-auto{i}")
+            create(made[-1])
+            subnets.append(engine.docker_json("network", "inspect", made[-1])[0]["IPAM"]["Config"][0]["Subnet"])
+            assert wait_network(docker_cluster, "a", made[-1])["subnet"] == subnets[-1]
+        pool = ipaddress.IPv4Network("10.213.0.0/16")
+        assert all(ipaddress.IPv4Network(s).subnet_of(pool) and s.endswith("/24") for s in subnets), subnets
+        assert subnets[0] != subnets[1]
+        engine.docker("run", "--rm", "--network", made[-1], IMAGE, "true")
+        assert client.list_endpoints(made[-1]) == []
+    finally:
+        for name in made:
+            engine.docker("network", "rm", name, check=False)
+    version = subprocess.run([sys.executable, "-m", "overlaynet.plugins.docker", "--version"], capture_output=True,
+                             text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("overlaynet-docker "), version
+
+
 def test_user_errors_come_back_as_one_clear_line(docker_cluster: DockerCluster, prefix: str) -> None:
     engine = docker_cluster.a.engine
-    no_subnet = engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
+    null_ipam = engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "null",
                               f"{prefix}-nosub", check=False)
-    assert no_subnet.returncode != 0 and "--subnet" in no_subnet.stderr, no_subnet.stderr
+    assert null_ipam.returncode != 0 and "--ipam-driver overlaynet" in null_ipam.stderr, null_ipam.stderr
     v6 = engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet", "--ipv6",
                        "--subnet", "198.19.21.0/24", "--subnet", "fd00:21::/64", f"{prefix}-v6", check=False)
     assert v6.returncode != 0 and "IPv4" in v6.stderr, v6.stderr

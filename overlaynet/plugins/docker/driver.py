@@ -21,6 +21,7 @@ from typing import Any
 from overlaynet import model
 from overlaynet.api.client import ApiError, AsyncClient
 from overlaynet.plugins.docker import protocol as p
+from overlaynet.plugins.docker import requests as rq
 from overlaynet.plugins.docker.engine import Engine, EngineUnavailable
 from overlaynet.plugins.docker.state import DockerNetwork, DriverState
 
@@ -32,16 +33,20 @@ def _api_error(e: ApiError) -> p.PluginError:
 
 
 class Driver:
-    def __init__(self, api: AsyncClient, engine: Engine, state: DriverState) -> None:
+    def __init__(self, api: AsyncClient, engine: Engine, state: DriverState,
+                 default_pool: str = p.DEFAULT_POOL) -> None:
         self.api = api
         self.engine = engine
         self.state = state
+        self.default_pool = default_pool
+        self._picked: set[str] = set()  # default-pool subnets handed to Docker, until ReleasePool
+        self._pool_lock = asyncio.Lock()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- networks --------------------------------------------------------------------------
 
-    async def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_network(self, body: rq.CreateNetwork) -> dict[str, Any]:
         req = p.parse_create_network(body)
         other = self.state.by_subnet(req.subnet)
         if other is not None and other.docker_id != req.docker_id:
@@ -51,9 +56,13 @@ class Driver:
             )
         net = DockerNetwork(
             docker_id=req.docker_id, subnet=req.subnet, gateway=req.gateway, name=req.name,
-            vni=req.vni, mtu=req.mtu, options=req.extra,
+            vni=req.vni, mtu=req.mtu, internal=req.internal,
         )
         await self._precheck_subnet(net)
+        if net.internal:
+            # Docker drops -p for such networks before we hear of it: say so where operators look.
+            log.warning("event=network-internal docker_id=%s msg=\"--internal: no docker_gwbridge, so no "
+                        "egress and no published ports\"", net.docker_id[:12])
         self.state.networks[net.docker_id] = net
         self.state.save()
         if net.name is not None:
@@ -182,8 +191,8 @@ class Driver:
             if e.status not in (400, 409):  # 409: another host reserved it already
                 raise _api_error(e) from None
 
-    async def delete_network(self, body: dict[str, Any]) -> dict[str, Any]:
-        docker_id = p.network_id(body)
+    async def delete_network(self, body: rq.NetworkOnly) -> dict[str, Any]:
+        docker_id = body.network_id
         async with self._locks[docker_id]:
             net = self.state.networks.get(docker_id)
             if net is None or net.name is None:
@@ -209,7 +218,7 @@ class Driver:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    async def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_endpoint(self, body: rq.CreateEndpoint) -> dict[str, Any]:
         req = p.parse_create_endpoint(body)
         for attempt in (1, 2):
             net = await self.ensure_network(req.docker_network_id)
@@ -232,18 +241,19 @@ class Driver:
                  endpoint["ip"])
         return p.create_endpoint_response(req, endpoint)
 
-    async def join(self, body: dict[str, Any]) -> dict[str, Any]:
-        endpoint_id = p.endpoint_id(body)
+    async def join(self, body: rq.EndpointRef) -> dict[str, Any]:
+        endpoint_id = body.endpoint_id
         try:
             endpoint = await self.api.get_endpoint(endpoint_id)
         except ApiError as e:
             raise _api_error(e) from None
         # The container's names are known to Docker only once it is connected: learn them in the
         # background and publish them, so every host's DNS answers for them (dns.md).
-        task = asyncio.create_task(self._name_endpoint(p.network_id(body), endpoint_id))
+        task = asyncio.create_task(self._name_endpoint(body.network_id, endpoint_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return p.join_response(endpoint)
+        net = self.state.networks.get(body.network_id)
+        return p.join_response(endpoint, internal=net is not None and net.internal)
 
     async def _name_endpoint(self, docker_network_id: str, endpoint_id: str) -> None:
         try:
@@ -259,13 +269,12 @@ class Driver:
         except Exception:
             log.exception("event=endpoint-naming-crashed endpoint=%s", endpoint_id[:12])
 
-    async def leave(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def leave(self, body: rq.EndpointRef) -> dict[str, Any]:
         # Docker moves the interface back to the host under its SrcName; DeleteEndpoint removes it.
-        p.endpoint_id(body)
         return {}
 
-    async def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
-        endpoint_id = p.endpoint_id(body)
+    async def delete_endpoint(self, body: rq.EndpointRef) -> dict[str, Any]:
+        endpoint_id = body.endpoint_id
         try:
             await self.api.delete_endpoint(endpoint_id)
         except ApiError as e:
@@ -274,27 +283,50 @@ class Driver:
         log.info("event=endpoint-removed endpoint=%s", endpoint_id[:12])
         return {}
 
-    async def endpoint_oper_info(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def endpoint_oper_info(self, body: rq.EndpointRef) -> dict[str, Any]:
         try:
-            return p.oper_info(await self.api.get_endpoint(p.endpoint_id(body)))
+            return p.oper_info(await self.api.get_endpoint(body.endpoint_id))
         except ApiError:
             return {"Value": {}}
 
     # ---- IPAM ------------------------------------------------------------------------------
 
-    async def request_pool(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def request_pool(self, body: rq.RequestPool) -> dict[str, Any]:
         req = p.parse_request_pool(body)
         if req.subnet is not None:
             return p.pool_response(req.subnet)
-        assert req.network is not None
+        if req.network is None:
+            return p.pool_response(await self._pick_pool())
         try:
             existing = await self.api.get_network(req.network)
         except ApiError as e:
             raise _api_error(e) from None
         return p.pool_response(existing["subnet"])
 
-    async def request_address(self, body: dict[str, Any]) -> dict[str, Any]:
-        subnet = p.subnet_of_pool(body.get("PoolID"))
+    async def _pick_pool(self) -> str:
+        """A free /24 of the default pool: free of every overlaynet network in the cluster, of this
+        host's Docker networks (some not in overlayd yet), and of pools handed out a moment ago."""
+        async with self._pool_lock:
+            try:
+                taken = [str(n["subnet"]) for n in await self.api.list_networks()]
+            except ApiError as e:
+                raise _api_error(e) from None
+            taken += [n.subnet for n in self.state.networks.values()] + list(self._picked)
+            subnet = p.pick_subnet(self.default_pool, taken)
+            if subnet is None:
+                raise p.PluginError(f"no free /{p.DEFAULT_POOL_PREFIXLEN} left in the default pool "
+                                    f"{self.default_pool}: give --subnet, or start overlaynet-docker with "
+                                    "another --default-pool")
+            self._picked.add(subnet)
+            log.info("event=pool-picked subnet=%s pool=%s", subnet, self.default_pool)
+            return subnet
+
+    async def release_pool(self, body: rq.ReleasePool) -> dict[str, Any]:
+        self._picked.discard(p.subnet_of_pool(body.pool_id))
+        return {}
+
+    async def request_address(self, body: rq.RequestAddress) -> dict[str, Any]:
+        subnet = p.subnet_of_pool(body.pool_id)
         ip = p.requested_ip(body)
         if p.is_gateway_request(body):
             # Asked while the network is being created, before its name is known: answered from the
@@ -307,8 +339,8 @@ class Driver:
             raise _api_error(e) from None
         return {"Address": f"{answer['ip']}/{answer['prefixlen']}", "Data": {}}
 
-    async def release_address(self, body: dict[str, Any]) -> dict[str, Any]:
-        subnet = p.subnet_of_pool(body.get("PoolID"))
+    async def release_address(self, body: rq.RequestAddress) -> dict[str, Any]:
+        subnet = p.subnet_of_pool(body.pool_id)
         ip = p.requested_ip(body)
         net = self.state.by_subnet(subnet)
         if ip is None or net is None or net.name is None or ip == net.gateway:

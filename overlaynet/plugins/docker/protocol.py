@@ -1,4 +1,5 @@
-"""Docker's remote network/IPAM driver protocol: parsing requests and shaping answers. Pure, no I/O.
+"""Docker's remote network/IPAM driver protocol: typed requests (requests.py) mapped to what the
+driver needs, and answers shaped for Docker. Pure, no I/O.
 
 Docker sends JSON bodies to `POST /<Interface>.<Method>` and expects JSON back; a failure is
 `{"Err": "<message>"}`, which Docker prints to the user prefixed with the method name.
@@ -7,8 +8,10 @@ Docker sends JSON bodies to `POST /<Interface>.<Method>` and expects JSON back; 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from overlaynet.plugins.docker import requests as rq
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 GENERIC_OPTIONS = "com.docker.network.generic"
@@ -16,8 +19,11 @@ GATEWAY_REQUEST = "com.docker.network.gateway"
 POOL_PREFIX = "overlaynet:"
 ADDRESS_SPACE_LOCAL = "overlaynet-local"
 ADDRESS_SPACE_GLOBAL = "overlaynet-global"
-# Options a user may give with `docker network create -o KEY=VALUE` (they arrive as strings).
-NETWORK_OPTIONS = ("name", "vni", "mtu")
+# Without --subnet, overlaynet IPAM hands out the first /24 of this pool that no overlaynet network
+# (on any host: overlayd's list is the cluster's) and no Docker network here uses. The same default
+# on every host, like Docker's `default-address-pools`; `overlaynet-docker --default-pool` changes it.
+DEFAULT_POOL = "10.213.0.0/16"
+DEFAULT_POOL_PREFIXLEN = 24
 
 
 class PluginError(Exception):
@@ -32,7 +38,7 @@ class NetworkRequest:
     name: str | None = None
     vni: int | None = None
     mtu: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
 
 
 def activate() -> dict[str, Any]:
@@ -52,7 +58,22 @@ def default_address_spaces() -> dict[str, Any]:
     return {"LocalDefaultAddressSpace": ADDRESS_SPACE_LOCAL, "GlobalDefaultAddressSpace": ADDRESS_SPACE_GLOBAL}
 
 
-def _int_option(options: dict[str, Any], key: str) -> int | None:
+# `docker network create -o KEY=VALUE` (Compose: driver_opts). Anything else is refused, so a typo
+# never goes unnoticed.
+MTU_OPTION = "com.docker.network.driver.mtu"  # Docker's standard key; `mtu` is our short form
+NETWORK_OPTIONS = {
+    MTU_OPTION: "the overlay MTU, e.g. 1400",
+    "mtu": f"the same as {MTU_OPTION}",
+    "vni": "the VXLAN network identifier, used when the network is created",
+    "name": "the overlaynet network that carries this Docker network (default: the Docker name)",
+}
+ENCRYPTED_OPTION = "encrypted"
+MIN_PREFIXLEN = 8
+UNUSABLE = [ipaddress.IPv4Network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+                                                 "240.0.0.0/4")]
+
+
+def _int_option(options: dict[str, str], key: str) -> int | None:
     value = options.get(key)
     if value in (None, ""):
         return None
@@ -62,49 +83,61 @@ def _int_option(options: dict[str, Any], key: str) -> int | None:
         raise PluginError(f"option {key}={value!r} is not a number: use e.g. -o {key}=1400") from None
 
 
-def parse_create_network(body: dict[str, Any]) -> NetworkRequest:
-    docker_id = body.get("NetworkID")
-    if not isinstance(docker_id, str) or not docker_id:
-        raise PluginError("CreateNetwork without a NetworkID")
-    if body.get("IPv6Data"):
-        raise PluginError("overlaynet carries IPv4 only: create the network without --ipv6")
-    v4 = body.get("IPv4Data") or []
-    if len(v4) != 1:
-        raise PluginError("overlaynet needs exactly one IPv4 subnet: give one --subnet, e.g. --subnet 198.19.5.0/24")
-    pool = v4[0].get("Pool") or ""
-    if pool in ("", "0.0.0.0/0"):
-        raise PluginError("overlaynet needs a subnet: add --subnet 198.19.5.0/24 (the same on every host)")
+def _options(generic: dict[str, str | int | float | bool] | None) -> dict[str, str]:
+    given = {str(k): str(v) for k, v in (generic or {}).items()}
+    if ENCRYPTED_OPTION in given:
+        # The data plane does not encrypt yet: accepting the option would promise what it does not do.
+        raise PluginError("encrypted networks are not supported yet: create the network without -o encrypted")
+    unknown = sorted(k for k in given if k not in NETWORK_OPTIONS)
+    if unknown:
+        raise PluginError(f"unknown option {', '.join('-o ' + k for k in unknown)}: overlaynet knows "
+                          + ", ".join(sorted(NETWORK_OPTIONS)))
+    return given
+
+
+def _mtu(options: dict[str, str]) -> int | None:
+    standard, short = _int_option(options, MTU_OPTION), _int_option(options, "mtu")
+    if standard is not None and short is not None and standard != short:
+        raise PluginError(f"-o {MTU_OPTION}={standard} and -o mtu={short} disagree: give one of them")
+    return standard if standard is not None else short
+
+
+def check_pool(pool: str) -> str:
+    """A subnet a user may give for an overlay network, normalised; PluginError saying why not."""
     try:
-        subnet = str(ipaddress.IPv4Network(pool))
+        subnet = ipaddress.IPv4Network(pool)
     except ValueError:
         raise PluginError(f"invalid subnet {pool!r}: expected IPv4 CIDR such as 198.19.5.0/24") from None
-    gateway = (v4[0].get("Gateway") or "").split("/")[0] or None
-    options = body.get("Options") or {}
-    generic = options.get(GENERIC_OPTIONS) or {}
-    if not isinstance(generic, dict):
-        generic = {}
-    name = generic.get("name") or None
-    extra = {str(k): str(v) for k, v in generic.items() if k not in NETWORK_OPTIONS}
+    if subnet.prefixlen < MIN_PREFIXLEN:
+        raise PluginError(f"subnet {subnet} is too large for one overlay network: use /{MIN_PREFIXLEN} or "
+                          "smaller, e.g. --subnet 198.19.5.0/24")
+    if subnet.prefixlen > 30:
+        raise PluginError(f"subnet {subnet} is too small: use /30 or larger")
+    if any(subnet.overlaps(special) for special in UNUSABLE):
+        raise PluginError(f"subnet {subnet} is in a range containers cannot use (0/8, 127/8, 169.254/16, "
+                          "224/4, 240/4); pick a private range such as 10.0.0.0/8 or 198.19.0.0/16")
+    return str(subnet)
+
+
+def parse_create_network(body: rq.CreateNetwork) -> NetworkRequest:
+    if body.i_pv6_data:
+        raise PluginError("overlaynet carries IPv4 only: create the network without --ipv6")
+    v4 = body.i_pv4_data or []
+    if len(v4) != 1:
+        raise PluginError("overlaynet needs exactly one IPv4 subnet: give one --subnet, e.g. --subnet 198.19.5.0/24")
+    pool = v4[0].pool
+    if pool in ("", "0.0.0.0/0"):
+        # Docker's null IPAM: addresses must be cluster-wide unique, which only our IPAM knows.
+        raise PluginError("overlaynet needs its own IPAM: add --ipam-driver overlaynet (and --subnet "
+                          "198.19.5.0/24, the same on every host, or none to get a free one)")
+    subnet = check_pool(pool)
+    gateway = v4[0].gateway.split("/")[0] or None
+    options = body.options or rq.NetworkOptions()
+    given = _options(options.generic)
     return NetworkRequest(
-        docker_id=docker_id, subnet=subnet, gateway=gateway, name=name,
-        vni=_int_option(generic, "vni"), mtu=_int_option(generic, "mtu"), extra=extra,
+        docker_id=body.network_id, subnet=subnet, gateway=gateway, name=given.get("name") or None,
+        vni=_int_option(given, "vni"), mtu=_mtu(given), internal=options.internal,
     )
-
-
-def endpoint_id(body: dict[str, Any]) -> str:
-    value = body.get("EndpointID")
-    if not isinstance(value, str) or not value.isalnum() or len(value) < 12:
-        raise PluginError(f"invalid EndpointID {value!r}")
-    # Docker's 64-hex id is used as is: every kernel name overlayd derives from it can be found
-    # again from the id alone, so Leave/DeleteEndpoint never depend on this process's memory.
-    return value
-
-
-def network_id(body: dict[str, Any]) -> str:
-    value = body.get("NetworkID")
-    if not isinstance(value, str) or not value:
-        raise PluginError("request without a NetworkID")
-    return value
 
 
 @dataclass
@@ -115,14 +148,13 @@ class EndpointRequest:
     mac: str | None
 
 
-def parse_create_endpoint(body: dict[str, Any]) -> EndpointRequest:
-    iface = body.get("Interface") or {}
-    if iface.get("AddressIPv6"):
+def parse_create_endpoint(body: rq.CreateEndpoint) -> EndpointRequest:
+    iface = body.interface or rq.Interface()
+    if iface.address_i_pv6:
         raise PluginError("overlaynet carries IPv4 only: the endpoint asked for an IPv6 address")
-    address = iface.get("Address") or ""
-    ip = address.split("/")[0] or None
-    mac = (iface.get("MacAddress") or "").lower() or None
-    return EndpointRequest(network_id(body), endpoint_id(body), ip, mac)
+    ip = iface.address.split("/")[0] or None
+    mac = iface.mac_address.lower() or None
+    return EndpointRequest(body.network_id, body.endpoint_id, ip, mac)
 
 
 def create_endpoint_response(request: EndpointRequest, endpoint: dict[str, Any]) -> dict[str, Any]:
@@ -135,18 +167,19 @@ def create_endpoint_response(request: EndpointRequest, endpoint: dict[str, Any])
     return {"Interface": iface}
 
 
-def join_response(endpoint: dict[str, Any]) -> dict[str, Any]:
+def join_response(endpoint: dict[str, Any], internal: bool) -> dict[str, Any]:
     """Docker moves `SrcName` (the veth end overlayd left in the host namespace) into the container
-    and renames it eth<N>. No Gateway, even when the network has one: that address is the anycast
-    gateway for DNS only, not a router, so it must not become the container's default route; and
-    DisableGatewayService keeps Docker from adding docker_gwbridge (a second interface with a
-    default route) instead."""
-    return {
-        "InterfaceName": {"SrcName": endpoint["container_ifname"], "DstPrefix": "eth"},
-        "DisableGatewayService": True,
-    }
+    and renames it eth<N>.
 
-
+    No Gateway: the network's gateway address is the anycast DNS address, not a router. Without a
+    Gateway, Docker's gateway service also attaches the container to `docker_gwbridge` (eth1, with
+    the default route): that is where egress and published ports go, as with Docker's own overlay.
+    An `--internal` network gets neither: DisableGatewayService (Docker skips internal networks
+    itself; saying so keeps it true whatever the Docker version)."""
+    answer: dict[str, Any] = {"InterfaceName": {"SrcName": endpoint["container_ifname"], "DstPrefix": "eth"}}
+    if internal:
+        answer["DisableGatewayService"] = True
+    return answer
 
 
 def oper_info(endpoint: dict[str, Any]) -> dict[str, Any]:
@@ -159,51 +192,60 @@ def oper_info(endpoint: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class PoolRequest:
-    subnet: str | None
+    subnet: str | None  # None: pick a free one from the default pool
     network: str | None  # --ipam-opt network=NAME: reuse an overlaynet network's subnet
 
 
-def parse_request_pool(body: dict[str, Any]) -> PoolRequest:
-    if body.get("V6"):
+def parse_request_pool(body: rq.RequestPool) -> PoolRequest:
+    if body.v6:
         raise PluginError("overlaynet IPAM hands out IPv4 only: create the network without --ipv6")
-    if body.get("SubPool"):
+    if body.sub_pool:
         raise PluginError("overlaynet IPAM does not support --ip-range: the whole --subnet is one pool")
-    options = body.get("Options") or {}
+    options = body.options or {}
+    unknown = sorted(set(options) - {"network"})
+    if unknown:
+        raise PluginError(f"unknown IPAM option {', '.join('--ipam-opt ' + k for k in unknown)}: "
+                          "overlaynet IPAM knows network=NAME")
     network = options.get("network") or None
-    pool = body.get("Pool") or None
-    if pool is None:
-        if network is None:
-            raise PluginError(
-                "overlaynet IPAM needs a subnet: add --subnet 198.19.5.0/24 (the same on every host), "
-                "or --ipam-opt network=NAME to use an existing overlaynet network's subnet"
-            )
+    if not body.pool:
         return PoolRequest(None, network)
-    try:
-        subnet = ipaddress.IPv4Network(pool)
-    except ValueError:
-        raise PluginError(f"invalid subnet {pool!r}: expected IPv4 CIDR such as 198.19.5.0/24") from None
-    return PoolRequest(str(subnet), network)
+    return PoolRequest(check_pool(body.pool), network)
+
+
+def pick_subnet(pool: str, taken: list[str]) -> str | None:
+    """The first /24 (DEFAULT_POOL_PREFIXLEN) of `pool` that overlaps none of `taken`; None if full."""
+    used = [ipaddress.IPv4Network(t) for t in taken]
+    parent = ipaddress.IPv4Network(pool)
+    size = max(DEFAULT_POOL_PREFIXLEN, parent.prefixlen)
+    for candidate in parent.subnets(new_prefix=size):
+        if not any(candidate.overlaps(u) for u in used):
+            return str(candidate)
+    return None
 
 
 def pool_response(subnet: str) -> dict[str, Any]:
     return {"PoolID": POOL_PREFIX + subnet, "Pool": subnet, "Data": {}}
 
 
-def subnet_of_pool(pool_id: object) -> str:
-    if not isinstance(pool_id, str) or not pool_id.startswith(POOL_PREFIX):
+def subnet_of_pool(pool_id: str) -> str:
+    """The subnet behind one of our PoolIDs (PluginError for anything else)."""
+    if not pool_id.startswith(POOL_PREFIX):
         raise PluginError(f"unknown address pool {pool_id!r}: it was not handed out by overlaynet IPAM")
-    return pool_id[len(POOL_PREFIX):]
+    try:
+        return str(ipaddress.IPv4Network(pool_id[len(POOL_PREFIX):]))
+    except ValueError:
+        raise PluginError(f"unknown address pool {pool_id!r}: it was not handed out by overlaynet IPAM") from None
 
 
-def is_gateway_request(body: dict[str, Any]) -> bool:
-    return (body.get("Options") or {}).get("RequestAddressType") == GATEWAY_REQUEST
+def is_gateway_request(body: rq.RequestAddress) -> bool:
+    return (body.options or {}).get("RequestAddressType") == GATEWAY_REQUEST
 
 
 def gateway_address(subnet: str, requested: str | None) -> str:
     """Docker's bookkeeping gateway: the requested one, else the first host address."""
     net = ipaddress.IPv4Network(subnet)
     if requested:
-        addr = ipaddress.IPv4Address(requested)
+        addr = parse_address(requested)
         if addr not in net:
             raise PluginError(f"gateway {requested} is outside the subnet {subnet}")
     else:
@@ -211,9 +253,17 @@ def gateway_address(subnet: str, requested: str | None) -> str:
     return f"{addr}/{net.prefixlen}"
 
 
-def requested_ip(body: dict[str, Any]) -> str | None:
-    address = body.get("Address") or ""
-    return address.split("/")[0] or None
+def parse_address(text: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise PluginError(f"invalid address {text!r}: expected IPv4 such as 198.19.5.9") from None
+
+
+def requested_ip(body: rq.RequestAddress) -> str | None:
+    """The address Docker asks for (--ip, --gateway), validated; None: any free one."""
+    text = body.address.split("/")[0]
+    return str(parse_address(text)) if text else None
 
 
 def error(message: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -19,10 +18,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
+from overlaynet import __version__
 from overlaynet.api.client import AsyncClient, default_socket
 from overlaynet.plugins.docker import protocol as p
+from overlaynet.plugins.docker import requests as rq
 from overlaynet.plugins.docker.driver import Driver
 from overlaynet.plugins.docker.engine import Engine, docker_socket
 from overlaynet.plugins.docker.state import DriverState
@@ -31,12 +33,12 @@ log = logging.getLogger("overlaynet.docker")
 DEFAULT_PLUGIN_SOCKET = "/run/docker/plugins/overlaynet.sock"
 DEFAULT_STATE_DIR = "/var/lib/overlaynet/docker"
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[Any], Awaitable[dict[str, Any]]]
 
 
 def routes(driver: Driver) -> dict[str, Handler]:
     def const(value: dict[str, Any]) -> Handler:
-        async def handler(_body: dict[str, Any]) -> dict[str, Any]:
+        async def handler(_body: Any) -> dict[str, Any]:
             return value
 
         return handler
@@ -61,7 +63,7 @@ def routes(driver: Driver) -> dict[str, Handler]:
         "IpamDriver.GetCapabilities": const(p.ipam_capabilities()),
         "IpamDriver.GetDefaultAddressSpaces": const(p.default_address_spaces()),
         "IpamDriver.RequestPool": driver.request_pool,
-        "IpamDriver.ReleasePool": empty,
+        "IpamDriver.ReleasePool": driver.release_pool,
         "IpamDriver.RequestAddress": driver.request_address,
         "IpamDriver.ReleaseAddress": driver.release_address,
     }
@@ -77,12 +79,11 @@ def make_app(driver: Driver) -> web.Application:
             return _reply(p.error(f"overlaynet-docker does not implement {method}"), 404)
         raw = await request.read()
         try:
-            body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            return _reply(p.error(f"{method}: request body is not JSON ({e})"), 400)
-        log.debug("event=call method=%s body=%s", method, body)
+            body = rq.decode(method, raw)  # the typed request, or one line saying what is wrong
+        except rq.BadBody as e:
+            log.warning("event=call-refused method=%s error=%s", method, e)
+            return _reply(p.error(str(e)), 400)
+        log.debug("event=call method=%s body=%s", method, raw[:4096].decode(errors="replace"))
         try:
             answer = await handler(body)
         except p.PluginError as e:
@@ -94,13 +95,13 @@ def make_app(driver: Driver) -> web.Application:
         log.info("event=call method=%s", method)
         return _reply(answer, 200)
 
-    app = web.Application()
+    app = web.Application(client_max_size=rq.MAX_BODY)
     app.router.add_post("/{method}", dispatch)
     return app
 
 
 def _reply(body: dict[str, Any], status: int) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type=p.CONTENT_TYPE)
+    return web.Response(status=status, body=msgspec.json.encode(body), content_type=p.CONTENT_TYPE)
 
 
 def prepare_socket(path: str) -> None:
@@ -126,7 +127,8 @@ def prepare_socket(path: str) -> None:
 async def serve(args: argparse.Namespace) -> int:
     state = DriverState(os.path.join(args.state_dir, "networks.json"))
     state.load()
-    driver = Driver(AsyncClient(args.api_socket), Engine(docker_socket(args.docker_host)), state)
+    driver = Driver(AsyncClient(args.api_socket), Engine(docker_socket(args.docker_host)), state,
+                    default_pool=args.default_pool)
     prepare_socket(args.socket)
     runner = web.AppRunner(make_app(driver), access_log=None, handle_signals=False)
     await runner.setup()
@@ -164,9 +166,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "unix:///run/docker.sock)")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                         help=f"where the Docker-network mapping is kept (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--default-pool", default=p.DEFAULT_POOL,
+                        help=f"where networks without --subnet get a free /{p.DEFAULT_POOL_PREFIXLEN} "
+                             f"(default {p.DEFAULT_POOL}; use the same on every host)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"overlaynet-docker {__version__}")
     args = parser.parse_args(argv)
     args.api_socket = args.api_socket or default_socket()
+    try:
+        args.default_pool = p.check_pool(args.default_pool)
+    except p.PluginError as e:
+        parser.error(f"--default-pool: {e}")
     return args
 
 

@@ -24,6 +24,7 @@ class DockerNetwork:
     vni: int | None = None
     mtu: int | None = None
     options: dict[str, str] = field(default_factory=dict)
+    internal: bool = False  # --internal: no docker_gwbridge, so no egress and no published ports
     created: bool = False  # we created the overlaynet network (vs. attached to an existing one)
     gateway_reserved: bool = False
     ready: bool = False  # the overlaynet network exists (created or attached)
