@@ -86,13 +86,19 @@ def test_dns_names_from_the_pod_name_and_this_networks_aliases() -> None:
                                                                 "red": ["other"]}}), "ADD")
     assert spec.dns_names(conf, inv) == ["q1", "web"]
     nameless = spec.parse_env({k: v for k, v in ENV.items() if k != "CNI_ARGS"})
-    assert spec.dns_names(spec.parse_config(config(runtimeConfig={"aliases": "junk"}), "ADD"), nameless) == []
+    assert spec.dns_names(spec.parse_config(config(runtimeConfig={"aliases": {}}), "ADD"), nameless) == []
+    with pytest.raises(spec.CniError, match="aliases") as e:  # typed at the edge: junk is refused
+        spec.parse_config(config(runtimeConfig={"aliases": "junk"}), "ADD")
+    assert e.value.code == spec.ERR_INVALID_CONFIG
 
 
 def test_valid_attachments() -> None:
     conf = spec.parse_config(config("1.1.0", **{"cni.dev/valid-attachments": [
-        {"containerID": "a", "ifname": "eth0"}, {"ifname": "eth0"}, "junk"]}), "GC")
+        {"containerID": "a", "ifname": "eth0"}, {"ifname": "eth0"}]}), "GC")
     assert spec.valid_attachments(conf) == [("a", "eth0")]
+    with pytest.raises(spec.CniError) as e:
+        spec.parse_config(config("1.1.0", **{"cni.dev/valid-attachments": ["junk"]}), "GC")
+    assert e.value.code == spec.ERR_INVALID_CONFIG
 
 
 def test_run_answers_version_and_errors_as_json() -> None:

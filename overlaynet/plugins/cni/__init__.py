@@ -46,7 +46,7 @@ def _run(inv: spec.Invocation, conf: spec.NetConf) -> dict[str, Any] | None:
 
 def run(env: dict[str, str], stdin: str) -> tuple[int, dict[str, Any] | None]:
     """One invocation: (exit code, JSON to print or None)."""
-    version = spec.LATEST
+    version = spec.answer_version(stdin)  # errors speak the caller's version, even before parsing
     try:
         inv = spec.parse_env(env)
         if inv.command == "VERSION":

@@ -9,6 +9,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+from msgspec import Struct
+
 from overlaynet import model
 
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -75,15 +78,78 @@ def parse_env(env: dict[str, str]) -> Invocation:
     missing = [k for k in REQUIRED_ENV[command] if not env.get(k)]
     if missing:
         raise CniError(ERR_INVALID_ENV, f"{command} needs the environment variable(s) {', '.join(missing)}")
-    args: dict[str, str] = {}
-    for item in (env.get("CNI_ARGS") or "").split(";"):
-        if "=" in item:
-            key, value = item.split("=", 1)
-            args[key.strip()] = value.strip()
     return Invocation(
         command=command, container_id=env.get("CNI_CONTAINERID", ""), netns=env.get("CNI_NETNS", ""),
-        ifname=env.get("CNI_IFNAME", ""), args=args, path=env.get("CNI_PATH", ""),
+        ifname=env.get("CNI_IFNAME", ""), args=parse_args(env.get("CNI_ARGS") or ""), path=env.get("CNI_PATH", ""),
     )
+
+
+def parse_args(text: str) -> dict[str, str]:
+    """CNI_ARGS as libcni reads it: `K=V` pairs separated by `;`, each with exactly one `=` and a
+    key. Anything else is refused with code 4 (invalid environment variables), as the spec asks:
+    a runtime that sends `;;==;IP` gets told, instead of a static IP silently ignored."""
+    args: dict[str, str] = {}
+    if not text:
+        return args
+    for item in text.split(";"):
+        key, sep, value = item.partition("=")
+        if not sep or not key or "=" in value:
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS {text[:200]!r} does not parse: {item[:80]!r} is not "
+                           "KEY=VALUE (expected pairs such as IgnoreUnknown=1;IP=198.19.1.9 separated by ';')")
+        args[key] = value
+    return args
+
+
+def answer_version(stdin: str) -> str:
+    """The cniVersion to answer in: the config's if it is one we speak, else the latest."""
+    try:
+        raw = json.loads(stdin)
+    except (ValueError, RecursionError):
+        return LATEST
+    version = raw.get("cniVersion") if isinstance(raw, dict) else None
+    return version if version in SUPPORTED_VERSIONS else LATEST
+
+
+# The keys of the network config this plugin reads, typed: a config whose known keys have the wrong
+# type is refused (code 7) instead of failing deep inside a command. Unknown keys pass through.
+class RuntimeConfig(Struct):
+    ips: list[str] | None = None
+    mac: str | None = None
+    aliases: dict[str, list[str]] | None = None
+
+
+class CniArgs(Struct):
+    ips: list[str] | None = None
+
+
+class Args(Struct):
+    cni: CniArgs | None = None
+
+
+class PrevIP(Struct):
+    address: str = ""
+
+
+class PrevResult(Struct):
+    ips: list[PrevIP] | None = None
+
+
+class Attachment(Struct):
+    containerID: str = ""  # noqa: N815 (the spec's spelling)
+    ifname: str = ""
+
+
+class ConfBody(Struct):
+    cniVersion: str = ""  # noqa: N815
+    name: str = ""
+    network: str | None = None
+    socket: str | None = None
+    subnet: str | None = None
+    runtimeConfig: RuntimeConfig | None = None  # noqa: N815
+    args: Args | None = None
+    prevResult: PrevResult | None = None  # noqa: N815
+    dns: dict[str, Any] | None = None
+    valid_attachments: list[Attachment] | None = msgspec.field(default=None, name="cni.dev/valid-attachments")
 
 
 @dataclass
@@ -94,6 +160,11 @@ class NetConf:
     socket: str
     subnet: str | None
     raw: dict[str, Any]
+    body: ConfBody = field(default_factory=ConfBody)
+
+    @property
+    def runtime(self) -> RuntimeConfig:
+        return self.body.runtimeConfig or RuntimeConfig()
 
 
 def parse_config(text: str, command: str) -> NetConf:
@@ -103,21 +174,20 @@ def parse_config(text: str, command: str) -> NetConf:
         raise CniError(ERR_DECODE, f"network configuration on stdin is not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise CniError(ERR_DECODE, "network configuration on stdin must be a JSON object")
-    version = str(raw.get("cniVersion") or "")
+    try:
+        body = msgspec.convert(raw, ConfBody)
+    except msgspec.ValidationError as e:
+        raise CniError(ERR_INVALID_CONFIG, f"invalid network configuration: {e}") from None
+    version = body.cniVersion
     if command != "VERSION":
         if version not in SUPPORTED_VERSIONS:
             raise CniError(ERR_INCOMPATIBLE_VERSION,
                            f"cniVersion {version!r} is not supported; use one of {', '.join(SUPPORTED_VERSIONS)}")
         if not isinstance(raw.get("name"), str) or not raw["name"]:
             raise CniError(ERR_INVALID_CONFIG, "the network configuration needs a \"name\"")
-    name = str(raw.get("name") or "")
-    network = raw.get("network") or name
-    socket = raw.get("socket") or DEFAULT_SOCKET
-    subnet = raw.get("subnet") or None
-    for key, value in (("network", network), ("socket", socket)):
-        if not isinstance(value, str):
-            raise CniError(ERR_INVALID_CONFIG, f"config key {key!r} must be a string")
-    return NetConf(version or LATEST, name, network, socket, subnet, raw)
+    name = body.name
+    return NetConf(version or LATEST, name, body.network or name, body.socket or DEFAULT_SOCKET,
+                   body.subnet or None, raw, body)
 
 
 def endpoint_id(network: str, container_id: str, ifname: str) -> str:
@@ -140,14 +210,11 @@ def is_ours(endpoint: dict[str, Any]) -> bool:
 
 def requested_ip(conf: NetConf, inv: Invocation) -> str | None:
     """A static address: runtimeConfig "ips" (podman --ip, capability "ips") or CNI_ARGS IP=."""
-    runtime = conf.raw.get("runtimeConfig") or {}
-    ips = runtime.get("ips") or []
-    if ips:
-        return str(ips[0]).split("/")[0]
-    args = conf.raw.get("args") or {}
-    cni_args = args.get("cni") if isinstance(args, dict) else None
-    if isinstance(cni_args, dict) and cni_args.get("ips"):
-        return str(cni_args["ips"][0]).split("/")[0]
+    if conf.runtime.ips:
+        return conf.runtime.ips[0].split("/")[0]
+    cni_args = conf.body.args.cni if conf.body.args else None
+    if cni_args is not None and cni_args.ips:
+        return cni_args.ips[0].split("/")[0]
     return inv.args.get("IP") or None
 
 
@@ -159,17 +226,12 @@ def dns_names(conf: NetConf, inv: Invocation) -> list[str]:
     candidates: list[str] = []
     if inv.args.get("K8S_POD_NAME"):
         candidates.append(inv.args["K8S_POD_NAME"])
-    aliases = (conf.raw.get("runtimeConfig") or {}).get("aliases")
-    if isinstance(aliases, dict):
-        mine = aliases.get(conf.name)
-        if isinstance(mine, list):
-            candidates += [a for a in mine if isinstance(a, str)]
+    candidates += (conf.runtime.aliases or {}).get(conf.name) or []
     return model.usable_dns_names(candidates)
 
 
 def requested_mac(conf: NetConf, inv: Invocation) -> str | None:
-    runtime = conf.raw.get("runtimeConfig") or {}
-    return runtime.get("mac") or inv.args.get("MAC") or None
+    return conf.runtime.mac or inv.args.get("MAC") or None
 
 
 def build_result(conf: NetConf, inv: Invocation, endpoint: dict[str, Any]) -> dict[str, Any]:
@@ -188,9 +250,8 @@ def build_result(conf: NetConf, inv: Invocation, endpoint: dict[str, Any]) -> di
     interfaces[0] = {k: v for k, v in interfaces[0].items() if v or k == "name"}
     result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": [ip]}
     # No default route via the network's gateway: it is the anycast DNS address, not a router.
-    dns = conf.raw.get("dns")
-    if isinstance(dns, dict) and dns:
-        result["dns"] = dns
+    if conf.body.dns:
+        result["dns"] = conf.body.dns
     return result
 
 
@@ -199,14 +260,9 @@ def version_result() -> dict[str, Any]:
 
 
 def prev_result_ips(conf: NetConf) -> list[str]:
-    prev = conf.raw.get("prevResult") or {}
-    return [str(i.get("address", "")).split("/")[0] for i in prev.get("ips") or [] if isinstance(i, dict)]
+    prev = conf.body.prevResult
+    return [ip.address.split("/")[0] for ip in (prev.ips or [])] if prev else []
 
 
 def valid_attachments(conf: NetConf) -> list[tuple[str, str]]:
-    items = conf.raw.get("cni.dev/valid-attachments") or []
-    out = []
-    for item in items:
-        if isinstance(item, dict) and item.get("containerID"):
-            out.append((str(item["containerID"]), str(item.get("ifname") or "")))
-    return out
+    return [(a.containerID, a.ifname) for a in conf.body.valid_attachments or [] if a.containerID]
