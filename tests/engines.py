@@ -161,11 +161,16 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
 
 
 def http_get_unix(sock_path: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    return http_unix(sock_path, "GET", path, timeout=timeout)
+
+
+def http_unix(sock_path: str, method: str, path: str, body: bytes = b"", timeout: float = 2.0) -> tuple[int, bytes]:
+    """One HTTP/1.0 request over a unix socket: (status, body)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(sock_path)
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        s.sendall(f"{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         data = b""
         while chunk := s.recv(65536):
             data += chunk

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from overlaynet.lab import Lab, wait_until
+from tests.engines import http_unix
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(300)]
 
@@ -40,19 +40,7 @@ class Plugin:
     process: subprocess.Popen[bytes]
 
     def post(self, method: str, body: bytes) -> tuple[int, Any]:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(20)
-        try:
-            s.connect(self.socket)
-            s.sendall(f"POST /{method} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        finally:
-            s.close()
-        head, _, payload = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), payload
+        return http_unix(self.socket, "POST", f"/{method}", body, timeout=20)
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:

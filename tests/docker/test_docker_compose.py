@@ -34,52 +34,27 @@ CLASSIC = f"""version: '3'
       name: my-network
 """
 
-# Across hosts each engine runs one service. Docker's embedded DNS knows only its own engine's
-# containers and forwards other names to the `dns:` servers, from inside the container: the network's
-# gateway is overlaynet's DNS on every host, which knows every host's containers by service name.
-SPLIT = f"""version: '3'
-services:
-  web:
+def seed_file(dns: str | None = None) -> str:
+    """The seed's file as written, ports included; busybox stands in for nginx (80) and mysql (3306).
+
+    Across hosts (`dns` given) each engine runs one service. Docker's embedded DNS knows only its own
+    engine's containers and forwards other names to the `dns:` servers, from inside the container:
+    the network's gateway is overlaynet's DNS on every host, which knows every host's containers.
+    """
+    services = ""
+    for service, port in (("web", 80), ("db", 3306)):
+        services += f"""  {service}:
     image: {IMAGE}
-    command: httpd -f -p 80 -h /var/www
+    command: httpd -f -p {port} -h /var/www
     stop_signal: SIGKILL
-    dns: [198.19.30.1]
     ports:
-      - "80:80"
-  db:
-    image: {IMAGE}
-    command: httpd -f -p 3306 -h /var/www
-    stop_signal: SIGKILL
-    dns: [198.19.30.1]
-    ports:
-      - "3306:3306"
-networks:
-  default:
-    external:
-      name: my-network
-"""
+      - "{port}:{port}"
+""" + (f"    dns: [{dns}]\n" if dns else "")
+    return f"version: '3'\nservices:\n{services}networks:\n  default:\n    external:\n      name: my-network\n"
 
 
-# The seed's file as written, ports included; busybox stands in for nginx (80) and mysql (3306).
-SEED = f"""version: '3'
-services:
-  web:
-    image: {IMAGE}
-    command: httpd -f -p 80 -h /var/www
-    stop_signal: SIGKILL
-    ports:
-      - "80:80"
-  db:
-    image: {IMAGE}
-    command: httpd -f -p 3306 -h /var/www
-    stop_signal: SIGKILL
-    ports:
-      - "3306:3306"
-networks:
-  default:
-    external:
-      name: my-network
-"""
+SEED = seed_file()
+SPLIT = seed_file(dns="198.19.30.1")
 
 
 def fetch_from(netns: str, url: str) -> str:
