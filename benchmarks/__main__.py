@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     results = Results()
     closers: list[Any] = []
     status = 0
+    if "dataplane" in args.cases:
+        dataplane.plan(progress, args.modes, args.mtus, args.repeats, args.duration, args.pings)
+    if "control" in args.cases:
+        control.plan(progress, args.systems, args.sizes, args.losses, args.events, args.kills)
+    if "sim" in args.cases:
+        simcurves.plan(progress, args.sim_sizes, args.sim_losses, args.sim_seeds)
     progress(f"run {prefix}: cases {','.join(args.cases)}; output {outdir}")
     with signals_raise():
         try:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.core import NotAvailable, Results, percentile
+from benchmarks.core import NotAvailable, Progress, Results, percentile
 from benchmarks.loss import set_loss
 from benchmarks.serf import SerfCluster
 from benchmarks.topology import close_lab
@@ -226,7 +226,18 @@ def _store(results: Results, system: str, what: str, n: int, loss: int, values: 
     store.setdefault(str(loss), {}).setdefault(str(n), []).extend(v for v in values if v is not None)
 
 
-def run(results: Results, progress: Callable[[str], None], prefix: str, systems: list[str], sizes: list[int],
+def cluster_cost(n: int, events: int, kills: int) -> float:
+    """Rough seconds one cluster case takes (start N hosts, the updates, the kills), for the ETA."""
+    return 5 + 0.5 * n + 1.5 * events + 8 * kills
+
+
+def plan(progress: Progress, systems: list[str], sizes: list[int], losses: list[int], events: int,
+         kills: int) -> None:
+    for n in sizes:
+        progress.plan(len(systems) * len(losses), cluster_cost(n, events, kills))
+
+
+def run(results: Results, progress: Progress, prefix: str, systems: list[str], sizes: list[int],
         losses: list[int], events: int, kills: int, register: Callable[[Any], None],
         event_timeout: float = 30.0) -> None:
     for system in systems:
@@ -238,6 +249,7 @@ def run(results: Results, progress: Callable[[str], None], prefix: str, systems:
                     for what in ("propagation", "detection"):
                         results.mark("control", case, system, f"{what} p50", "s", "not available", unavailable,
                                      "lower")
+                    progress.step_done(cluster_cost(n, events, kills))
                     continue
                 lab = Lab(f"{prefix}{system[0]}{n}{li}")
                 register(lab)
@@ -255,6 +267,7 @@ def run(results: Results, progress: Callable[[str], None], prefix: str, systems:
                                      f"{type(e).__name__}: {e}", "lower")
                 finally:
                     close_lab(lab)
+                    progress.step_done(cluster_cost(n, events, kills))
 
 
 def _one_cluster(results: Results, progress: Callable[[str], None], lab: Lab, system: str, n: int, loss: int,

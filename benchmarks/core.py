@@ -78,13 +78,40 @@ class Results:
 
 
 class Progress:
-    """One line per step on stderr, with the time since the run started."""
+    """One line per step on stderr: time since the start, steps done of planned (k/N) and an ETA.
+
+    Each case plans its steps up front with a rough cost per step (seconds, from earlier runs); the
+    ETA scales the remaining planned cost by how long the finished steps really took against their
+    plan, so it corrects itself on a slower or faster machine.
+    """
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.steps_planned = 0
+        self.steps_done = 0
+        self.cost_planned = 0.0
+        self.cost_done = 0.0
+
+    def plan(self, steps: int, cost_each: float) -> None:
+        self.steps_planned += steps
+        self.cost_planned += steps * cost_each
+
+    def step_done(self, cost: float) -> None:
+        self.steps_done += 1
+        self.cost_done += cost
+
+    def _where(self, elapsed: float) -> str:
+        if not self.steps_planned:
+            return ""
+        where = f" {min(self.steps_done, self.steps_planned)}/{self.steps_planned}"
+        if self.cost_done > 0:
+            remaining = max(self.cost_planned - self.cost_done, 0.0) * elapsed / self.cost_done
+            where += f" ETA {int(remaining // 60)}:{int(remaining % 60):02d}"
+        return where
 
     def __call__(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)
+        elapsed = time.monotonic() - self.started
+        print(f"[{elapsed:7.1f}s{self._where(elapsed)}] {message}", file=sys.stderr, flush=True)
 
 
 class Interrupted(BaseException):

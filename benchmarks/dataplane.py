@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.core import NotAvailable, Results, percentile
+from benchmarks.core import NotAvailable, Progress, Results, percentile
 from benchmarks.topology import MODES, REFERENCE, Pair, _mac, build
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -224,7 +224,16 @@ def rtt(pair: Pair, count: int, interval: float = 0.005) -> list[float]:
 # ---- the case runner ---------------------------------------------------------------------------------
 
 
-def run(results: Results, progress: Callable[[str], None], prefix: str, modes: list[str], mtus: list[int],
+def step_cost(duration: float, pings: int) -> float:
+    """Rough seconds one repeat of one mode takes (two TCP runs, two pps runs, the pings), for the ETA."""
+    return 4 * duration + 0.02 * pings + 4
+
+
+def plan(progress: Progress, modes: list[str], mtus: list[int], repeats: int, duration: float, pings: int) -> None:
+    progress.plan(len(mtus) * repeats * len(modes), step_cost(duration, pings))
+
+
+def run(results: Results, progress: Progress, prefix: str, modes: list[str], mtus: list[int],
         repeats: int, duration: float, pings: int, register: Callable[[Any], None]) -> None:
     for underlay_mtu in mtus:
         inner = underlay_mtu - 50
@@ -248,6 +257,9 @@ def run(results: Results, progress: Callable[[str], None], prefix: str, modes: l
             for rep in range(1, repeats + 1):
                 for pair in pairs.values():
                     _one_repeat(results, progress, pair, tag, rep, repeats, duration, pings)
+                    progress.step_done(step_cost(duration, pings))
+            for _ in range(repeats * (len(modes) - len(pairs))):  # modes that could not be built
+                progress.step_done(step_cost(duration, pings))
         finally:
             for pair in pairs.values():
                 pair.close()

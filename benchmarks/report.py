@@ -223,8 +223,13 @@ def _throughput_plot(results: Results, outdir: str, plt: Any) -> list[str]:
     if not panels:
         return []
     modes = [m for m in MODES if any(f.mode == m for f in figs)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, (case, metric) in zip(axes[0], panels, strict=True):
+    # A grid (at most 4 panels a row) keeps every panel readable at page width.
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (case, metric) in zip(axes.flat, panels, strict=False):
         for i, mode in enumerate(modes):
             f = results.figures.get(("dataplane", case, mode, metric))
             if f is not None and f.values:
@@ -233,7 +238,7 @@ def _throughput_plot(results: Results, outdir: str, plt: Any) -> list[str]:
                 ax.errorbar(i, med, yerr=[[med - min(f.values)], [max(f.values) - med]], color="black", capsize=3)
             else:
                 ax.text(i, 0, "n/a", ha="center", va="bottom", rotation=90, fontsize=8)
-        ax.set_xticks(range(len(modes)), [m.replace("overlaynet-", "ovn-") for m in modes], rotation=35,
+        ax.set_xticks(range(len(modes)), modes, rotation=35,
                       ha="right", fontsize=7)
         unit = next((f.unit for f in figs if f.case == case and f.metric == metric), "")
         ax.set_title(f"{case}", fontsize=9)

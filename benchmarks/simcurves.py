@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
-from benchmarks.core import NotAvailable, Results, percentile
+from benchmarks.core import NotAvailable, Progress, Results, percentile
 
 MODE = "overlaynet-sim"
 # At 20 % loss a 1000-host point ran > 10 min (retransmissions and suspicion traffic in pure Python):
@@ -36,7 +35,23 @@ def _import_sim() -> Any:
     return sim
 
 
-def run(results: Results, progress: Callable[[str], None], sizes: list[int], losses: list[int], seeds: int,
+def seed_cost(n: int) -> float:
+    """Rough seconds of CPU one simulated seed takes at N hosts, for the ETA."""
+    return 0.3 + 0.05 * n
+
+
+def plan(progress: Progress, sizes: list[int], losses: list[int], seeds: int) -> None:
+    for loss in losses:
+        for n in sizes:
+            if not too_heavy(n, loss):
+                progress.plan(seeds, seed_cost(n))
+
+
+def too_heavy(n: int, loss: int) -> bool:
+    return loss >= 20 and n > HEAVY_LOSS_MAX_N
+
+
+def run(results: Results, progress: Progress, sizes: list[int], losses: list[int], seeds: int,
         updates: int = 20, crashes: int = 3) -> None:
     try:
         sim = _import_sim()
@@ -49,7 +64,7 @@ def run(results: Results, progress: Callable[[str], None], sizes: list[int], los
     for loss in losses:
         for n in sizes:
             case = f"N={n} loss={loss}%"
-            if loss >= 20 and n > HEAVY_LOSS_MAX_N:
+            if too_heavy(n, loss):
                 results.mark("sim", case, MODE, "propagation p99", "s", "not available",
                              f"skipped: at {loss}% loss N={n} takes over 10 minutes of CPU (limit "
                              f"HEAVY_LOSS_MAX_N={HEAVY_LOSS_MAX_N} in benchmarks/simcurves.py)", "lower")
@@ -63,6 +78,7 @@ def run(results: Results, progress: Callable[[str], None], sizes: list[int], los
                 except Exception as e:
                     for metric in ("propagation p99", "detection all-hosts"):
                         results.mark("sim", case, MODE, metric, "s", "failed", f"{type(e).__name__}: {e}", "lower")
+                    progress.step_done(seed_cost(n))
                     progress(f"sim {case} seed {seed}: failed: {type(e).__name__}: {e}")
                     continue
                 got = [v for v in prop if math.isfinite(v)]
@@ -80,6 +96,7 @@ def run(results: Results, progress: Callable[[str], None], sizes: list[int], los
                                 missed=len(det) - len(every))
                 curves.setdefault("propagation", {}).setdefault(str(loss), {}).setdefault(str(n), []).extend(got)
                 curves.setdefault("detection", {}).setdefault(str(loss), {}).setdefault(str(n), []).extend(every)
+                progress.step_done(seed_cost(n))
                 progress(f"sim {case} seed {seed}: propagation p99 "
                          f"{percentile(got, 99) if got else float('nan'):.3f} s ({len(prop) - len(got)} never), "
                          f"detection by all hosts {max(every) if every else float('nan'):.2f} s "
