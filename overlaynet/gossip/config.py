@@ -63,8 +63,19 @@ class GossipConfig:
     reconnect_interval: float = 10.0
     # TCP connect/read/write deadline for one push-pull or stream.
     stream_timeout: float = 5.0
-    # Largest TCP frame accepted (full state of a big cluster fits comfortably).
+    # Largest TCP frame accepted from an authenticated peer (full state of a big cluster fits
+    # comfortably). Nothing of it is held before its sealed header is authenticated (stream.py).
     max_stream_frame: int = 64 * 1024 * 1024
+    # A connection must deliver its small sealed header this soon: a LAN peer does it in one RTT,
+    # a slow-loris holding an unauthenticated connection open is cut off.
+    stream_header_timeout: float = 2.0
+    # Connections not yet authenticated, per source address and in total. A member opens at most
+    # a few at once (push-pull, reconnect, join); more from one address is an attack, and the total
+    # bounds what many addresses together can hold (each at most ~300 bytes + socket buffers).
+    max_unauthenticated_per_source: int = 4
+    max_unauthenticated: int = 32
+    # Inbound streams being served at once, authenticated or not (each may hold one frame).
+    max_inbound_streams: int = 64
 
     # --- sizes ---
     # UDP payload budget including encryption overhead: below a 1500-byte underlay MTU minus

@@ -2,7 +2,9 @@
 
 All protocol logic lives in core.py. This file only: binds the sockets, hands every datagram/frame
 to the core with loop.time(), sends what the core returns, fires the core's timers with call_at,
-runs TCP exchanges (one length-prefixed frame each way), and calls subscribers with events.
+runs TCP exchanges (one frame each way, framed by stream.py so that nothing is buffered before it
+is authenticated; unauthenticated connections are limited per source and in total), and calls
+subscribers with events.
 
 GossipNode is the facade the daemon drives.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +22,15 @@ from .config import GossipConfig
 from .core import GossipCore
 from .keyring import Keyring, KeyringError
 from .state import Addr, Event, KeyringChange, MemberInfo, StreamRequest
+from .stream import CHUNK, Decoder, StreamAuthError, StreamError, encode
 from .tables import Record
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7946
-_LEN = struct.Struct("!I")
+# The StreamReader's buffer: two chunks. Reads are never larger than one sealed chunk, so the
+# reader stops taking bytes from the socket beyond this (the kernel's window then throttles).
+_READ_BUFFER = 2 * CHUNK
 
 Subscriber = Callable[[Event], None]
 
@@ -42,16 +46,11 @@ class _UDP(asyncio.DatagramProtocol):
         self.node._counters["udp_errors"] += 1  # e.g. ICMP port unreachable from a dead peer
 
 
-async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
-    head = await reader.readexactly(_LEN.size)
-    (n,) = _LEN.unpack(head)
-    if n > limit:
-        raise ValueError(f"frame of {n} bytes exceeds the {limit}-byte limit")
-    return await reader.readexactly(n)
-
-
-def _frame(data: bytes) -> bytes:
-    return _LEN.pack(len(data)) + data
+async def _read_stream(reader: asyncio.StreamReader, decoder: Decoder) -> bytes:
+    while True:
+        body = decoder.feed(await reader.readexactly(decoder.need()))
+        if body is not None:
+            return body
 
 
 class GossipNode:
@@ -75,7 +74,10 @@ class GossipNode:
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribers: list[Subscriber] = []
-        self._counters = {"udp_errors": 0, "stream_failures": 0, "subscriber_errors": 0}
+        self._counters = {"udp_errors": 0, "stream_failures": 0, "subscriber_errors": 0,
+                          "stream_auth_failed": 0, "streams_refused": 0}
+        self._unauthenticated: dict[str, int] = {}  # source address -> connections not yet authenticated
+        self._inbound = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -86,7 +88,7 @@ class GossipNode:
             port = udp.get_extra_info("sockname")[1]
             try:
                 self._server = await asyncio.start_server(self._serve, self.bind, port,
-                                                          reuse_address=True)
+                                                          reuse_address=True, limit=_READ_BUFFER)
             except OSError:
                 udp.close()
                 if self.port != 0 or attempt == 19:
@@ -183,6 +185,8 @@ class GossipNode:
     def stats(self) -> dict[str, Any]:
         out = self._need_core().stats_snapshot() if self._core is not None else {}
         out.update(self._counters)
+        # One number for "someone without a current key tried": datagrams (core) and streams (here).
+        out["auth_failed"] = out.get("auth_failed", 0) + self._counters["stream_auth_failed"]
         out["port"] = self.port
         return out
 
@@ -250,11 +254,11 @@ class GossipNode:
         writer = None
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(req.dest[0], req.dest[1])
-                writer.write(_frame(req.data))
+                reader, writer = await asyncio.open_connection(req.dest[0], req.dest[1], limit=_READ_BUFFER)
+                writer.write(encode(self.keyring, req.data))
                 await writer.drain()
                 if req.expect_reply:
-                    data = await _read_frame(reader, self.config.max_stream_frame)
+                    data = await _read_stream(reader, Decoder(self.keyring, self.config.max_stream_frame))
                     core = self._core
                     if core is None:
                         return False
@@ -264,6 +268,9 @@ class GossipNode:
                     if core.stats["auth_failed"] + core.stats["malformed"] != rejected:
                         return False  # an answer we cannot read is no successful join
             return True
+        except StreamAuthError:
+            self._counters["stream_auth_failed"] += 1
+            return False
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             self._counters["stream_failures"] += 1
             return False
@@ -272,19 +279,48 @@ class GossipNode:
                 writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if peer else "?"
+        cfg = self.config
+        if (self._inbound >= cfg.max_inbound_streams
+                or sum(self._unauthenticated.values()) >= cfg.max_unauthenticated
+                or self._unauthenticated.get(source, 0) >= cfg.max_unauthenticated_per_source):
+            self._counters["streams_refused"] += 1
+            writer.close()
+            return
+        self._inbound += 1
+        self._unauthenticated[source] = self._unauthenticated.get(source, 0) + 1
+        decoder = Decoder(self.keyring, cfg.max_stream_frame)
         try:
-            async with asyncio.timeout(self.config.stream_timeout):
-                data = await _read_frame(reader, self.config.max_stream_frame)
+            async with asyncio.timeout(cfg.stream_timeout) as whole:
+                async with asyncio.timeout(cfg.stream_header_timeout):
+                    while not decoder.authenticated:
+                        decoder.feed(await reader.readexactly(decoder.need()))
+                self._leave_unauthenticated(source)
+                whole.reschedule(self._now() + cfg.stream_timeout)
+                data = await _read_stream(reader, decoder)
                 core = self._core
                 if core is None:
                     return
-                peer = writer.get_extra_info("peername")
                 reply = core.handle_stream(data, (peer[0], peer[1]), self._now())
                 self._flush()
                 if reply is not None:
-                    writer.write(_frame(reply))
+                    writer.write(encode(self.keyring, reply))
                     await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+        except StreamAuthError:
+            self._counters["stream_auth_failed"] += 1
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, StreamError, ValueError):
             self._counters["stream_failures"] += 1
         finally:
+            if not decoder.authenticated:
+                self._leave_unauthenticated(source)
+            self._inbound -= 1
             writer.close()
+
+    def _leave_unauthenticated(self, source: str) -> None:
+        """The connection from source left the unauthenticated state (authenticated or closed)."""
+        left = self._unauthenticated.get(source, 0) - 1
+        if left > 0:
+            self._unauthenticated[source] = left
+        else:
+            self._unauthenticated.pop(source, None)
