@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from overlaynet.lab import Lab, wait_until
+from overlaynet.lab import wait_until
 from tests.cluster.test_cluster import FAST, alive_count, host_key_file, write_key
 
 pytestmark = pytest.mark.adversarial
@@ -61,15 +61,6 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}g{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def test_unauthenticated_frames_cannot_exhaust_memory(lab):
