@@ -24,6 +24,7 @@ from overlaynet.agent.cluster import ENDPOINTS, IPAM, NETWORKS, Cluster
 from overlaynet.agent.config import Config, parse_seed
 from overlaynet.agent.dns import DnsService
 from overlaynet.agent.forwarding import Forwarding, forwarding_for
+from overlaynet.agent.health import Facts, Health, RecentIncrease, assess
 from overlaynet.agent.kernel_mode import KernelMode
 from overlaynet.agent.state import StateStore
 from overlaynet.agent.userspace_mode import UserspaceMode
@@ -57,6 +58,8 @@ class Agent:
         self.started_at = time.time()
         self.last_reconcile: dict[str, Any] = {}
         self.counters = {"programmed_passes": 0, "entries_changed": 0, "program_errors": 0}
+        self.program_failures: dict[str, str] = {}  # "peers" or a network -> its last programming error
+        self._auth_failures = RecentIncrease()
         self._programmed: dict[str, tuple[Any, ...]] = {}  # network -> last forwarding pushed
         self._peers: set[str] | None = None  # VTEPs last allowed to send to us
         # Until our view of the cluster is synced after a start, programming only adds entries:
@@ -118,6 +121,7 @@ class Agent:
         await self.reconcile()
         self._tasks.append(asyncio.create_task(self._program_on_change()))
         self._tasks.append(asyncio.create_task(self._resync_forever()))
+        self._tasks.append(asyncio.create_task(self._watch_auth_failures()))
 
     def _make_mode(self) -> KernelMode | UserspaceMode:
         if self.config.dataplane == "userspace":
@@ -666,9 +670,16 @@ class Agent:
                 try:
                     await self._kernel(self.dataplane.sync_peers, peers)
                     self._peers = peers
+                    self.program_failures.pop("peers", None)
                 except KernelError as e:
+                    self.counters["program_errors"] += 1
+                    self.program_failures["peers"] = str(e)
                     log.error("event=program-failed what=peers error=%s", e)
-            for name in sorted({ep.network for ep in self.endpoints.values()}):
+            local_networks = {ep.network for ep in self.endpoints.values()}
+            for gone in [k for k in self.program_failures if k.startswith("network ")
+                         and k.removeprefix("network ") not in local_networks]:
+                del self.program_failures[gone]  # nothing to program there any more
+            for name in sorted(local_networks):
                 net = networks.get(name)
                 if net is None:
                     continue
@@ -683,8 +694,10 @@ class Agent:
                     n = await self._kernel(self.dataplane.program, net, self._sandbox(net), fwd)
                 except KernelError as e:
                     self.counters["program_errors"] += 1
+                    self.program_failures[f"network {name}"] = str(e)
                     log.error("event=program-failed network=%s error=%s", name, e)
                     continue
+                self.program_failures.pop(f"network {name}", None)
                 self._programmed[name] = fingerprint
                 changed += n
                 if n or not force:
@@ -805,10 +818,37 @@ class Agent:
         log.info("event=key-%s key_id=%s changed=%s", op, key_id(key).hex(), changed)
         return {"op": op, "changed": changed, **self.keys()}
 
-    # ---- status ----------------------------------------------------------------------------
+    # ---- health and status -----------------------------------------------------------------
+
+    async def _watch_auth_failures(self) -> None:
+        """Sample gossip's authentication failures, so health can tell recent ones from old ones."""
+        while True:
+            self._recent_auth_failures()
+            await asyncio.sleep(5)
+
+    def _recent_auth_failures(self) -> int:
+        failed = int(self.node.stats().get("auth_failed", 0)) if self.node is not None else 0
+        return self._auth_failures.observe(failed, time.monotonic())
+
+    async def health(self) -> Health:
+        others = [m for m in self.cluster.members() if m.name != self.config.name]
+        return assess(Facts(
+            dead_peers=sum(1 for m in others if m.state == "dead"),
+            live_peers=sum(1 for m in others if m.state in ("alive", "suspect")),
+            program_errors=dict(self.program_failures),
+            reconcile_errors=list(self.last_reconcile.get("errors", [])),
+            dns_errors=dict(self.dns.errors),
+            fastpathd_error=await self._kernel(self.dataplane.health_error),
+            recent_auth_failures=self._recent_auth_failures(),
+        ))
+
 
     async def dataplane_stats(self) -> dict[str, Any]:
-        return {"dataplane": self.config.dataplane, **await self._kernel(self.dataplane.stats)}
+        """The dataplane's counters; "names" maps each counted VNI to its network's name."""
+        stats = await self._kernel(self.dataplane.stats)
+        by_vni = {str(net.vni): net.name for net in self.networks.values()}
+        names = {vni: by_vni.get(str(vni), "") for vni in stats.get("networks") or {}}
+        return {"dataplane": self.config.dataplane, **stats, "names": names}
 
     async def status(self) -> dict[str, Any]:
         members = self.cluster.members()
@@ -840,5 +880,7 @@ class Agent:
             "counters": dict(self.counters),
             "uptime_s": round(time.time() - self.started_at, 1),
             "last_reconcile": self.last_reconcile,
+            "program_failures": dict(self.program_failures),
             "dns": self.dns.status(),
+            "health": (await self.health()).to_dict(),
         }

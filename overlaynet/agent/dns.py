@@ -146,12 +146,15 @@ class DnsService:
         self.servers: dict[str, Server] = {}
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.last_error: str | None = None
+        self.errors: dict[str, str] = {}  # network -> why its server is not serving now (health)
 
     async def sync(self, wanted: dict[str, tuple[str, str]]) -> None:
         """wanted: network -> (gateway IP, sandbox path). Start, restart and stop servers to match."""
         for network in list(self.servers):
             if network not in wanted:
                 self._stop(network, "not-wanted")
+        for network in [n for n in self.errors if n not in wanted]:
+            del self.errors[network]
         for network, (address, sandbox) in sorted(wanted.items()):
             try:
                 identity = await self.blocking(kernel.netns_identity, sandbox)
@@ -167,6 +170,7 @@ class DnsService:
                 udp, tcp = await self.blocking(kernel.call_in_netns, sandbox, _bound_sockets, address, self.port)
             except OSError as e:
                 self.last_error = f"{network}: cannot listen on {address}:{self.port} in {sandbox}: {e}"
+                self.errors[network] = f"cannot listen on {address}:{self.port}: {e}"
                 log.error("event=dns-listen-failed network=%s address=%s error=%s", network, address, e)
                 continue
             server = Server(binding, self.zone_for, self.counters)
@@ -177,9 +181,11 @@ class DnsService:
                 udp.close()
                 tcp.close()
                 self.last_error = f"{network}: {e}"
+                self.errors[network] = str(e)
                 log.error("event=dns-start-failed network=%s error=%s", network, e)
                 continue
             self.servers[network] = server
+            self.errors.pop(network, None)
             log.info("event=dns-serving network=%s address=%s:%d", network, address, self.port)
 
     def _stop(self, network: str, reason: str) -> None:

@@ -121,6 +121,15 @@ class UserspaceMode:
         except FastpathControlError as e:
             return {"mode": self.name, "fastpathd_pid": self.pid, "error": str(e)}
 
+    def health_error(self) -> str | None:
+        """Why fastpathd does not answer, or None when it does (nothing forwards while it is down)."""
+        try:
+            self.client.ping()
+            return None
+        except FastpathControlError as e:
+            self.client.close()
+            return str(e)
+
     def _call(self, fn: Any) -> Any:
         """One fastpathd request; if fastpathd died, start it again (it restores its state file)."""
         try:

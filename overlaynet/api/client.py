@@ -112,6 +112,9 @@ class Routes(Generic[R]):
     def status(self) -> R:
         return self._call("status")
 
+    def health(self) -> R:
+        return self._call("health")
+
     def stats(self) -> R:
         return self._call("stats")
 

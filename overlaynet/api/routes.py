@@ -45,6 +45,7 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("openapi", "GET", "/openapi.json", "This document", an.Object),
     Route("status", "GET", "/v1/status", "This host's daemon status", an.Object),
+    Route("health", "GET", "/v1/health", "ok, or degraded with the reasons", an.Health),
     Route("stats", "GET", "/v1/stats", "Dataplane counters (userspace: per network, drops by reason)", an.Object),
     Route("list_networks", "GET", "/v1/networks", "List networks", list[an.Network]),
     Route("create_network", "POST", "/v1/networks", "Create a network", an.Network, 201, (400, 409),

@@ -108,6 +108,11 @@ async def status(call: Call) -> Any:
 
 
 @handles
+async def health(call: Call) -> Any:
+    return (await call.agent.health()).to_dict()
+
+
+@handles
 async def stats(call: Call) -> Any:
     return await call.agent.dataplane_stats()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from overlaynet import __version__
 from overlaynet.api.client import SOCKET_ENV, ApiError, Client, default_socket
-from overlaynet.cli.tables import render_table
+from overlaynet.cli.tables import human_bytes, human_count, render_table
 from overlaynet.errors import BadRequest
 from overlaynet.model import validate_dns_name
 
@@ -172,14 +172,17 @@ def stats_text(d: dict[str, Any]) -> str:
     if d.get("dataplane") != "userspace":
         return (f"dataplane {d.get('dataplane')}: the kernel's VXLAN devices keep their own counters "
                 "(see `ip -s link` inside the sandbox); per-network counters come with --dataplane userspace")
+    names = d.get("names") or {}
     rows = []
     for vni, c in sorted((d.get("networks") or {}).items(), key=lambda kv: int(kv[0])):
         drops = {k: v for k, v in c.items() if ("drop" in k or "error" in k or "bad" in k) and v}
-        rows.append([vni, c.get("tx_packets", 0), c.get("tx_bytes", 0), c.get("rx_packets", 0), c.get("rx_bytes", 0),
-                     ", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "-"])
-    text = render_table(["VNI", "TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES", "DROPS"], rows)
+        rows.append([names.get(str(vni)) or "?", vni,
+                     human_count(c.get("tx_packets", 0)), human_bytes(c.get("tx_bytes", 0)),
+                     human_count(c.get("rx_packets", 0)), human_bytes(c.get("rx_bytes", 0)),
+                     ", ".join(f"{k}={human_count(v)}" for k, v in sorted(drops.items())) or "-"])
+    text = render_table(["NETWORK", "VNI", "TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES", "DROPS"], rows)
     glob = {k: v for k, v in (d.get("global") or {}).items() if v}
-    return text + "\n" + "global: " + (", ".join(f"{k}={v}" for k, v in sorted(glob.items())) or "-")
+    return text + "\n" + "global: " + (", ".join(f"{k}={human_count(v)}" for k, v in sorted(glob.items())) or "-")
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> None:
@@ -207,10 +210,17 @@ def cmd_keys(client: Client, args: argparse.Namespace) -> None:
                                      f" (sent to every member)\n" + keys_text(d))
 
 
+def health_lines(health: dict[str, Any]) -> list[str]:
+    lines = [f"health: {health['status']}"]
+    lines += [f"  - {reason}" for reason in health.get("reasons", [])]
+    return lines
+
+
 def status_text(s: dict[str, Any]) -> str:
+    lines = health_lines(s["health"]) if "health" in s else []
     keys = ("name", "node_id", "version", "advertise", "vxlan_port", "gossip_port", "dataplane", "underlay_mtu",
             "state_dir", "networks", "endpoints", "uptime_s")
-    lines = [f"{k}: {s[k]}" for k in keys if k in s]
+    lines += [f"{k}: {s[k]}" for k in keys if k in s]
     if "cluster" in s:
         c = s["cluster"]
         lines.append(f"cluster: {c['members']} members ({c['alive']} alive, {c['suspect']} suspect, "
@@ -221,13 +231,35 @@ def status_text(s: dict[str, Any]) -> str:
     dp = s.get("dataplane_status") or {}
     if dp.get("offloads"):
         lines.append("fast path offloads: " + ", ".join(f"{k}={v}" for k, v in sorted(dp["offloads"].items())))
+    if dp.get("error"):
+        lines.append(f"fast path error: {dp['error']}")
     if "tables" in s:
         lines.append("tables: " + ", ".join(f"{name} {n}" for name, n in s["tables"].items()))
+    counters = s.get("counters") or {}
+    if counters:
+        lines.append("programming: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    for what, error in sorted((s.get("program_failures") or {}).items()):
+        lines.append(f"programming error ({what}): {error}")
+    last = s.get("last_reconcile") or {}
+    if last:
+        lines.append(f"last reconcile: {time.time() - last.get('at', 0):.0f}s ago, {last.get('duration_ms')} ms, "
+                     f"repaired {last.get('repaired', 0)}, forgotten {last.get('forgotten', 0)}, "
+                     f"stale removed {last.get('stale_removed', 0)}, errors {len(last.get('errors', []))}")
+        lines += [f"reconcile error: {e}" for e in last.get("errors", [])]
+    dns = s.get("dns") or {}
+    if dns:
+        lines.append(f"dns: {len(dns.get('servers', []))} server(s), {dns.get('queries', 0)} queries, "
+                     f"{dns.get('errors', 0)} errors")
+        if dns.get("last_error"):
+            lines.append(f"dns last error: {dns['last_error']}")
     return "\n".join(lines)
 
 
-def cmd_status(client: Client, args: argparse.Namespace) -> None:
-    emit(args, client.status(), status_text)
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    """Exit 1 when the host is degraded, so scripts and systemd can act on it."""
+    status = client.status()
+    emit(args, status, status_text)
+    return 0 if status.get("health", {}).get("status") == "ok" else 1
 
 
 # ---- parser ----------------------------------------------------------------------------------
@@ -330,7 +362,8 @@ def build_parser() -> Parser:
         p.add_argument("key", help="the key in base64")
         p.set_defaults(func=cmd_keys)
 
-    p = sub.add_parser("status", help="this host's daemon status", parents=[common])
+    p = sub.add_parser("status", help="this host's health (exit 1 when degraded) and daemon status",
+                       parents=[common])
     p.set_defaults(func=cmd_status)
     return parser
 
@@ -341,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     client = Client(getattr(args, "socket", None))
     try:
-        args.func(client, args)
+        code = args.func(client, args)
     except UsageError as e:
         print(f"overlayctl: error: {e}", file=sys.stderr)
         return 2
@@ -350,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":
