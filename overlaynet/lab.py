@@ -108,6 +108,19 @@ print(json.dumps({"rcode": RCODE[reply.header.rcode], "aa": reply.header.aa,
 """
 
 
+# GET a URL, print the status on the first line and the body after it (errors included).
+_HTTP_GET = """
+import sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+print(status)
+sys.stdout.write(body.decode())
+"""
+
+
 @dataclass
 class Host:
     label: str
@@ -177,7 +190,8 @@ class Lab:
 
     # ---- daemons ---------------------------------------------------------------------------
 
-    def start_daemon(self, host: Host, *extra_args: str, wait: bool = True, timeout: float = 30.0) -> None:
+    def start_daemon(self, host: Host, *extra_args: str, wait: bool = True, timeout: float = 30.0,
+                     env: dict[str, str] | None = None) -> None:
         args = [
             sys.executable, "-m", "overlaynet.agent.daemon",
             "--config", os.devnull,
@@ -189,6 +203,7 @@ class Lab:
         log = open(host.log_path, "ab")
         host.process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=enter_netns(host.netns),
+            env={**os.environ, **env} if env else None,
         )
         log.close()
         if wait:
@@ -255,6 +270,14 @@ class Lab:
         if result.returncode != 0 and not (args[:1] == ("status",) and result.stdout.strip()):
             raise RuntimeError(f"overlayctl {' '.join(args)} failed on {host.label}: {result.stderr.strip()}")
         return json.loads(result.stdout)
+
+    def http_get(self, netns: str, url: str) -> tuple[int, str]:
+        """GET `url` from inside `netns` (e.g. a host's metrics address): (status, body); (0, "") if unreachable."""
+        result = self.run(netns, [sys.executable, "-c", _HTTP_GET, url], timeout=30)
+        if result.returncode != 0:
+            return 0, ""
+        status, _, body = result.stdout.partition("\n")
+        return int(status), body
 
     def ping(self, netns: str, address: str, count: int = 1, wait: float = 1.0) -> bool:
         result = self.run(netns, ["ping", "-n", "-q", "-c", str(count), "-W", str(wait), address],

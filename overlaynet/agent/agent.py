@@ -26,6 +26,7 @@ from overlaynet.agent.dns import DnsService
 from overlaynet.agent.forwarding import Forwarding, forwarding_for
 from overlaynet.agent.health import Facts, Health, RecentIncrease, assess
 from overlaynet.agent.kernel_mode import KernelMode
+from overlaynet.agent.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, Snapshot
 from overlaynet.agent.state import StateStore
 from overlaynet.agent.userspace_mode import UserspaceMode
 from overlaynet.dns_answer import Zone
@@ -776,6 +777,8 @@ class Agent:
                     summary["stale_removed"] += 1
                     log.info("event=stale-sandbox-removed path=%s", sandbox)
         summary["programmed_changes"] = await self.program(force=True)
+        RECONCILE_SECONDS.observe(time.monotonic() - started)
+        RECONCILE_ERRORS.inc(len(summary["errors"]))
         summary["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         summary["at"] = time.time()
         self.last_reconcile = summary
@@ -849,6 +852,23 @@ class Agent:
         by_vni = {str(net.vni): net.name for net in self.networks.values()}
         names = {vni: by_vni.get(str(vni), "") for vni in stats.get("networks") or {}}
         return {"dataplane": self.config.dataplane, **stats, "names": names}
+
+    async def metrics_snapshot(self) -> Snapshot:
+        """What a Prometheus scrape reports: read now from the counters that exist anyway."""
+        try:
+            dataplane_stats: dict[str, Any] | None = await self._kernel(self.dataplane.stats)
+        except KernelError:
+            dataplane_stats = None
+        members = self.cluster.members()
+        states = {state: sum(1 for m in members if m.state == state) for state in ("alive", "suspect", "dead", "left")}
+        return Snapshot(
+            dataplane=self.config.dataplane, dataplane_stats=dataplane_stats,
+            network_names={str(net.vni): net.name for net in self.networks.values()},
+            gossip=self.node.stats() if self.node is not None else {}, members_by_state=states,
+            tables={t: len(self.node.table(t)) if self.node else 0 for t in (NETWORKS, ENDPOINTS, IPAM)},
+            networks=len(self.networks), endpoints=len(self.endpoints), program=dict(self.counters),
+            dns=self.dns.status(), degraded=not (await self.health()).ok,
+        )
 
     async def status(self) -> dict[str, Any]:
         members = self.cluster.members()

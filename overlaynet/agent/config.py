@@ -29,6 +29,9 @@ DEFAULT_CONFIG = "/etc/overlaynet/overlayd.toml"
 DEFAULT_SOCKET = "/run/overlaynet/overlayd.sock"
 DEFAULT_STATE_DIR = "/var/lib/overlaynet"
 DATAPLANES = ("kernel", "userspace")
+# Prometheus /metrics and /healthz. Loopback by default: on out of the box for local checks
+# (`curl localhost:7947/healthz`), exposed to nobody; next to gossip's 7946 so it is easy to find.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:7947"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # Value types: each says in `expect` what a user must write, which is the refusal line's middle.
@@ -41,6 +44,8 @@ Seeds = Annotated[list[str], Meta(extra={"expect": 'a list of "ADDR[:PORT]" stri
                                          "check": "seed"})]
 HostName = Annotated[str, Meta(min_length=1, max_length=63, extra={"expect": "a name of 1 to 63 characters"})]
 Path = Annotated[str, Meta(min_length=1, extra={"expect": "a path"})]
+HostPort = Annotated[str, Meta(extra={"expect": 'ADDR:PORT with an IPv4 address, e.g. "0.0.0.0:7947", '
+                                               'or "" for none', "check": "hostport"})]
 Microseconds = Annotated[int, Meta(ge=0, le=1_000_000, extra={"expect": "a whole number of microseconds from 0 to 1000000"})]
 
 
@@ -89,6 +94,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _help("default info")] = "info"
     # SIGHUP reopens it, so logrotate can move it away (reload.py lists what else a reload applies).
     log_file: Annotated[Path | None, _help("append logs to this file instead of stderr; SIGHUP reopens it")] = None
+    log_format: Annotated[Literal["logfmt", "json"], _help(
+        "log lines as logfmt key=value (default) or one JSON object per line")] = "logfmt"
+    metrics_address: Annotated[HostPort, _help(
+        f"serve Prometheus /metrics and /healthz on ADDR:PORT (default {DEFAULT_METRICS_ADDRESS}; "
+        '"" for none)')] = DEFAULT_METRICS_ADDRESS
 
 
 def _field_types() -> dict[str, Any]:
@@ -162,6 +172,14 @@ def parse_seed(seed: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
+def parse_host_port(text: str) -> tuple[str, int] | None:
+    """ "ADDR:PORT" -> (ADDR, PORT), or None when it is not an IPv4 address and a port."""
+    host, _, port = text.rpartition(":")
+    if not _check_ipv4(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
 def _semantic_checks(config: Config, where: dict[str, str]) -> None:
     """Checks msgspec's constraints cannot say (address syntax): same one-line form."""
     for key, tp in _field_types().items():
@@ -171,7 +189,8 @@ def _semantic_checks(config: Config, where: dict[str, str]) -> None:
         for item in values:
             if item is None:
                 continue
-            ok = _check_ipv4(item) if check == "ipv4" else _seed_ok(item) if check == "seed" else True
+            ok = (_check_ipv4(item) if check == "ipv4" else _seed_ok(item) if check == "seed"
+                  else item == "" or parse_host_port(item) is not None if check == "hostport" else True)
             if not ok:
                 raise BadRequest(_refusal(key, value, where))
 

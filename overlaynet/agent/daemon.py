@@ -18,11 +18,16 @@ import socket
 import sys
 from typing import Any
 
+from aiohttp import web
+
 from overlaynet import __version__
 from overlaynet.agent import config as config_mod
 from overlaynet.agent.agent import Agent
 from overlaynet.agent.reload import Reloader
+from overlaynet.agent.sdnotify import Notifier
 from overlaynet.agent.statelock import StateDirBusy, lock_state_dir
+from overlaynet.api.client import Client
+from overlaynet.api.metrics_server import serve_metrics
 from overlaynet.api.server import make_app, serve
 from overlaynet.errors import OverlayError
 from overlaynet.gossip.keyring import Keyring, KeyringError, generate_key
@@ -140,6 +145,7 @@ def reload_config(args: argparse.Namespace, reloader: Reloader) -> None:
 
 
 async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
+    notifier = Notifier()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[int] = []
@@ -160,15 +166,25 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
         "resync_interval": lambda _seconds: agent.resync_interval_changed(),
     })
     loop.add_signal_handler(signal.SIGHUP, reload_config, args, reloader)
+    notifier.status("restoring state and joining the cluster")
     await agent.start()
     runner = await serve(make_app(agent), config.socket)
-    log.info("event=started name=%s advertise=%s dataplane=%s socket=%s state_dir=%s version=%s pid=%d",
-             config.name, agent.advertise, config.dataplane, config.socket, config.state_dir, __version__,
-             os.getpid())
+    metrics_runner = await start_metrics(agent, config.metrics_address)
+    # Ready means: the API answers on its socket (asked the way any client asks) and state is restored.
+    await loop.run_in_executor(None, Client(config.socket, timeout=10).health)
+    log.info("event=started name=%s advertise=%s dataplane=%s socket=%s metrics=%s state_dir=%s version=%s pid=%d",
+             config.name, agent.advertise, config.dataplane, config.socket, config.metrics_address or "off",
+             config.state_dir, __version__, os.getpid())
+    notifier.ready(f"serving {len(agent.networks)} network(s), {len(agent.endpoints)} endpoint(s) here")
+    watchdog = asyncio.create_task(notifier.watchdog())
 
     await stop.wait()
+    notifier.stopping()
     sig = signal.Signals(received[0])
     log.info("event=stopping reason=signal signal=%s teardown=none", sig.name)
+    watchdog.cancel()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await runner.cleanup()
     try:
         os.unlink(config.socket)
@@ -178,6 +194,18 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     os.close(lock_fd)
     log.info("event=stopped")
     return 0 if sig in STOP_SIGNALS else 128 + int(sig)
+
+
+async def start_metrics(agent: Agent, address: str) -> web.AppRunner | None:
+    if not address:
+        return None
+    parsed = config_mod.parse_host_port(address)
+    assert parsed is not None, "the config loader checked the address"
+    try:
+        return await serve_metrics(agent, *parsed)
+    except OSError as e:
+        raise StartupError(f"cannot serve metrics on {address}: {e.strerror or e}; "
+                           'choose another --metrics-address, or "" for none') from None
 
 
 def main(argv: list[str] | None = None) -> int:

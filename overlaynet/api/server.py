@@ -20,6 +20,7 @@ from aiohttp import web
 
 from overlaynet import requests as rq
 from overlaynet.agent.agent import Agent
+from overlaynet.agent.metrics import API_REQUESTS
 from overlaynet.api.openapi import openapi_document
 from overlaynet.api.routes import BY_NAME, KEY_OPS, ROUTES, Route
 from overlaynet.errors import BadRequest, OverlayError
@@ -241,10 +242,20 @@ def _endpoint(route: Route, handler: Handler) -> Callable[[web.Request], Awaitab
     return serve_route
 
 
+@web.middleware
+async def count_requests(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """overlaynet_api_requests_total{route, method, code} (errors included: errors_as_json runs inside)."""
+    response = await handler(request)
+    route = request.match_info.route.name or "unknown"
+    API_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    return response
+
+
 def make_app(agent: Agent) -> web.Application:
     missing = [r.name for r in ROUTES if r.name not in HANDLERS]
     assert not missing, f"routes without a handler: {missing}"
-    app = web.Application(middlewares=[errors_as_json])
+    app = web.Application(middlewares=[count_requests, errors_as_json])
     app[AGENT_KEY] = agent
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _endpoint(route, HANDLERS[route.name]), name=route.name)

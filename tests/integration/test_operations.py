@@ -1,0 +1,177 @@
+"""Operating overlayd on a host: Prometheus metrics, health, and systemd's readiness protocol.
+
+Real daemons in a lab, real traffic between two hosts, a real fastpathd killed, a real unix
+datagram socket standing in for systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from overlaynet.agent.config import DEFAULT_METRICS_ADDRESS
+from overlaynet.agent.userspace_mode import UserspaceMode
+from overlaynet.lab import Lab, wait_until
+
+pytestmark = pytest.mark.integration
+
+FAST = ["--resync-interval", "6", "--settle-time", "0.3", "--withdraw-delay", "2"]
+METRICS = f"http://{DEFAULT_METRICS_ADDRESS}"
+
+
+@pytest.fixture(scope="module")
+def lab(prefix):
+    with Lab(prefix=f"{prefix}o") as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def pair(lab):
+    """Two joined hosts, a network, a container on each that pinged the other."""
+    h1, h2 = lab.add_host("h1"), lab.add_host("h2")
+    lab.start_daemon(h1, "--plaintext", *FAST)
+    lab.start_daemon(h2, "--plaintext", "--join", h1.address, *FAST)
+    wait_until(lambda: len([m for m in lab.overlayctl_json(h1, "members") if m["state"] == "alive"]) == 2,
+               what="two members alive")
+    lab.overlayctl(h1, "network", "create", "ops", "--subnet", "198.19.50.0/24")
+    a, b = lab.add_container("a"), lab.add_container("b")
+    lab.overlayctl(h1, "attach", a, "--network", "ops", "--ip", "198.19.50.10")
+    lab.overlayctl(h2, "attach", b, "--network", "ops", "--ip", "198.19.50.20")
+    lab.wait_ping(a, "198.19.50.20", timeout=30)
+    return h1, h2
+
+
+def scrape(lab, host) -> dict[str, list]:
+    status, body = lab.http_get(host.netns, f"{METRICS}/metrics")
+    assert status == 200, body
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples, name, **labels) -> float:
+    matching = [s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items())]
+    assert matching, f"no {name} with {labels}; have {[s.labels for s in samples.get(name, [])]}"
+    return sum(matching)
+
+
+def test_metrics_scrape_parses_and_counts_real_traffic(lab, pair):
+    h1, h2 = pair
+    lab.overlayctl(h1, "status", check=False)  # one API request at least, to be counted
+    m = scrape(lab, h1)
+    # Dataplane: the pings went through h1's fast path, under the network's name.
+    assert value(m, "overlaynet_dataplane_packets_total", network="ops", direction="tx") > 0
+    assert value(m, "overlaynet_dataplane_packets_total", network="ops", direction="rx") > 0
+    assert value(m, "overlaynet_dataplane_bytes_total", network="ops", direction="tx") > 0
+    assert value(m, "overlaynet_dataplane_drops_total", network="ops", reason="bad_sender") == 0
+    assert value(m, "overlaynet_dataplane_drops_total", network="", reason="unknown_vni") >= 0
+    assert value(m, "overlaynet_dataplane_up") == 1
+    # Gossip, tables, programming, reconcile, DNS, API, process.
+    assert value(m, "overlaynet_gossip_members", state="alive") == 2
+    assert value(m, "overlaynet_gossip_messages_total", direction="in") > 0
+    assert value(m, "overlaynet_gossip_bytes_total", direction="out") > 0
+    assert value(m, "overlaynet_gossip_auth_failures_total") == 0
+    assert value(m, "overlaynet_gossip_push_pulls_total") >= 0  # periodic (every ~30 s): present, maybe 0
+    assert value(m, "overlaynet_table_records", table="endpoints") == 2
+    assert value(m, "overlaynet_program_passes_total") > 0
+    assert value(m, "overlaynet_program_errors_total") == 0
+    assert value(m, "overlaynet_reconcile_duration_seconds_count") >= 1
+    assert value(m, "overlaynet_reconcile_errors_total") == 0
+    assert value(m, "overlaynet_dns_queries_total", result="answered") >= 0
+    assert value(m, "overlaynet_api_requests_total", route="status", method="GET", code="200") >= 1
+    assert value(m, "overlaynet_health_degraded") == 0
+    assert value(m, "process_resident_memory_bytes") > 1e6
+    assert value(m, "process_cpu_seconds_total") > 0
+
+
+def test_stats_show_network_names_and_human_units(lab, pair):
+    h1, _ = pair
+    text = lab.overlayctl(h1, "stats").stdout
+    header, row = text.splitlines()[:2]
+    assert header.split()[:2] == ["NETWORK", "VNI"]
+    assert row.split()[0] == "ops"
+    assert "B" in row or "KiB" in row  # bytes in units
+    raw = lab.overlayctl_json(h1, "stats")
+    assert all(isinstance(c["tx_bytes"], int) for c in raw["networks"].values())
+    assert "ops" in raw["names"].values()
+
+
+def test_healthz_degraded_while_fastpathd_is_down_and_ok_after_recovery(lab, pair):
+    h1, _ = pair
+    assert lab.http_get(h1.netns, f"{METRICS}/healthz") == (200, "ok\n")
+    assert lab.overlayctl_json(h1, "status")["health"] == {"status": "ok", "reasons": []}
+    UserspaceMode.stop_fastpathd(h1.state_dir)  # SIGKILL
+
+    def degraded():
+        status, body = lab.http_get(h1.netns, f"{METRICS}/healthz")
+        return (status, body) if status == 503 else None
+
+    status, body = wait_until(degraded, timeout=10, what="/healthz degraded")
+    assert body.startswith("degraded\n") and "fastpathd is down" in body, body
+    # overlayctl status says so first, and exits 1 (scripts and systemd can use it).
+    out = lab.overlayctl(h1, "status", check=False)
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[0] == "health: degraded"
+    assert "fastpathd is down" in out.stdout.splitlines()[1]
+    # The next reconciliation (every 6 s here) starts fastpathd again, with its tables.
+    wait_until(lambda: lab.http_get(h1.netns, f"{METRICS}/healthz") == (200, "ok\n"), timeout=30,
+               what="/healthz ok again")
+    assert lab.overlayctl(h1, "status", check=False).returncode == 0
+
+
+def test_health_degraded_when_the_only_peer_dies(lab, pair):
+    h1, h2 = pair
+    lab.stop_daemon(h2, sig=9)
+    try:
+        def degraded():
+            health = lab.overlayctl_json(h1, "status")["health"]
+            return health if health["status"] == "degraded" else None
+
+        health = wait_until(degraded, timeout=30, what="h1 degraded after h2 died")
+        assert any("no live peer" in r for r in health["reasons"]), health
+        assert lab.http_get(h1.netns, f"{METRICS}/healthz")[0] == 503
+    finally:
+        lab.start_daemon(h2)
+    wait_until(lambda: lab.overlayctl_json(h1, "status")["health"]["status"] == "ok", timeout=30,
+               what="h1 ok after h2 came back")
+
+
+def test_ready_status_watchdog_and_stopping_reach_notify_socket(lab, tmp_path):
+    host = lab.add_host("sd")
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(1.0)
+    messages: list[str] = []
+
+    def received_until(text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(text in m for m in messages):
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+        assert any(text in m for m in messages), (text, messages)
+
+    try:
+        lab.start_daemon(host, "--plaintext", "--metrics-address", "", wait=False,
+                         env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+        received_until("READY=1")
+        ready = next(m for m in messages if "READY=1" in m)
+        # READY comes once the API answers: nothing more to wait for.
+        assert lab.overlayctl(host, "status", check=False).stdout.startswith("health:")
+        assert "STATUS=" in ready and f"MAINPID={host.process.pid}" in ready
+        assert any(m.startswith("STATUS=restoring") for m in messages[:messages.index(ready)])
+        received_until("WATCHDOG=1")
+        lab.stop_daemon(host)
+        received_until("STOPPING=1")
+    finally:
+        lab.stop_daemon(host)
+        sock.close()
+        os.unlink(path)
