@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from overlaynet import __version__
+from overlaynet import __version__, logs
 from overlaynet.agent import config as config_mod
 from overlaynet.agent.agent import Agent
 from overlaynet.agent.reload import Reloader
@@ -40,24 +40,6 @@ class StartupError(Exception):
     """A reason not to start, said in one line."""
 
 
-class KeyValueFormatter(logging.Formatter):
-    """Structured lines: `ts=… level=… logger=… event=… key=value …`."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if not message.startswith("event="):
-            message = "msg=" + _quote(message)
-        line = f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} " \
-               f"logger={record.name} {message}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace('"', '\\"') + '"' if " " in text or '"' in text else text
-
-
 # Signals whose default action ends the process and that can be caught. SIGTERM and SIGINT are the
 # ordinary ways to stop; the rest would otherwise end overlayd silently, mid-request.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -66,20 +48,16 @@ OTHER_FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SI
                        signal.SIGSTKFLT)
 
 
-def setup_logging(level: str, log_file: str | None = None) -> None:
-    """Log to `log_file` (appending) or stderr. Called again on SIGHUP: that reopens the file, so a
-    rotated log gets a fresh file at the configured path."""
+def setup_logging(level: str, log_file: str | None = None, log_format: str = "logfmt") -> None:
+    """Log to `log_file` (appending) or stderr, in overlaynet's one format (overlaynet/logs.py). Called
+    again on SIGHUP: that reopens the file, so a rotated log gets a fresh file at the configured path."""
     stream: Any = open(log_file, "a", encoding="utf-8", buffering=1) if log_file else sys.stderr
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
-    for old in root.handlers:
-        old_stream = getattr(old, "stream", None)
+    old_streams = [getattr(old, "stream", None) for old in root.handlers]
+    logs.setup(level, log_format, stream)
+    for old_stream in old_streams:
         if old_stream not in (None, sys.stderr, stream):
             old_stream.close()  # the previous log file (a rotated one, after SIGHUP)
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     # A fatal error in native code (SIGSEGV, SIGBUS, ...) leaves a Python traceback in the log.
     faulthandler.enable(file=stream)
 
@@ -128,12 +106,12 @@ def load_keyring(config: config_mod.Config) -> Keyring | None:
 def reload_config(args: argparse.Namespace, reloader: Reloader) -> None:
     """SIGHUP: reopen the log, re-read the config, apply what can change; keep the rest running."""
     config = reloader.running
-    setup_logging(config.log_level, config.log_file)  # reopen first: the outcome lands in the new file
+    setup_logging(config.log_level, config.log_file, config.log_format)  # reopen first: the outcome lands in the new file
     try:
         new = config_mod.load(args)
     except OverlayError as e:
         log.error("event=config-reload-failed config=%s error=%s kept=running-config",
-                  args.config or config_mod.DEFAULT_CONFIG, _quote(e.message))
+                  args.config or config_mod.DEFAULT_CONFIG, logs.quote(e.message))
         return
     result = reloader.apply(new)
     log.info("event=config-reloaded config=%s changed=%s restart_needed=%s",
@@ -162,7 +140,7 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     agent = Agent(config, load_keyring(config))
     reloader = Reloader(config, appliers={
         "log_level": lambda level: logging.getLogger().setLevel(level.upper()),
-        "log_file": lambda path: setup_logging(config.log_level, path),
+        "log_file": lambda path: setup_logging(config.log_level, path, config.log_format),
         "resync_interval": lambda _seconds: agent.resync_interval_changed(),
     })
     loop.add_signal_handler(signal.SIGHUP, reload_config, args, reloader)
@@ -219,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overlayd: {e.message}", file=sys.stderr)
         return 2
     try:
-        setup_logging(config.log_level, config.log_file)
+        setup_logging(config.log_level, config.log_file, config.log_format)
     except OSError as e:
         print(f"overlayd: cannot open log file {config.log_file}: {e.strerror}", file=sys.stderr)
         return 1

@@ -26,7 +26,9 @@ log = logging.getLogger("overlaynet.userspace")
 class UserspaceMode:
     name = "userspace"
 
-    def __init__(self, state_dir: str, advertise: str, vxlan_port: int, spin_us: int = 0) -> None:
+    def __init__(self, state_dir: str, advertise: str, vxlan_port: int, spin_us: int = 0,
+                 log_format: str = "logfmt") -> None:
+        self.log_format = log_format
         self.advertise = advertise
         self.vxlan_port = vxlan_port
         self.spin_us = spin_us
@@ -55,7 +57,7 @@ class UserspaceMode:
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a fastpathd that died
         with open(self.log_file, "ab") as logf:
-            extra = ["--spin-us", str(self.spin_us)] if self.spin_us else []
+            extra = ["--log-format", self.log_format] + (["--spin-us", str(self.spin_us)] if self.spin_us else [])
             proc = start_fastpathd(self.control, bind=self.advertise, port=self.vxlan_port,
                                    state=self.state_file, extra=extra, log=logf)
         self.pid = proc.pid

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -197,6 +198,26 @@ def keys_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def read_key(source: str) -> str:
+    """The key from stdin (`-`) or a file, so it never shows in `ps` or the shell's history; a
+    literal base64 key is still accepted."""
+    if source == "-":
+        text = sys.stdin.readline()
+    elif os.path.isfile(source):
+        try:
+            with open(source) as f:
+                text = f.readline()
+        except OSError as e:
+            raise UsageError(f"cannot read key file {source}: {e.strerror}") from None
+    else:
+        text = source
+    key = text.strip()
+    if not key:
+        raise UsageError(f"no key in {'stdin' if source == '-' else source}: expected one base64 key "
+                         "(as `overlayctl keys generate` prints it)")
+    return key
+
+
 def cmd_keys(client: Client, args: argparse.Namespace) -> None:
     if args.keys_command == "generate":
         from overlaynet.gossip.keyring import generate_key
@@ -205,7 +226,7 @@ def cmd_keys(client: Client, args: argparse.Namespace) -> None:
     elif args.keys_command == "ls":
         emit(args, client.keys(), keys_text)
     else:
-        result = client.key_op(args.keys_command, args.key)
+        result = client.key_op(args.keys_command, read_key(args.key))
         emit(args, result, lambda d: f"key {args.keys_command}: {'done' if d['changed'] else 'nothing to change'}"
                                      f" (sent to every member)\n" + keys_text(d))
 
@@ -359,7 +380,8 @@ def build_parser() -> Parser:
                      ("use", "make an installed key the primary everywhere (encrypt with it)"),
                      ("remove", "remove a key everywhere (not the primary)")):
         p = keys_sub.add_parser(op, help=text, parents=[common])
-        p.add_argument("key", help="the key in base64")
+        p.add_argument("key", metavar="KEYFILE", help="a file holding the key in base64 (first line), or - to "
+                       "read it from stdin; a literal key works too but shows in `ps` and shell history")
         p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("status", help="this host's health (exit 1 when degraded) and daemon status",

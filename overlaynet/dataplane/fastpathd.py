@@ -27,6 +27,7 @@ from typing import Any
 
 import msgpack
 
+from overlaynet import __version__, logs
 from overlaynet.dataplane import protocol
 
 log = logging.getLogger("fastpathd")
@@ -97,7 +98,7 @@ class Fastpathd:
             nets = dict(state.get("networks") or {})
             peers = list(state.get("peers") or [])
         except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, AttributeError, TypeError) as e:
-            log.warning("ignoring unreadable state file %s: %s", self.state_path, e)
+            log.warning("event=state-unreadable path=%s error=%s action=ignored", self.state_path, e)
             return
         self.op_sync_peers({"vteps": peers})
         for vni, net in nets.items():
@@ -107,8 +108,8 @@ class Fastpathd:
                 self.op_sync_flood({"vni": vni, "vteps": net.get("flood", [])})
                 self.op_sync_arp({"vni": vni, "arp": net.get("arp", {})})
             except (RequestError, OSError, KeyError) as e:
-                log.warning("could not restore network %s: %s", vni, e)
-        log.info("restored %d networks from %s", len(self.nets), self.state_path)
+                log.warning("event=restore-failed vni=%s error=%s", vni, e)
+        log.info("event=restored networks=%d path=%s", len(self.nets), self.state_path)
 
     # ---- operations (each returns a msgpack-able result)
     def op_ping(self, args: dict[str, Any]) -> Any:
@@ -134,7 +135,7 @@ class Fastpathd:
             raise RequestError(str(e)) from None
         self.nets[vni] = {"netns": netns, "tap": tap, "mtu": mtu, "fdb": {}, "flood": [], "arp": {}}
         self.save()
-        log.info("network %d: TAP %s in %s (offload 0x%x)", vni, tap, netns or "own netns", info["offload"])
+        log.info("event=network-added vni=%d tap=%s netns=%s offload=0x%x", vni, tap, netns or "own", info["offload"])
         return info
 
     def op_remove_network(self, args: dict[str, Any]) -> Any:
@@ -223,7 +224,7 @@ class Fastpathd:
         except RequestError as e:
             return protocol.error(req_id, str(e))
         except Exception as e:  # a bug: keep forwarding, log it, answer in one line
-            log.exception("request %r failed", msg)
+            log.exception("event=request-failed request=%r", msg)
             return protocol.error(req_id, f"internal error: {e}")
 
 
@@ -240,7 +241,7 @@ async def serve(daemon: Fastpathd, control: str) -> None:
                     writer.write(daemon.dispatch(msg))
                 await writer.drain()
         except (ConnectionError, msgpack.UnpackException, ValueError) as e:
-            log.info("control connection dropped: %s", e)
+            log.info("event=control-connection-dropped error=%s", e)
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -258,7 +259,7 @@ async def serve(daemon: Fastpathd, control: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("control socket %s ready", control)
+    log.info("event=control-ready socket=%s", control)
     async with server:
         await stop.wait()
     with contextlib.suppress(FileNotFoundError):
@@ -296,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gro-flows", type=int, default=0,
                    help="slots for flows coalesced at once on receive, 1..32 (0: 32)")
     p.add_argument("--log-level", default="INFO")
+    logs.add_argument(p)
+    p.add_argument("--version", action="version", version=f"fastpathd {__version__}")
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="fastpathd: %(levelname)s %(message)s", stream=sys.stderr)
+    logs.setup(a.log_level, a.log_format)
     if not 1 <= a.port <= 65535:
         print(f"fastpathd: --port {a.port} out of range 1..65535", file=sys.stderr)
         return 2
@@ -323,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Fastpathd(engine, a.state)
     daemon.restore()
     off = engine.offloads()
-    log.info("forwarding on %s:%d, udp_gso=%s udp_gro=%s outer_csum_steering=%s checksum=%s tx source ports %s",
-             a.bind, a.port, off["udp_gso"], off["udp_gro"], off["outer_csum_steering"], off["checksum"],
+    log.info("event=forwarding bind=%s port=%d udp_gso=%s udp_gro=%s outer_csum_steering=%s checksum=%s "
+             "tx_source_ports=%s", a.bind, a.port, off["udp_gso"], off["udp_gro"], off["outer_csum_steering"], off["checksum"],
              off["tx_source_ports"])
     try:
         asyncio.run(serve(daemon, a.control))

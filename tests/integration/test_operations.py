@@ -6,8 +6,12 @@ datagram socket standing in for systemd.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -175,3 +179,35 @@ def test_ready_status_watchdog_and_stopping_reach_notify_socket(lab, tmp_path):
         lab.stop_daemon(host)
         sock.close()
         os.unlink(path)
+
+
+def test_keys_never_reach_the_logs_and_json_logs_parse(lab, tmp_path):
+    host = lab.add_host("keys")
+    lab.start_daemon(host, "--log-level", "debug", "--log-format", "json", "--metrics-address", "")
+    try:
+        first = open(os.path.join(host.state_dir, "gossip.key")).read().strip()
+        new = lab.overlayctl(host, "keys", "generate").stdout.strip()
+        key_file = tmp_path / "new.key"
+        key_file.write_text(new + "\n")
+        lab.overlayctl(host, "keys", "install", str(key_file))  # from a file: not on the command line
+        use = subprocess.run([sys.executable, "-m", "overlaynet.cli.main", "--socket", host.socket,
+                              "keys", "use", "-"], input=new + "\n", capture_output=True, text=True, timeout=60)
+        assert use.returncode == 0, use.stderr
+        ring = lab.overlayctl_json(host, "keys", "ls")
+        assert len(ring["keys"]) == 2 and ring["keys"][0]["primary"]
+        bad = subprocess.run([sys.executable, "-m", "overlaynet.cli.main", "--socket", host.socket,
+                              "keys", "install", "-"], input="not a key\n", capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "base64" in bad.stderr
+        lab.overlayctl(host, "keys", "remove", first)
+    finally:
+        lab.stop_daemon(host)
+    logs = {"overlayd": lab.daemon_log(host), "fastpathd": open(os.path.join(host.state_dir, "fastpath.log")).read()}
+    for name, text in logs.items():
+        assert text.strip(), name
+        for key in (first, new):
+            raw = base64.b64decode(key)
+            for form in (key, raw.hex(), key.rstrip("=")[:16]):
+                assert form not in text, f"{name} log holds a key"
+        for line in text.splitlines():
+            record = json.loads(line)  # every line is one JSON object
+            assert {"ts", "level", "logger"} <= set(record), line

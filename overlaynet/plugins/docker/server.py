@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from overlaynet import __version__
+from overlaynet import __version__, logs
 from overlaynet.api.client import AsyncClient, default_socket
 from overlaynet.plugins.docker import protocol as p
 from overlaynet.plugins.docker import requests as rq
@@ -170,6 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"where networks without --subnet get a free /{p.DEFAULT_POOL_PREFIXLEN} "
                              f"(default {p.DEFAULT_POOL}; use the same on every host)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_argument(parser)
     parser.add_argument("--version", action="version", version=f"overlaynet-docker {__version__}")
     args = parser.parse_args(argv)
     args.api_socket = args.api_socket or default_socket()
@@ -182,10 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.setup(args.log_level, args.log_format)
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:
