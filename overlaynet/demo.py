@@ -1,5 +1,7 @@
 """`make demo`: a three-host overlaynet cluster on this machine, then everything torn down.
 
+NOT part of overlaynet's runtime (see overlaynet/lab.py); a demonstration only.
+
 Hosts are network namespaces on an underlay bridge, each running its own overlayd, joined by
 encrypted gossip; containers are namespaces plugged in with `overlayctl attach`. A network is
 created once; "web" on one host and "db" on another ping each other and exchange a checksummed TCP

@@ -1,5 +1,8 @@
 """Throwaway multi-host topologies on one machine, for the demo, the tests and the benchmarks.
 
+NOT part of overlaynet's runtime: no daemon, client or plugin imports it (tests/unit checks that).
+It ships in the package so that `make demo`, the test suite and the benchmarks can use it.
+
 A lab is an "underlay" namespace holding a bridge, "host" namespaces wired to it by veth pairs
 (addresses from 198.18.0.0/16, the benchmarking range), an overlayd per host (its own state dir and
 socket), and "container" namespaces. Every object is named with the lab's prefix, and `close()`

@@ -294,6 +294,25 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+NETNS_HELP = "a name under /run/netns, or a path such as /proc/PID/ns/net"
+
+
+def add_attach_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ifname", help="interface name inside the namespace (default eth0)")
+    p.add_argument("--ip", help="ask for this address (default: the next free one)")
+    p.add_argument("--mac", help="ask for this MAC (default: derived from the endpoint id)")
+    p.add_argument("--name", "--alias", dest="name", action="append", metavar="NAME",
+                   help="a DNS name for the endpoint, answered on every host (repeatable; default: NETNS "
+                        "when it is a bare name under /run/netns)")
+    p.add_argument("--no-name", action="store_true", help="no DNS name, not even the default")
+
+
+def cmd_completion(client: Client, args: argparse.Namespace) -> None:
+    import shtab  # only here: every other command starts without it
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+
+
 def build_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
@@ -323,21 +342,26 @@ def build_parser() -> Parser:
     p = net_sub.add_parser("inspect", help="show one network", parents=[common])
     p.add_argument("name")
     p.set_defaults(func=cmd_network_inspect)
+    # docker network's own words and argument order: `connect NETWORK CONTAINER`.
+    p = net_sub.add_parser("connect", help="attach NETNS to NETWORK (as `docker network connect`)", parents=[common])
+    p.add_argument("network")
+    p.add_argument("netns", help=NETNS_HELP)
+    add_attach_options(p)
+    p.set_defaults(func=cmd_attach)
+    p = net_sub.add_parser("disconnect", help="detach NETNS from NETWORK (as `docker network disconnect`)",
+                           parents=[common])
+    p.add_argument("network")
+    p.add_argument("netns")
+    p.set_defaults(func=cmd_detach)
     p = net_sub.add_parser("rm", help="remove a network", parents=[common])
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="detach attached endpoints first")
     p.set_defaults(func=cmd_network_rm)
 
     p = sub.add_parser("attach", help="plug a network namespace into a network", parents=[common])
-    p.add_argument("netns", help="a name under /run/netns, or a path such as /proc/PID/ns/net")
+    p.add_argument("netns", help=NETNS_HELP)
     p.add_argument("--network", required=True)
-    p.add_argument("--ifname", help="interface name inside the namespace (default eth0)")
-    p.add_argument("--ip", help="ask for this address (default: the next free one)")
-    p.add_argument("--mac", help="ask for this MAC (default: derived from the endpoint id)")
-    p.add_argument("--name", action="append", metavar="NAME",
-                   help="a DNS name for the endpoint, answered on every host (repeatable; default: NETNS "
-                        "when it is a bare name under /run/netns)")
-    p.add_argument("--no-name", action="store_true", help="no DNS name, not even the default")
+    add_attach_options(p)
     p.set_defaults(func=cmd_attach)
 
     p = sub.add_parser("detach", help="unplug a network namespace from a network", parents=[common])
@@ -384,6 +408,10 @@ def build_parser() -> Parser:
                        "read it from stdin; a literal key works too but shows in `ps` and shell history")
         p.set_defaults(func=cmd_keys)
 
+    p = sub.add_parser("completion", help="print a shell completion script (see docs/cli.md to install it)")
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    p.set_defaults(func=cmd_completion)
+
     p = sub.add_parser("status", help="this host's health (exit 1 when degraded) and daemon status",
                        parents=[common])
     p.set_defaults(func=cmd_status)
@@ -405,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `overlayctl ... | head`: the reader is gone, nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(code or 0)
 
 

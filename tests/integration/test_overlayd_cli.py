@@ -146,6 +146,18 @@ def test_status_and_openapi(lab, host):
     assert oct(os.stat(host.socket).st_mode & 0o777) == "0o600"
 
 
+def test_connect_and_disconnect_in_docker_network_order(lab, host):
+    assert ctl(lab, host, "network", "create", "dock", "--subnet", "198.19.42.0/24").returncode == 0
+    ns = lab.add_container("dock")
+    out = ctl(lab, host, "network", "connect", "dock", ns, "--ip", "198.19.42.9", "--alias", "web")
+    assert out.returncode == 0, out.stderr
+    [ep] = lab.overlayctl_json(host, "endpoint", "ls", "--network", "dock")
+    assert ep["ip"] == "198.19.42.9" and ep["names"] == ["web"]
+    assert ctl(lab, host, "network", "disconnect", "dock", ns).returncode == 0
+    assert lab.overlayctl_json(host, "endpoint", "ls", "--network", "dock") == []
+    assert ctl(lab, host, "network", "rm", "dock").returncode == 0
+
+
 def test_answers_match_the_documented_shapes(lab, host):
     """Every route a real daemon serves answers in the shape its route (and so /openapi.json) documents."""
     import msgspec

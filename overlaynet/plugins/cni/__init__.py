@@ -64,7 +64,8 @@ def run(env: dict[str, str], stdin: str) -> tuple[int, dict[str, Any] | None]:
 USAGE = """overlaynet-cni: the overlaynet CNI plugin.
 A container runtime runs it with CNI_COMMAND set and the network config on stdin.
   overlaynet-cni install [--dir /opt/cni/bin]   install the plugin into a CNI bin directory
-  overlaynet-cni version                        print the supported CNI versions
+  overlaynet-cni version                        print the supported CNI versions (JSON)
+  overlaynet-cni --version                      print overlaynet's version
 """
 
 
@@ -74,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         from overlaynet.plugins.cni.install import main as install_main
 
         return install_main(argv[1:])
-    if argv and argv[0] in ("version", "--version"):
+    if argv and argv[0] == "version":
         _print(spec.version_result())
+        return 0
+    if argv and argv[0] == "--version":
+        from overlaynet import __version__
+
+        print(f"overlaynet-cni {__version__} (CNI {', '.join(spec.SUPPORTED_VERSIONS)})")
         return 0
     if "CNI_COMMAND" not in os.environ:
         sys.stderr.write(USAGE)
