@@ -178,6 +178,7 @@ class Network:
     options: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     owner: str = ""
+    egress: bool = False  # containers reach the outside through their host (NAT), docs/cni.md
 
     @property
     def ip_network(self) -> ipaddress.IPv4Network:
@@ -206,6 +207,7 @@ class Network:
             options=dict(data.get("options") or {}),
             created_at=float(data.get("created_at") or 0.0),
             owner=data.get("owner") or "",
+            egress=data.get("egress") is True,
         )
 
 

@@ -32,6 +32,8 @@ class NetworkCreate(Request):
         'an address of the subnet, or "auto": the first usable one; the anycast gateway and DNS '
         "address on every host (omit: none)")] = None
     options: dict[str, Any] | None = None
+    egress: Annotated[bool, _doc("containers reach the outside through their own host (NAT on the underlay) "
+                                 "and get a default route via the gateway; needs a gateway")] = False
 
 
 class EndpointCreate(Request):

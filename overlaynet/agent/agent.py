@@ -63,6 +63,7 @@ class Agent:
         self._auth_failures = RecentIncrease()
         self._programmed: dict[str, tuple[Any, ...]] = {}  # network -> last forwarding pushed
         self._peers: set[str] | None = None  # VTEPs last allowed to send to us
+        self._egress: list[kernel.EgressSpec] | None = None  # egress last programmed
         # Until our view of the cluster is synced after a start, programming only adds entries:
         # removing what we merely have not heard about yet would cut traffic that should flow.
         self._synced = False
@@ -334,9 +335,12 @@ class Agent:
             if gateway is not None:
                 gateway = AddressPool(str(subnet)).check_requested(gateway, [])
             options = request.options or {}
+            if request.egress and gateway is None:
+                raise BadRequest("egress needs the network's gateway (containers route through it): "
+                                 "give a gateway or drop egress")
             net = Network(
                 name=name, vni=vni, subnet=str(subnet), mtu=mtu, gateway=gateway,
-                options=options, created_at=time.time(), owner=self.config.name,
+                options=options, created_at=time.time(), owner=self.config.name, egress=request.egress,
             )
             self.cluster.put_network(net)
             self.reservations.setdefault(name, set())
@@ -605,6 +609,7 @@ class Agent:
         view["container_ifname"] = kernel.container_veth_name(ep.id)
         net = self.networks.get(ep.network)
         view["gateway"] = net.gateway if net else None
+        view["egress"] = bool(net and net.egress)
         return view
 
     # ---- programming -----------------------------------------------------------------------
@@ -613,9 +618,13 @@ class Agent:
         return kernel.sandbox_path(self.config.state_dir, net.vni)
 
     def _veth_spec(self, ep: Endpoint) -> kernel.VethSpec:
+        # With egress, the container's default route goes via the anycast gateway into the sandbox
+        # (kernel/egress.py); otherwise the gateway is only the DNS address, never a route.
+        net = self.networks.get(ep.network)
+        gateway = net.gateway if net is not None and net.egress and ep.netns is not None else None
         return kernel.VethSpec(
             endpoint_id=ep.id, target_netns=ep.netns, ifname=ep.ifname, mac=ep.mac,
-            address_cidr=ep.address_cidr, mtu=ep.mtu, gateway=None,
+            address_cidr=ep.address_cidr, mtu=ep.mtu, gateway=gateway,
         )
 
     def _lingering(self) -> set[str]:
@@ -704,6 +713,7 @@ class Agent:
                 if n or not force:
                     log.info("event=programmed network=%s fdb=%d neigh=%d flood=%d changed=%d",
                              name, len(fwd.fdb), len(fwd.neigh), len(fwd.flood), n)
+            await self._sync_egress(networks, force)
             self._zones.clear()  # membership (and lingering) may have changed what is visible
             try:
                 await self._sync_dns()
@@ -712,6 +722,30 @@ class Agent:
             self.counters["programmed_passes"] += 1
             self.counters["entries_changed"] += changed
             return changed
+
+    def desired_egress(self, networks: dict[str, Network]) -> list[kernel.EgressSpec]:
+        """Egress of every --egress network with an endpoint here, with this host's container addresses."""
+        wanted = []
+        for name in sorted({ep.network for ep in self.endpoints.values()}):
+            net = networks.get(name)
+            if net is None or not net.egress or not net.gateway:
+                continue
+            ips = frozenset(ep.ip for ep in self.endpoints.values() if ep.network == name and ep.netns is not None)
+            wanted.append(kernel.EgressSpec(net.vni, net.subnet, self._sandbox(net), ips))
+        return wanted
+
+    async def _sync_egress(self, networks: dict[str, Network], force: bool) -> None:
+        wanted = self.desired_egress(networks)
+        if not force and wanted == self._egress:
+            return
+        try:
+            await self._kernel(kernel.sync_egress, wanted)
+            self._egress = wanted
+            if wanted:
+                log.info("event=egress-programmed networks=%s", ",".join(str(e.vni) for e in wanted))
+        except KernelError as e:
+            self.counters["program_errors"] += 1
+            log.error("event=program-failed what=egress error=%s", e)
 
     async def _keep_programmed(self, net: Network, fwd: Forwarding) -> Forwarding:
         """Desired entries plus whatever is programmed now (the startup hold: add, never remove)."""

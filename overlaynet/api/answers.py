@@ -31,6 +31,7 @@ class Network(Answer):
     options: dict[str, Any]
     created_at: float
     owner: str
+    egress: bool
     endpoints: int  # on this host
     endpoints_cluster: int
     hosts: list[str]
@@ -42,6 +43,7 @@ class Endpoint(model.Endpoint):
     host_ifname: str = ""
     container_ifname: str = ""
     gateway: str | None = None
+    egress: bool = False  # the network's: the container's default route goes via the gateway
     present: bool | None = None  # only with ?check=true
 
 

@@ -122,9 +122,10 @@ class Routes(Generic[R]):
         return self._call("list_networks")
 
     def create_network(self, name: str, subnet: str, vni: int | None = None, mtu: int | None = None,
-                       gateway: str | None = None, options: dict[str, Any] | None = None) -> R:
+                       gateway: str | None = None, options: dict[str, Any] | None = None,
+                       egress: bool = False) -> R:
         return self._call("create_network", rq.NetworkCreate(name=name, subnet=subnet, vni=vni, mtu=mtu,
-                                                             gateway=gateway, options=options))
+                                                             gateway=gateway, options=options, egress=egress))
 
     def get_network(self, name: str) -> R:
         return self._call("get_network", name=name)

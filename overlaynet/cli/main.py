@@ -51,10 +51,13 @@ def cmd_network_create(client: Client, args: argparse.Namespace) -> None:
     if args.no_gateway and args.gateway:
         raise UsageError("give either --gateway or --no-gateway, not both")
     gateway = None if args.no_gateway else (args.gateway or "auto")
+    if args.no_gateway and args.egress:
+        raise UsageError("--egress needs the gateway (containers route through it): drop --no-gateway")
     net = client.create_network(args.name, args.subnet, vni=parse_int(args.vni, "--vni"),
-                                mtu=parse_int(args.mtu, "--mtu"), gateway=gateway)
+                                mtu=parse_int(args.mtu, "--mtu"), gateway=gateway, egress=args.egress)
     emit(args, net, lambda n: f"network {n['name']} created: vni {n['vni']}, subnet {n['subnet']}, mtu {n['mtu']}"
-                              + (f", gateway and DNS {n['gateway']}" if n.get("gateway") else ", no gateway (no DNS)"))
+                              + (f", gateway and DNS {n['gateway']}" if n.get("gateway") else ", no gateway (no DNS)")
+                              + (", egress through each host" if n.get("egress") else ""))
 
 
 def network_rows(nets: list[dict[str, Any]]) -> str:
@@ -336,6 +339,9 @@ def build_parser() -> Parser:
                                      "(default: the first usable address of the subnet)")
     p.add_argument("--no-gateway", action="store_true",
                    help="no gateway address: every address is usable, but there is no DNS on the network")
+    p.add_argument("--egress", action="store_true",
+                   help="containers reach the outside through their own host (NAT on the underlay) and get a "
+                        "default route via the gateway; also what CNI portmap needs (default: off)")
     p.set_defaults(func=cmd_network_create)
     p = net_sub.add_parser("ls", help="list networks", parents=[common])
     p.set_defaults(func=cmd_network_ls)

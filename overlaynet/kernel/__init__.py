@@ -7,6 +7,7 @@ may call them from an executor thread. They act relative to the calling thread's
 """
 
 from .diff import Changes
+from .egress import EgressSpec, sync_egress
 from .errors import KernelError
 from .fdb import BRIDGE_LOCAL, FLOOD_MAC, FdbEntry, delete_fdb, list_fdb, set_fdb, set_flood_list, sync_fdb
 from .links import ensure_bridge, ensure_port
@@ -39,6 +40,7 @@ __all__ = [
     "BRIDGE_NAME",
     "FLOOD_MAC",
     "Changes",
+    "EgressSpec",
     "FdbEntry",
     "KernelError",
     "NeighEntry",
@@ -73,6 +75,7 @@ __all__ = [
     "set_fdb",
     "set_flood_list",
     "set_neigh",
+    "sync_egress",
     "sync_fdb",
     "sync_neigh",
     "tap_name",

@@ -18,6 +18,9 @@ VXLAN_PREFIX = "ovx"
 TAP_PREFIX = "ovt"
 HOST_VETH_PREFIX = "ove"
 CONTAINER_VETH_PREFIX = "ovc"
+EGRESS_HOST_PREFIX = "ovh"
+EGRESS_SANDBOX_LINK = "ovg0"
+"""The sandbox end of a network's egress link (one per sandbox, so one fixed name suffices)."""
 ENDPOINT_ID_CHARS = 11
 """How much of an endpoint id fits after a 3-letter prefix: 3 + 11 = 14 <= 15."""
 
@@ -30,6 +33,11 @@ def vxlan_name(vni: int) -> str:
 def tap_name(vni: int) -> str:
     """TAP device of a network (userspace mode), created by the dataplane."""
     return f"{TAP_PREFIX}{vni}"
+
+
+def egress_host_name(vni: int) -> str:
+    """Host-namespace end of a network's egress link (--egress networks)."""
+    return f"{EGRESS_HOST_PREFIX}{vni}"
 
 
 def host_veth_name(endpoint_id: str) -> str:
