@@ -380,14 +380,20 @@ events_logger = "file"
         return os.path.join(self.cni_bin, "overlaynet-cni")
 
     def add_network(self, name: str, network: str | None = None, subnet: str | None = None,
-                    cni_version: str = "1.0.0") -> str:
+                    cni_version: str = "1.0.0", egress: bool = False, portmap: bool = False) -> str:
+        """A conflist for overlaynet-cni; with `portmap`, the standard portmap plugin chained after it."""
         plugin: dict[str, Any] = {"type": "overlaynet-cni", "socket": self.api_socket,
                                   "capabilities": {"ips": True, "aliases": True}}
         if network:
             plugin["network"] = network
         if subnet:
             plugin["subnet"] = subnet
-        conf = {"cniVersion": cni_version, "name": name, "plugins": [plugin]}
+        if egress:
+            plugin["egress"] = True
+        plugins = [plugin]
+        if portmap:
+            plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+        conf = {"cniVersion": cni_version, "name": name, "plugins": plugins}
         path = os.path.join(self.cni_conf, f"{name}.conflist")
         with open(path, "w") as f:
             json.dump(conf, f)
@@ -430,6 +436,11 @@ def _read(path: str) -> str:
 def run_in(netns: str, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
                           preexec_fn=enter_netns(netns))
+
+
+def fetch_from(netns: str, url: str) -> str:
+    """What an HTTP GET from a lab namespace (a host, not a container) returns ("" on failure)."""
+    return run_in(netns, ["/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-qO-", url]).stdout.strip()
 
 
 # Quicker repairs and address claims than production defaults: tests wait on convergence.

@@ -6,7 +6,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from tests.cni.conftest import NETWORK, PodmanCluster, PodmanHost
-from tests.engines import IMAGE, run_in, wait_until
+from tests.engines import IMAGE, fetch_from, run_in, wait_until
 
 # Generous: the first test also pays for installing (apt) and preparing two podman hosts.
 pytestmark = [pytest.mark.cni, pytest.mark.timeout(900)]
@@ -99,3 +99,31 @@ def test_podman_containers_on_two_hosts_ping_each_other(podman_cluster: PodmanCl
     finally:
         a.engine.podman("rm", "-f", "-t", "0", one, check=False)
         b.engine.podman("rm", "-f", "-t", "0", two, check=False)
+
+
+def test_podman_publishes_ports_with_portmap_and_reaches_outside_with_egress(
+        podman_cluster: PodmanCluster, prefix: str) -> None:
+    """An --egress network with CNI portmap chained after overlaynet-cni: `podman run -p 8080:80`
+    answers on the host's 8080, locally and from another host; the container reaches another
+    host's underlay address; nothing of the egress stays once the container is gone."""
+    a, b = podman_cluster.a, podman_cluster.b
+    network, name = "cniout", f"{prefix}-pweb"
+    a.engine.add_network(network, subnet="198.19.42.0/24", egress=True, portmap=True)
+    try:
+        a.engine.podman("run", "-d", "--name", name, "--network", network, "-p", "8080:80", IMAGE,
+                        "httpd", "-f", "-p", "80", "-h", "/var/www")
+        routes = a.engine.podman("exec", name, "ip", "route").stdout
+        assert "default via 198.19.42.1 dev eth0" in routes, routes
+        wait_until(lambda: fetch_from(b.host.netns, f"http://{a.host.address}:8080/") == "overlaynet-ok", 20,
+                   f"{a.host.address}:8080 from host b")
+        wait_until(lambda: fetch_from(a.host.netns, "http://127.0.0.1:8080/") == "overlaynet-ok", 20,
+                   "127.0.0.1:8080 on host a")
+        ping = a.engine.podman("exec", name, "ping", "-c", "2", "-W", "2", b.host.address, check=False).stdout
+        assert ", 0% packet loss" in ping, ping
+        vni = Client(a.host.socket).get_network(network)["vni"]
+        assert f"ovh{vni}" in run_in(a.host.netns, ["ip", "-o", "link"]).stdout
+    finally:
+        a.engine.podman("rm", "-f", "-t", "0", name, check=False)
+    wait_until(lambda: "ovh" not in run_in(a.host.netns, ["ip", "-o", "link"]).stdout, 15,
+               "the egress link removed with the last container")
+    Client(a.host.socket).delete_network(network, force=True)

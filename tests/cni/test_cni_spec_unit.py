@@ -61,6 +61,8 @@ def test_result_shape_per_version(version: str) -> None:
     with_gw = spec.build_result(conf, spec.parse_env(ENV), dict(ENDPOINT, gateway="198.19.1.1"))
     assert with_gw["ips"][0]["gateway"] == "198.19.1.1"
     assert "routes" not in with_gw  # the gateway is the anycast DNS address, not a router
+    with_egress = spec.build_result(conf, spec.parse_env(ENV), dict(ENDPOINT, gateway="198.19.1.1", egress=True))
+    assert with_egress["routes"] == [{"dst": "0.0.0.0/0", "gw": "198.19.1.1"}]  # --egress: out through the host
 
 
 def test_endpoint_ids_are_stable_and_recognisable() -> None:

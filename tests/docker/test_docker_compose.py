@@ -11,7 +11,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster, DockerHost
-from tests.engines import IMAGE, run_in, wait_until
+from tests.engines import IMAGE, fetch_from, wait_until
 
 # Generous: the first test also pays for installing (apt) and starting two engines.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -55,11 +55,6 @@ def seed_file(dns: str | None = None) -> str:
 
 SEED = seed_file()
 SPLIT = seed_file(dns="198.19.30.1")
-
-
-def fetch_from(netns: str, url: str) -> str:
-    """What an HTTP GET from a lab namespace (a host, not a container) returns ("" on failure)."""
-    return run_in(netns, ["/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-qO-", url]).stdout.strip()
 
 
 def assert_published(docker_host: DockerHost, other: DockerHost, port: int) -> None:

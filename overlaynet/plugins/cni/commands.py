@@ -31,7 +31,7 @@ def _ensure_network(api: Client, conf: NetConf) -> None:
             raise _daemon_error(e, f"looking up network {conf.network}") from None
     try:
         # with the anycast gateway (the network's DNS address) at the first address, as the CLI does
-        api.create_network(conf.network, conf.subnet, gateway="auto")
+        api.create_network(conf.network, conf.subnet, gateway="auto", egress=conf.body.egress)
     except ApiError as e:
         if e.status != 409:  # 409: created meanwhile by a concurrent ADD or another host
             raise _daemon_error(e, f"creating network {conf.network}") from None

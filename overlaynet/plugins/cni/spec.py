@@ -145,6 +145,7 @@ class ConfBody(Struct):
     network: str | None = None
     socket: str | None = None
     subnet: str | None = None
+    egress: bool = False
     runtimeConfig: RuntimeConfig | None = None  # noqa: N815
     args: Args | None = None
     prevResult: PrevResult | None = None  # noqa: N815
@@ -249,7 +250,10 @@ def build_result(conf: NetConf, inv: Invocation, endpoint: dict[str, Any]) -> di
         ip["version"] = "4"
     interfaces[0] = {k: v for k, v in interfaces[0].items() if v or k == "name"}
     result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": [ip]}
-    # No default route via the network's gateway: it is the anycast DNS address, not a router.
+    if endpoint.get("egress") and endpoint.get("gateway"):
+        # --egress networks: the default route goes via the gateway into the sandbox and out
+        # through this host. Otherwise the gateway is only the anycast DNS address, not a router.
+        result["routes"] = [{"dst": "0.0.0.0/0", "gw": endpoint["gateway"]}]
     if conf.body.dns:
         result["dns"] = conf.body.dns
     return result
