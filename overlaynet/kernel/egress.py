@@ -12,7 +12,7 @@ every network (routes name the device, `onlink`), so nothing needs allocating.
 
 One verb, `sync_egress(wanted)`, makes the host hold exactly the egress of the networks listed, and
 removes the links and nftables tables of any other network (a crash or a `--egress` network whose
-last local endpoint left). Masquerading is one nftables table per network, `ip
+last local endpoint left). NAT and a forwarding guard are one nftables table per network, `ip
 overlaynet_egress_<vni>`, replaced as a whole (nftables.py).
 """
 
@@ -107,10 +107,28 @@ def _prefix(cidr: str) -> dict[str, object]:
     return {"prefix": {"addr": addr, "len": int(length)}}
 
 
-def masquerade_rules(spec: EgressSpec) -> list[nftables.Command]:
-    """The network's NAT: its containers' traffic that leaves the overlay takes the host's address."""
+def egress_rules(spec: EgressSpec) -> list[nftables.Command]:
+    """The network's NAT and guard.
+
+    NAT: its containers' traffic that leaves the overlay takes the host's address. Guard: forwarding
+    and the host routes must not make the host a router *into* the overlay (an underlay neighbour
+    routing the subnet via this host, a container of another --egress network): only replies to the
+    containers' own connections and published ports (DNAT, e.g. CNI portmap) are forwarded to them.
+    """
     table, chain = TABLE_PREFIX + str(spec.vni), "postrouting"
+    link = egress_host_name(spec.vni)
+    to_sandbox = {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": link}}
     return [
+        {"add": {"chain": {"family": "ip", "table": table, "name": "forward", "type": "filter", "hook": "forward",
+                           "prio": 0, "policy": "accept"}}},
+        {"add": {"rule": {"family": "ip", "table": table, "chain": "forward", "expr": [
+            to_sandbox, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+            {"accept": None}]}}},
+        {"add": {"rule": {"family": "ip", "table": table, "chain": "forward", "expr": [
+            to_sandbox, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"accept": None}]}}},
+        {"add": {"rule": {"family": "ip", "table": table, "chain": "forward", "expr": [
+            to_sandbox, {"counter": None}, {"drop": None}]}}},
         {"add": {"chain": {"family": "ip", "table": table, "name": chain, "type": "nat", "hook": "postrouting",
                            "prio": 100, "policy": "accept"}}},
         {"add": {"rule": {"family": "ip", "table": table, "chain": chain, "expr": [
@@ -118,7 +136,7 @@ def masquerade_rules(spec: EgressSpec) -> list[nftables.Command]:
                        "right": _prefix(spec.subnet)}},
             {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
                        "right": _prefix(spec.subnet)}},
-            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": egress_host_name(spec.vni)}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": link}},
             {"masquerade": None},
         ]}}},
     ]
@@ -136,7 +154,7 @@ def _ensure(spec: EgressSpec) -> None:
     except (NetlinkError, OSError) as exc:
         raise KernelError(f"cannot set up egress for VNI {spec.vni} ({name} <-> {EGRESS_SANDBOX_LINK} in "
                           f"{spec.sandbox}): {describe(exc)}") from None
-    nftables.replace_table(None, "ip", TABLE_PREFIX + str(spec.vni), masquerade_rules(spec))
+    nftables.replace_table(None, "ip", TABLE_PREFIX + str(spec.vni), egress_rules(spec))
 
 
 def _egress_tables() -> set[int]:
