@@ -27,6 +27,7 @@ from overlaynet.agent.forwarding import Forwarding, forwarding_for
 from overlaynet.agent.health import Facts, Health, RecentIncrease, assess
 from overlaynet.agent.kernel_mode import KernelMode
 from overlaynet.agent.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, Snapshot
+from overlaynet.agent.recovery import UnknownEndpoint, rebuild, unreadable_endpoint_ids
 from overlaynet.agent.state import StateStore
 from overlaynet.agent.userspace_mode import UserspaceMode
 from overlaynet.dns_answer import Zone
@@ -44,8 +45,9 @@ T = TypeVar("T")
 
 
 class Agent:
-    def __init__(self, config: Config, keyring: Keyring | None) -> None:
+    def __init__(self, config: Config, keyring: Keyring | None, reset_identity: bool = False) -> None:
         self.config = config
+        self.reset_identity = reset_identity  # --reset-identity: a new node id if node.json is unreadable
         self.keyring = keyring
         self.store = StateStore(config.state_dir)
         self.node_id = ""
@@ -55,6 +57,10 @@ class Agent:
         self.node: GossipNode | None = None
         self.cluster: Cluster = None  # type: ignore[assignment]  # set in start()
         self.endpoints: dict[str, Endpoint] = {}  # this host's endpoints
+        # Endpoints whose state file was unreadable (recovery.py): id -> quarantined file until
+        # rebuilt; those that could not be rebuilt stay in `unknown` and their veths are never removed.
+        self._unreadable: dict[str, str] = {}
+        self.unknown: dict[str, UnknownEndpoint] = {}
         self.reservations: dict[str, set[str]] = {}  # network -> reserved IPs (Docker IPAM)
         self.started_at = time.time()
         self.last_reconcile: dict[str, Any] = {}
@@ -119,6 +125,7 @@ class Agent:
                 self._tasks.append(asyncio.create_task(self._end_startup_hold()))
         else:
             self._synced = True  # a new cluster of one: nothing to wait for
+        await self._rebuild_unreadable(cached_networks)
         self._restore(cached_networks)
         await self.reconcile()
         self._tasks.append(asyncio.create_task(self._program_on_change()))
@@ -157,6 +164,7 @@ class Agent:
             if await self.node.join(seeds):
                 log.info("event=joined seeds=%s", ",".join(f"{a}:{p}" for a, p in seeds))
                 self._synced = True
+                await self._rebuild_unreadable([])
                 self._restore([])
                 self._dirty.set()
                 return
@@ -183,6 +191,18 @@ class Agent:
 
     def _load_identity(self) -> None:
         node = self.store.read("node.json")
+        if node is not None and not (isinstance(node, dict) and isinstance(node.get("id"), str) and node["id"]):
+            self.store.quarantine("no node id in it", "node.json")
+            node = None
+        corrupt = os.path.join(self.config.state_dir, "node.json.corrupt")
+        if node is None and os.path.exists(corrupt):
+            # A new id would make this host a stranger to its cluster: its endpoints and address
+            # blocks belong to the old one. Only the operator may decide to start over.
+            if not self.reset_identity:
+                raise BadRequest(f"node identity {corrupt} is unreadable; restore it as node.json, or start "
+                                 "with --reset-identity to give this host a new node id (name kept)")
+            log.warning("event=identity-reset name=%s old_file=%s", self.config.name, corrupt)
+            os.unlink(corrupt)
         if node is None:
             node = {"id": uuid.uuid4().hex, "name": self.config.name, "created_at": time.time()}
             self.store.write(node, "node.json")
@@ -194,9 +214,14 @@ class Agent:
 
     def _load_state(self) -> list[Network]:
         cached = [Network.from_dict(data) for _, data in self.store.items("networks")]
-        for _, data in self.store.items("endpoints"):
-            ep = Endpoint.from_dict(data)
+        for key, data in self.store.items("endpoints"):
+            try:
+                ep = Endpoint.from_dict(data)
+            except (KeyError, TypeError, ValueError) as e:
+                self.store.quarantine(f"missing or bad field {e}", "endpoints", f"{key}.json")
+                continue
             self.endpoints[ep.id] = ep
+        self._unreadable = unreadable_endpoint_ids(self.config.state_dir, self.endpoints)
         for net in cached:
             self.reservations[net.name] = {ip for ip, _ in self.store.items("addresses", net.name)}
         log.info("event=state-loaded networks=%d endpoints=%d", len(cached), len(self.endpoints))
@@ -222,8 +247,37 @@ class Agent:
             block = ipam.block_of(self._subnet_for(ep), ep.ip)
             if block not in self.cluster.my_blocks(ep.network):
                 self.cluster.claim_block(ep.network, block)
-        for stale in self.cluster.my_endpoint_ids() - set(self.endpoints):
+        for stale in self.cluster.my_endpoint_ids() - set(self.endpoints) - set(self._unreadable):
             self.cluster.delete_endpoint(stale)
+
+    async def _rebuild_unreadable(self, cached_networks: list[Network]) -> None:
+        """Rebuild endpoints whose state file was unreadable; keep and report the rest."""
+        networks = {net.name: net for net in cached_networks}
+        networks.update(self.networks)
+        records = self.cluster.endpoints()
+        for endpoint_id, file in sorted(self._unreadable.items()):
+            record = records.get(endpoint_id)
+            if record is not None and record.get("host") != self.config.name:
+                record = None
+            result = await self._kernel(rebuild, endpoint_id, file, record, networks, self.config.state_dir,
+                                        self.config.name, self.advertise)
+            if isinstance(result, UnknownEndpoint):
+                self.unknown[endpoint_id] = result
+                log.error("event=endpoint-unknown endpoint=%s network=%s veth_kept=%s file=%s",
+                          endpoint_id[:12], result.network or "-", "yes" if result.sandbox else "none-left", file)
+                continue
+            self.store.write(result.to_dict(), "endpoints", f"{endpoint_id}.json")
+            os.unlink(file)
+            del self._unreadable[endpoint_id]
+            self.unknown.pop(endpoint_id, None)
+            self.endpoints[endpoint_id] = result
+            log.warning("event=endpoint-rebuilt endpoint=%s network=%s ip=%s source=%s netns=%s",
+                        endpoint_id[:12], result.network, result.ip, "cluster+kernel" if record else "kernel",
+                        result.netns or "-")
+
+    def _kept_prefixes(self) -> set[str]:
+        """Veths of endpoints we cannot read but must not remove."""
+        return {kernel.endpoint_prefix(eid) for eid in self._unreadable}
 
     def _subnet_for(self, ep: Endpoint) -> str:
         net = self.networks.get(ep.network)
@@ -540,8 +594,13 @@ class Agent:
                      ",".join(names) or "-")
             return ep
 
-    async def delete_endpoint(self, endpoint_id: str) -> Endpoint:
+    async def delete_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """Detach an endpoint; for an `unknown` one, remove its veth and its unreadable file."""
         async with self._lock:
+            unknown = [u for u in self.unknown.values() if endpoint_id and u.id.startswith(endpoint_id)]
+            if endpoint_id not in self.endpoints and len(unknown) == 1:
+                await self._forget_unknown(unknown[0])
+                return None
             ep = self.get_endpoint(endpoint_id)
             net = self.networks.get(ep.network)
             await self._unplug(net, ep)
@@ -556,7 +615,9 @@ class Agent:
             raise BadRequest(str(e)) from None
         for ep in list(self.endpoints.values()):
             if ep.network == net.name and ep.netns and self._same_netns(ep.netns, identity):
-                return await self.delete_endpoint(ep.id)
+                async with self._lock:
+                    await self._unplug(net, ep)
+                return ep
         raise NotFound(f"namespace {netns_spec} is not attached to network {network!r}")
 
     def _same_netns(self, path: str, identity: tuple[int, int]) -> bool:
@@ -564,6 +625,19 @@ class Agent:
             return kernel.netns_identity(path) == identity
         except KernelError:
             return False
+
+    async def _forget_unknown(self, unknown: UnknownEndpoint) -> None:
+        if unknown.sandbox is not None:
+            await self._kernel(kernel.remove_veth, unknown.sandbox, unknown.id)
+        try:
+            os.unlink(unknown.file)
+        except FileNotFoundError:
+            pass
+        self._unreadable.pop(unknown.id, None)
+        del self.unknown[unknown.id]
+        self.cluster.delete_endpoint(unknown.id)
+        log.info("event=unknown-endpoint-removed endpoint=%s network=%s", unknown.id[:12], unknown.network or "-")
+        self._dirty.set()
 
     async def _unplug(self, net: Network | None, ep: Endpoint) -> None:
         """Remove an endpoint everywhere; `net` is None when the network is already gone."""
@@ -775,7 +849,7 @@ class Agent:
             wanted_sandboxes = set()
             for net in networks.values():
                 local = [ep for ep in self.endpoints.values() if ep.network == net.name]
-                if not local:
+                if not local and not any(u.network == net.name for u in self.unknown.values()):
                     continue
                 sandbox = self._sandbox(net)
                 wanted_sandboxes.add(sandbox)
@@ -797,6 +871,7 @@ class Agent:
                         summary["repaired"] += 1
                         log.info("event=endpoint-repaired endpoint=%s network=%s", ep.id[:12], net.name)
                     known = {kernel.endpoint_prefix(ep.id) for ep in self.endpoints.values() if ep.network == net.name}
+                    known |= self._kept_prefixes()
                     for key in present - known:
                         await self._kernel(kernel.remove_veth, sandbox, key)
                         summary["stale_removed"] += 1
@@ -806,7 +881,8 @@ class Agent:
                     summary["errors"].append(f"{net.name}: {e}")
                     log.error("event=reconcile-failed network=%s error=%s", net.name, e)
             for sandbox in await self._kernel(kernel.list_sandboxes, self.config.state_dir):
-                if sandbox not in wanted_sandboxes:
+                if sandbox not in wanted_sandboxes and not (
+                        await self._kernel(kernel.list_endpoint_links, sandbox) & self._kept_prefixes()):
                     await self._kernel(kernel.remove_sandbox, sandbox)
                     summary["stale_removed"] += 1
                     log.info("event=stale-sandbox-removed path=%s", sandbox)
@@ -921,6 +997,7 @@ class Agent:
             "state_dir": self.config.state_dir,
             "networks": len(self.networks),
             "endpoints": len(self.endpoints),
+            "endpoints_unknown": [u.view() for u in self.unknown.values()],
             "cluster": {
                 "members": len(members),
                 "alive": sum(1 for m in members if m.state == "alive"),

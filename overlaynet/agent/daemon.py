@@ -137,7 +137,7 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     check_socket_free(config.socket)
     lock_fd = lock_state_dir(config.state_dir)
-    agent = Agent(config, load_keyring(config))
+    agent = Agent(config, load_keyring(config), reset_identity=args.reset_identity)
     reloader = Reloader(config, appliers={
         "log_level": lambda level: logging.getLogger().setLevel(level.upper()),
         "log_file": lambda path: setup_logging(config.log_level, path, config.log_format),
@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlayd", description="overlaynet host daemon")
     config_mod.add_arguments(parser)
     parser.add_argument("--version", action="version", version=f"overlayd {__version__}")
+    parser.add_argument("--reset-identity", action="store_true",
+                        help="start as a new node (new id, same name) when node.json is unreadable")
     args = parser.parse_args(argv)
     try:
         config = config_mod.load(args)

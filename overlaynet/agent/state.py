@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 class StateStore:
     def __init__(self, root: str) -> None:
         self.root = root
+        # Files found unreadable since start, moved aside as `<path>.corrupt`: the agent rebuilds
+        # what they described from the kernel and the cluster, or reports it (never deletes it).
+        self.quarantined: dict[str, str] = {}  # path -> why
 
     def prepare(self) -> None:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -60,9 +63,15 @@ class StateStore:
             return None
         except (OSError, ValueError) as e:
             # Should not happen with atomic writes; keep the evidence and start without it.
-            log.error("state file %s unreadable (%s); moved aside to %s.corrupt", path, e, path)
-            os.replace(path, path + ".corrupt")
+            self.quarantine(str(e), *parts)
             return None
+
+    def quarantine(self, why: str, *parts: str) -> None:
+        """Move an unreadable file aside as `<path>.corrupt` (kept as evidence, never deleted here)."""
+        path = self._path(*parts)
+        log.error("event=state-file-corrupt path=%s error=\"%s\" moved_to=%s.corrupt", path, why, path)
+        os.replace(path, path + ".corrupt")
+        self.quarantined[path] = why
 
     def delete(self, *parts: str) -> None:
         path = self._path(*parts)

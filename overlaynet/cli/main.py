@@ -137,11 +137,27 @@ def cluster_endpoint_rows(eps: list[dict[str, Any]]) -> str:
     )
 
 
+def unknown_endpoint_lines(unknown: list[dict[str, Any]]) -> str:
+    """Endpoints whose state file was unreadable and that could not be rebuilt: what to do about each."""
+    return "\n".join(f"UNKNOWN endpoint {u['id'][:12]} (network {u.get('network') or '?'}, veth {u['host_ifname']}): "
+                     f"{u['hint']}" for u in unknown)
+
+
 def cmd_endpoint_ls(client: Client, args: argparse.Namespace) -> None:
     if args.all:
         emit(args, client.list_endpoints(args.network, everywhere=True), cluster_endpoint_rows)
-    else:
-        emit(args, client.list_endpoints(args.network), endpoint_rows)
+        return
+    emit(args, client.list_endpoints(args.network), endpoint_rows)
+    unknown = [u for u in client.status().get("endpoints_unknown") or []
+               if args.network is None or u.get("network") in (None, args.network)]
+    if unknown and not args.json:
+        print(unknown_endpoint_lines(unknown))
+
+
+def cmd_endpoint_rm(client: Client, args: argparse.Namespace) -> None:
+    client.delete_endpoint(args.id)
+    if not args.json:
+        print(f"removed endpoint {args.id}")
 
 
 def cmd_members(client: Client, args: argparse.Namespace) -> None:
@@ -257,6 +273,8 @@ def status_text(s: dict[str, Any]) -> str:
         lines.append("fast path offloads: " + ", ".join(f"{k}={v}" for k, v in sorted(dp["offloads"].items())))
     if dp.get("error"):
         lines.append(f"fast path error: {dp['error']}")
+    if s.get("endpoints_unknown"):
+        lines.append(unknown_endpoint_lines(s["endpoints_unknown"]))
     if "tables" in s:
         lines.append("tables: " + ", ".join(f"{name} {n}" for name, n in s["tables"].items()))
     counters = s.get("counters") or {}
@@ -387,6 +405,10 @@ def build_parser() -> Parser:
     p.add_argument("id", help="endpoint id (or a unique prefix of it), see `overlayctl endpoint ls`")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.set_defaults(func=cmd_endpoint_name)
+    p = ep_sub.add_parser("rm", help="remove an endpoint by id (also an `unknown` one and its veth)",
+                          parents=[common])
+    p.add_argument("id", help="endpoint id (or a unique prefix of it), see `overlayctl endpoint ls`")
+    p.set_defaults(func=cmd_endpoint_rm)
 
     p = sub.add_parser("stats", help="dataplane counters per network (packets, bytes, drops by reason)",
                        parents=[common])

@@ -31,6 +31,7 @@ from .netns import (
     resolve_netns,
     sandbox_exists,
 )
+from .probe import ProbedEndpoint, probe_endpoint
 from .underlay import detect_advertise_address, is_local_address, underlay_device, underlay_mtu
 from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_veth
 from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan
@@ -44,6 +45,7 @@ __all__ = [
     "FdbEntry",
     "KernelError",
     "NeighEntry",
+    "ProbedEndpoint",
     "VethInfo",
     "VethSpec",
     "VxlanSpec",
@@ -66,6 +68,7 @@ __all__ = [
     "list_neigh",
     "list_sandboxes",
     "netns_identity",
+    "probe_endpoint",
     "remove_sandbox",
     "remove_veth",
     "remove_vxlan",

@@ -1,0 +1,154 @@
+"""Unreadable state files never cut a container off: endpoints are rebuilt or kept and reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from overlaynet import kernel
+from overlaynet.api.client import Client
+from overlaynet.lab import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def truncate(path: str) -> None:
+    with open(path, "r+") as f:
+        size = len(f.read())
+        f.truncate(size // 2)
+
+
+def endpoint_file(host, endpoint_id: str) -> str:
+    return os.path.join(host.state_dir, "endpoints", f"{endpoint_id}.json")
+
+
+def sandbox_links(lab, host, vni: int) -> set[str]:
+    out = subprocess.run(["nsenter", f"--net={kernel.sandbox_path(host.state_dir, vni)}", "ip", "-o", "link"],
+                         capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def reconcile(host) -> None:
+    assert Client(host.socket).reconcile()["errors"] == []
+
+
+def start_pinging(lab, netns: str, address: str, count: int = 160):
+    return lab.popen(netns, ["ping", "-n", "-i", "0.05", "-c", str(count), "-W", "1", address],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(ping) -> str:
+    try:
+        out, _ = ping.communicate(timeout=60)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    return out
+
+
+def test_truncated_endpoint_file_is_rebuilt_from_the_kernel_without_losing_a_ping(lab):
+    host = lab.add_host("h1")
+    lab.start_daemon(host)
+    lab.overlayctl(host, "network", "create", "trunc", "--subnet", "198.19.60.0/24", "--vni", "6060")
+    a, b = lab.add_container("a"), lab.add_container("b")
+    ep_a = lab.overlayctl_json(host, "attach", a, "--network", "trunc")
+    ep_b = lab.overlayctl_json(host, "attach", b, "--network", "trunc")
+    ping = start_pinging(lab, b, ep_a["ip"])
+    try:
+        lab.stop_daemon(host, signal.SIGKILL)
+        truncate(endpoint_file(host, ep_a["id"]))
+        lab.start_daemon(host)
+        reconcile(host)  # a full pass must not remove the rebuilt endpoint's veth
+    finally:
+        out = finish(ping)
+    assert " 0% packet loss" in out, out
+    eps = {e["id"]: e for e in lab.overlayctl_json(host, "endpoint", "ls")}
+    assert set(eps) == {ep_a["id"], ep_b["id"]}
+    rebuilt = eps[ep_a["id"]]
+    for key in ("ip", "mac", "network", "ifname", "netns", "mtu"):
+        assert rebuilt[key] == ep_a[key], (key, rebuilt, ep_a)
+    with open(endpoint_file(host, ep_a["id"])) as f:
+        assert json.load(f)["ip"] == ep_a["ip"], "the rebuilt endpoint is persisted again"
+    assert "event=endpoint-rebuilt" in lab.daemon_log(host)
+    assert lab.ping(b, ep_a["ip"])
+
+
+def test_rebuild_takes_names_from_the_clusters_record(lab):
+    h1, h2 = lab.add_host("h1"), lab.add_host("h2")
+    lab.start_daemon(h1)
+    lab.start_daemon(h2, "--join", h1.address, "--key-file", os.path.join(h1.state_dir, "gossip.key"))
+    lab.overlayctl(h1, "network", "create", "rec", "--subnet", "198.19.61.0/24", "--vni", "6161")
+    wait_until(lambda: lab.overlayctl_json(h2, "network", "ls"), what="the network on h2")
+    a, b = lab.add_container("a"), lab.add_container("b")
+    ep_a = lab.overlayctl_json(h1, "attach", a, "--network", "rec", "--name", "alpha")
+    lab.overlayctl_json(h2, "attach", b, "--network", "rec")
+    lab.wait_ping(b, ep_a["ip"])
+    lab.stop_daemon(h1, signal.SIGKILL)
+    truncate(endpoint_file(h1, ep_a["id"]))
+    lab.start_daemon(h1)
+    ep = next(e for e in lab.overlayctl_json(h1, "endpoint", "ls") if e["id"] == ep_a["id"])
+    assert ep["names"] == ["alpha"] and ep["ip"] == ep_a["ip"], ep
+    assert "source=cluster+kernel" in lab.daemon_log(h1)
+    lab.wait_ping(b, ep_a["ip"])
+    wait_until(lambda: any(e["id"] == ep_a["id"] for e in lab.overlayctl_json(h2, "endpoint", "ls", "--all")),
+               what="h2 still sees the endpoint")
+
+
+def test_endpoint_that_cannot_be_rebuilt_is_kept_and_reported_unknown(lab):
+    host = lab.add_host("h1")
+    lab.start_daemon(host)
+    lab.overlayctl(host, "network", "create", "lost", "--subnet", "198.19.62.0/24", "--vni", "6262")
+    a, b = lab.add_container("a"), lab.add_container("b")
+    ep_a = lab.overlayctl_json(host, "attach", a, "--network", "lost")
+    ep_b = lab.overlayctl_json(host, "attach", b, "--network", "lost")
+    # The container's namespace is held only by its process, not by a mount anyone can find.
+    holder = lab.popen(a, ["sleep", "600"])
+    try:
+        subprocess.run(["umount", f"/run/netns/{a}"], check=True)
+        lab.stop_daemon(host, signal.SIGKILL)
+        truncate(endpoint_file(host, ep_a["id"]))
+        lab.start_daemon(host)
+        reconcile(host)
+        veth = kernel.host_veth_name(ep_a["id"])
+        assert veth in sandbox_links(lab, host, 6262), "an unreadable file must never remove a veth"
+        assert lab.ping(b, ep_a["ip"], count=3), "the container must stay connected"
+        status = lab.overlayctl_json(host, "status")
+        [unknown] = status["endpoints_unknown"]
+        assert unknown["id"] == ep_a["id"] and unknown["network"] == "lost", unknown
+        text = lab.overlayctl(host, "endpoint", "ls").stdout
+        assert f"UNKNOWN endpoint {ep_a['id'][:12]}" in text and f"overlayctl endpoint rm {ep_a['id']}" in text, text
+        assert ep_b["id"][:12] in text
+        # The operator decides: remove it, veth and all.
+        lab.overlayctl(host, "endpoint", "rm", ep_a["id"])
+        assert veth not in sandbox_links(lab, host, 6262)
+        assert lab.overlayctl_json(host, "status")["endpoints_unknown"] == []
+        assert not os.path.exists(endpoint_file(host, ep_a["id"]) + ".corrupt")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_corrupt_node_identity_refuses_to_start_unless_reset(lab):
+    host = lab.add_host("h1")
+    lab.start_daemon(host)
+    old_id = lab.overlayctl_json(host, "status")["node_id"]
+    lab.stop_daemon(host)
+    with open(os.path.join(host.state_dir, "node.json"), "w") as f:
+        f.write('{"id": "12')
+    args = [sys.executable, "-m", "overlaynet.agent.daemon", "--config", os.devnull, "--name", "h1",
+            "--advertise", host.address, "--state-dir", host.state_dir, "--socket", host.socket]
+    for _attempt in range(2):  # the second start (file already moved aside) must refuse too
+        proc = lab.run(host.netns, args, timeout=30)
+        assert proc.returncode == 1, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("overlayd: node identity") and "--reset-identity" in line, proc.stderr
+        assert "Traceback" not in proc.stderr
+    lab.start_daemon(host, "--reset-identity")
+    status = lab.overlayctl_json(host, "status")
+    assert status["name"] == "h1" and status["node_id"] != old_id
