@@ -13,6 +13,7 @@ import pytest
 from overlaynet import kernel
 from overlaynet.api.client import Client
 from overlaynet.lab import wait_until
+from tests.lab_helpers import finish_ping, pair_on_one_host, start_pinging
 
 pytestmark = pytest.mark.integration
 
@@ -37,36 +38,17 @@ def reconcile(host) -> None:
     assert Client(host.socket).reconcile()["errors"] == []
 
 
-def start_pinging(lab, netns: str, address: str, count: int = 160):
-    return lab.popen(netns, ["ping", "-n", "-i", "0.05", "-c", str(count), "-W", "1", address],
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(ping) -> str:
-    try:
-        out, _ = ping.communicate(timeout=60)
-    finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait()
-    return out
-
-
 def test_truncated_endpoint_file_is_rebuilt_from_the_kernel_without_losing_a_ping(lab):
-    host = lab.add_host("h1")
-    lab.start_daemon(host)
-    lab.overlayctl(host, "network", "create", "trunc", "--subnet", "198.19.60.0/24", "--vni", "6060")
-    a, b = lab.add_container("a"), lab.add_container("b")
-    ep_a = lab.overlayctl_json(host, "attach", a, "--network", "trunc")
-    ep_b = lab.overlayctl_json(host, "attach", b, "--network", "trunc")
-    ping = start_pinging(lab, b, ep_a["ip"])
+    pair = pair_on_one_host(lab, "trunc", "198.19.60.0/24", 6060)
+    host, b, ep_a, ep_b = pair.host, pair.b, pair.ep_a, pair.ep_b
+    ping = start_pinging(lab, b, ep_a["ip"], count=160)
     try:
         lab.stop_daemon(host, signal.SIGKILL)
         truncate(endpoint_file(host, ep_a["id"]))
         lab.start_daemon(host)
         reconcile(host)  # a full pass must not remove the rebuilt endpoint's veth
     finally:
-        out = finish(ping)
+        out = finish_ping(ping)
     assert " 0% packet loss" in out, out
     eps = {e["id"]: e for e in lab.overlayctl_json(host, "endpoint", "ls")}
     assert set(eps) == {ep_a["id"], ep_b["id"]}
@@ -101,12 +83,8 @@ def test_rebuild_takes_names_from_the_clusters_record(lab):
 
 
 def test_endpoint_that_cannot_be_rebuilt_is_kept_and_reported_unknown(lab):
-    host = lab.add_host("h1")
-    lab.start_daemon(host)
-    lab.overlayctl(host, "network", "create", "lost", "--subnet", "198.19.62.0/24", "--vni", "6262")
-    a, b = lab.add_container("a"), lab.add_container("b")
-    ep_a = lab.overlayctl_json(host, "attach", a, "--network", "lost")
-    ep_b = lab.overlayctl_json(host, "attach", b, "--network", "lost")
+    pair = pair_on_one_host(lab, "lost", "198.19.62.0/24", 6262)
+    host, a, b, ep_a, ep_b = pair.host, pair.a, pair.b, pair.ep_a, pair.ep_b
     # The container's namespace is held only by its process, not by a mount anyone can find.
     holder = lab.popen(a, ["sleep", "600"])
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -12,6 +11,7 @@ import pytest
 
 from overlaynet import kernel as knames
 from tests.as_nobody import run_as_nobody
+from tests.lab_helpers import pair_on_one_host, start_pinging
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +55,9 @@ def test_sigterm_keeps_containers_connected_and_restart_restores(lab):
 
 
 def test_kill_9_during_ping_loses_nothing_and_state_comes_back(lab):
-    host = lab.add_host("h1")
-    lab.start_daemon(host)
-    lab.overlayctl(host, "network", "create", "crash", "--subnet", "198.19.41.0/24", "--vni", "4141")
-    a, b = lab.add_container("a"), lab.add_container("b")
-    ep_a = lab.overlayctl_json(host, "attach", a, "--network", "crash")
-    ep_b = lab.overlayctl_json(host, "attach", b, "--network", "crash")
-    ping = lab.popen(a, ["ping", "-n", "-i", "0.05", "-c", "120", "-W", "1", ep_b["ip"]],
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pair = pair_on_one_host(lab, "crash", "198.19.41.0/24", 4141)
+    host, a, ep_a, ep_b = pair.host, pair.a, pair.ep_a, pair.ep_b
+    ping = start_pinging(lab, a, ep_b["ip"])
     try:
         time.sleep(1.0)
         lab.stop_daemon(host, signal.SIGKILL)
