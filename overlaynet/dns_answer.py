@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 from dnslib import PTR, QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
 TTL = 5  # seconds: names follow containers coming and going quickly
-MAX_ANSWERS = 64  # per question; a UDP answer that does not fit is truncated (TC) and retried on TCP
-UDP_SIZE = 512  # without EDNS; with it, the size the client advertises (up to MAX_UDP_SIZE)
-MAX_UDP_SIZE = 4096
+# Records per UDP answer: with more, the first ones come back with TC set and resolvers that can
+# retry over TCP get them all (up to MAX_TCP_ANSWERS). Keeps a ~30-byte query from buying a large
+# answer aimed at a spoofed source (amplification); 16 A records are ~280 bytes.
+MAX_UDP_ANSWERS = 16
+MAX_TCP_ANSWERS = 64
+UDP_SIZE = 512  # without EDNS; with it, the size the client advertises, clamped to MAX_UDP_SIZE
+# The EDNS size DNS Flag Day 2020 settled on: never IP-fragmented on common paths, and a bound on
+# what one spoofed query can make us send.
+MAX_UDP_SIZE = 1232
 
 
 @dataclass
@@ -100,8 +106,9 @@ def _qname(record: DNSRecord) -> str | None:
 def answer(zone: Zone, query: bytes, counters: dict[str, int] | None = None, tcp: bool = False) -> bytes | None:
     """The reply to one DNS message, or None when it is not a query we can parse (drop it).
 
-    Over UDP (tcp=False) an answer larger than the client can take comes back truncated (TC set,
-    no records), so the client asks again over TCP.
+    Over UDP (tcp=False) an answer with more than MAX_UDP_ANSWERS records, or larger than the client
+    can take, comes back truncated: TC set, only the records that fit, so the client asks again
+    over TCP.
     """
     counts = counters if counters is not None else {}
 
@@ -136,7 +143,7 @@ def answer(zone: Zone, query: bytes, counters: dict[str, int] | None = None, tcp
     ips = zone.lookup(qname)
     if ips:
         if qtype in (QTYPE.A, QTYPE.ANY):
-            for ip in ips[:MAX_ANSWERS]:
+            for ip in ips[:MAX_TCP_ANSWERS]:
                 reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(ip), ttl=TTL))
         count("answered")
         return _pack(reply, request, tcp)
@@ -148,7 +155,7 @@ def answer(zone: Zone, query: bytes, counters: dict[str, int] | None = None, tcp
             count("nxdomain")
             return _pack(reply, request, tcp)
         if qtype in (QTYPE.PTR, QTYPE.ANY):
-            for name in names[:MAX_ANSWERS]:
+            for name in names[:MAX_TCP_ANSWERS]:
                 reply.add_answer(RR(request.q.qname, QTYPE.PTR, rdata=PTR(f"{name}.{zone.network}."), ttl=TTL))
         count("answered")
         return _pack(reply, request, tcp)
@@ -167,15 +174,18 @@ def _refuse(reply: DNSRecord, request: DNSRecord, counts: dict[str, int], tcp: b
 
 
 def _pack(reply: DNSRecord, request: DNSRecord, tcp: bool) -> bytes:
-    data = bytes(reply.pack())
     if tcp:
-        return data
+        return bytes(reply.pack())
     limit = UDP_SIZE
     for opt in request.ar:
         if opt.rtype == QTYPE.OPT:
             limit = min(max(UDP_SIZE, int(opt.rclass)), MAX_UDP_SIZE)
-    if len(data) <= limit:
-        return data
-    reply.rr = []
-    reply.header.tc = 1
-    return bytes(reply.pack())
+    if len(reply.rr) > MAX_UDP_ANSWERS:
+        reply.rr = reply.rr[:MAX_UDP_ANSWERS]
+        reply.header.tc = 1
+    data = bytes(reply.pack())
+    while len(data) > limit and reply.rr:
+        reply.rr = reply.rr[: len(reply.rr) // 2]  # halving: a handful of re-packs at most
+        reply.header.tc = 1
+        data = bytes(reply.pack())
+    return data

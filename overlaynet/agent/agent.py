@@ -80,7 +80,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         # One thread for all netlink work: kernel verbs run in order, never concurrently.
         self._kernel_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
-        self.dns = DnsService(self._zone_for, self._kernel)
+        self.dns = DnsService(self._zone_for, self._kernel, rate_limit=config.dns_rate_limit)
         self._zones: dict[str, Zone] = {}  # network -> names, rebuilt after endpoint table changes
 
     # ---- lifecycle -------------------------------------------------------------------------

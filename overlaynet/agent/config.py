@@ -46,6 +46,7 @@ HostName = Annotated[str, Meta(min_length=1, max_length=63, extra={"expect": "a 
 Path = Annotated[str, Meta(min_length=1, extra={"expect": "a path"})]
 HostPort = Annotated[str, Meta(extra={"expect": 'ADDR:PORT with an IPv4 address, e.g. "0.0.0.0:7947", '
                                                'or "" for none', "check": "hostport"})]
+QueryRate = Annotated[int, Meta(ge=0, le=1_000_000, extra={"expect": "a whole number of queries per second from 0 to 1000000"})]
 Microseconds = Annotated[int, Meta(ge=0, le=1_000_000, extra={"expect": "a whole number of microseconds from 0 to 1000000"})]
 
 
@@ -92,6 +93,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "userspace dataplane: busy-poll this long after traffic before sleeping; lower latency for a "
         "CPU per host while traffic flows (default 0: never)")] = 0
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _help("default info")] = "info"
+    dns_rate_limit: Annotated[QueryRate, _help("DNS queries per second per container address (burst: twice "
+                                                "that; 0: unlimited; default 100)")] = 100
     # SIGHUP reopens it, so logrotate can move it away (reload.py lists what else a reload applies).
     log_file: Annotated[Path | None, _help("append logs to this file instead of stderr; SIGHUP reopens it")] = None
     log_format: Annotated[Literal["logfmt", "json"], _help(

@@ -13,12 +13,14 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from overlaynet import kernel
 from overlaynet.dns_answer import Zone, answer
+from overlaynet.ratelimit import TokenBuckets
 
 log = logging.getLogger("overlaynet.dns")
 
@@ -26,7 +28,9 @@ DNS_PORT = 53
 IP_FREEBIND = 15  # bind even if the address is not (yet) on the bridge; not exported by `socket`
 TCP_IDLE_TIMEOUT = 10.0
 TCP_MAX_CLIENTS = 64
-COUNTERS = ("queries", "answered", "nxdomain", "refused", "malformed", "errors", "tcp_connections")
+COUNTERS = ("queries", "answered", "nxdomain", "refused", "malformed", "errors", "tcp_connections",
+            "rate_limited")
+DEFAULT_RATE = 100  # queries per second per source address (burst: twice that); see docs/dns.md
 
 ZoneFor = Callable[[str], Zone | None]
 Blocking = Callable[..., Awaitable[Any]]
@@ -67,7 +71,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = self.server.reply(data, tcp=False)
+        reply = self.server.reply(data, addr[0], tcp=False)
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -80,6 +84,7 @@ class Server:
     binding: Binding
     zone_for: ZoneFor
     counters: dict[str, int]
+    limiter: TokenBuckets | None  # per source address; None: unlimited
     udp: asyncio.DatagramTransport | None = None
     tcp: asyncio.Server | None = None
     clients: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -87,7 +92,10 @@ class Server:
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
-    def reply(self, data: bytes, tcp: bool) -> bytes | None:
+    def reply(self, data: bytes, source: str, tcp: bool) -> bytes | None:
+        if self.limiter is not None and not self.limiter.allow(source, time.monotonic()):
+            self.count("rate_limited")  # dropped unanswered: a flood buys nothing, not even an error
+            return None
         try:
             zone = self.zone_for(self.binding.network)
             if zone is None:
@@ -110,12 +118,14 @@ class Server:
         task = asyncio.current_task()
         if task is not None:
             self.clients.add(task)
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if peer else "?"
         try:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
                 (length,) = struct.unpack("!H", head)
                 data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
-                reply = self.reply(data, tcp=True)
+                reply = self.reply(data, source, tcp=True)
                 if reply is None:
                     return  # malformed: close the connection
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -139,10 +149,12 @@ class Server:
 class DnsService:
     """The set of running servers, made equal to what the agent wants after each program pass."""
 
-    def __init__(self, zone_for: ZoneFor, blocking: Blocking, port: int = DNS_PORT) -> None:
+    def __init__(self, zone_for: ZoneFor, blocking: Blocking, port: int = DNS_PORT,
+                 rate_limit: int = DEFAULT_RATE) -> None:
         self.zone_for = zone_for
         self.blocking = blocking  # runs a blocking function off the event loop (the kernel thread)
         self.port = port
+        self.rate_limit = rate_limit  # queries/s per source address and server; 0: unlimited
         self.servers: dict[str, Server] = {}
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.last_error: str | None = None
@@ -173,7 +185,8 @@ class DnsService:
                 self.errors[network] = f"cannot listen on {address}:{self.port}: {e}"
                 log.error("event=dns-listen-failed network=%s address=%s error=%s", network, address, e)
                 continue
-            server = Server(binding, self.zone_for, self.counters)
+            limiter = TokenBuckets(self.rate_limit, 2 * self.rate_limit) if self.rate_limit else None
+            server = Server(binding, self.zone_for, self.counters, limiter)
             try:
                 await server.start(udp, tcp)
             except OSError as e:

@@ -7,7 +7,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlaynet.dns_answer import TTL, Zone, answer
+from overlaynet.dns_answer import MAX_UDP_ANSWERS, MAX_UDP_SIZE, TTL, Zone, answer
 from overlaynet.errors import BadRequest
 from overlaynet.model import gateway_mac, validate_dns_name, validate_dns_names
 
@@ -85,12 +85,28 @@ def test_large_answers_are_truncated_over_udp_and_whole_over_tcp() -> None:
     zone = Zone.build("blue", "198.19.1.0/24", many)
     query = DNSRecord.question("many").pack()
     udp = DNSRecord.parse(answer(zone, query))
-    assert udp.header.tc == 1 and udp.rr == []
+    assert udp.header.tc == 1 and len(udp.rr) == MAX_UDP_ANSWERS  # what fits, and "ask over TCP"
     tcp = DNSRecord.parse(answer(zone, query, tcp=True))
     assert tcp.header.tc == 0 and len(tcp.rr) == 60
     edns = DNSRecord.question("many")
     edns.add_ar(EDNS0(udp_len=4096))
-    assert len(DNSRecord.parse(answer(zone, edns.pack())).rr) == 60
+    assert len(DNSRecord.parse(answer(zone, edns.pack())).rr) == MAX_UDP_ANSWERS
+    few = Zone.build("blue", "198.19.1.0/24", many[:MAX_UDP_ANSWERS])
+    whole = DNSRecord.parse(answer(few, query))
+    assert whole.header.tc == 0 and len(whole.rr) == MAX_UDP_ANSWERS
+
+
+def test_udp_answers_fit_the_size_the_client_can_take() -> None:
+    """Long PTR names: 16 records would not fit 512 bytes; with EDNS the size is clamped to 1232."""
+    name = "n" * 60
+    zone = Zone.build("blue", "198.19.1.0/24",
+                      [{"network": "blue", "ip": "198.19.1.5", "names": [f"{name}{i:02d}"]} for i in range(30)])
+    query = DNSRecord.question("5.1.19.198.in-addr.arpa", "PTR")
+    plain = answer(zone, query.pack())
+    assert plain is not None and len(plain) <= 512 and DNSRecord.parse(plain).header.tc == 1
+    query.add_ar(EDNS0(udp_len=65000))
+    clamped = answer(zone, query.pack())
+    assert clamped is not None and 512 < len(clamped) <= MAX_UDP_SIZE and DNSRecord.parse(clamped).header.tc == 1
 
 
 @settings(max_examples=500, deadline=None)
