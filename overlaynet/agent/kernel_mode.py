@@ -48,10 +48,12 @@ class KernelMode:
         """Nothing to start: the kernel is always there."""
 
     def sync_peers(self, vteps: set[str]) -> None:
-        """The kernel's VXLAN device takes packets from any sender; nothing to restrict here."""
+        """Only these VTEPs (live cluster members) may send us VXLAN: the kernel's VXLAN device takes
+        packets from any sender, so an nftables set in the host namespace admits only them."""
+        kernel.sync_vxlan_members(self.vxlan_port, vteps)
 
     def stats(self) -> dict[str, Any]:
-        return {}
+        return {"vxlan_non_member_drops": kernel.vxlan_non_member_drops()}
 
     def remove_network(self, net: Network, sandbox: str) -> None:
         kernel.remove_sandbox(sandbox)

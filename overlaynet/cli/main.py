@@ -191,7 +191,8 @@ def cmd_fdb(client: Client, args: argparse.Namespace) -> None:
 def stats_text(d: dict[str, Any]) -> str:
     if d.get("dataplane") != "userspace":
         return (f"dataplane {d.get('dataplane')}: the kernel's VXLAN devices keep their own counters "
-                "(see `ip -s link` inside the sandbox); per-network counters come with --dataplane userspace")
+                "(see `ip -s link` inside the sandbox); per-network counters come with --dataplane userspace\n"
+                f"VXLAN packets from non-members dropped: {human_count(d.get('vxlan_non_member_drops', 0))}")
     names = d.get("names") or {}
     rows = []
     for vni, c in sorted((d.get("networks") or {}).items(), key=lambda kv: int(kv[0])):

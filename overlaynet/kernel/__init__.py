@@ -35,6 +35,7 @@ from .probe import ProbedEndpoint, probe_endpoint
 from .underlay import detect_advertise_address, is_local_address, underlay_device, underlay_mtu
 from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_veth
 from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan
+from .vxlan_filter import remove_vxlan_filter, sync_vxlan_members, vxlan_non_member_drops
 
 __all__ = [
     "BRIDGE_LOCAL",
@@ -72,6 +73,7 @@ __all__ = [
     "remove_sandbox",
     "remove_veth",
     "remove_vxlan",
+    "remove_vxlan_filter",
     "resolve_netns",
     "sandbox_exists",
     "sandbox_path",
@@ -81,8 +83,10 @@ __all__ = [
     "sync_egress",
     "sync_fdb",
     "sync_neigh",
+    "sync_vxlan_members",
     "tap_name",
     "underlay_device",
     "underlay_mtu",
     "vxlan_name",
+    "vxlan_non_member_drops",
 ]
