@@ -159,7 +159,9 @@ class Lab:
         with IPRoute(netns=name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
-    def add_host(self, label: str) -> Host:
+    def add_host(self, label: str, mtu: int | None = None) -> Host:
+        """A host namespace on the underlay; `mtu` gives its link (both ends) a smaller MTU than the
+        lab's, as a host behind a tunnel or a jumbo-less segment would have."""
         self._host_count += 1
         n = self._host_count
         name = f"{self.prefix}-{label}"
@@ -170,10 +172,10 @@ class Lab:
             ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name})
             idx = ipr.link_lookup(ifname=port)[0]
             bridge = ipr.link_lookup(ifname=UNDERLAY_BRIDGE)[0]
-            ipr.link("set", index=idx, master=bridge, mtu=self.underlay_mtu, state="up")
+            ipr.link("set", index=idx, master=bridge, mtu=mtu or self.underlay_mtu, state="up")
         with IPRoute(netns=name) as ipr:
             idx = ipr.link_lookup(ifname="eth0")[0]
-            ipr.link("set", index=idx, mtu=self.underlay_mtu, state="up")
+            ipr.link("set", index=idx, mtu=mtu or self.underlay_mtu, state="up")
             ipr.addr("add", index=idx, address=address, prefixlen=16)
         state_dir = os.path.join(self.workdir, label, "state")
         host = Host(

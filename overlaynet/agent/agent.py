@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from overlaynet import __version__, ipam, kernel, model
+from overlaynet.agent import doctor
 from overlaynet.agent.blocks import BlockAllocator
 from overlaynet.agent.cluster import ENDPOINTS, IPAM, NETWORKS, Cluster
 from overlaynet.agent.config import Config, parse_seed
@@ -962,6 +963,17 @@ class Agent:
         by_vni = {str(net.vni): net.name for net in self.networks.values()}
         names = {vni: by_vni.get(str(vni), "") for vni in stats.get("networks") or {}}
         return {"dataplane": self.config.dataplane, **stats, "names": names}
+
+    async def doctor(self) -> dict[str, Any]:
+        """Check the underlay to every other member: ports and path MTU (agent/doctor.py)."""
+        peers = [m for m in self.cluster.members() if m.name != self.config.name and m.state != "left"]
+        results = await asyncio.gather(*(
+            doctor.check_peer(m.name, m.addr, m.port, str(m.meta.get("vtep") or m.addr), self.config.vxlan_port,
+                              self.underlay_mtu, m.meta.get("dataplane"))
+            for m in sorted(peers, key=lambda m: m.name)))
+        networks = [(n.name, n.mtu) for n in sorted(self.networks.values(), key=lambda n: n.name)]
+        return {"host": self.config.name, "advertise": self.advertise, "underlay_mtu": self.underlay_mtu,
+                "peers": list(results), "warnings": doctor.warnings_for(list(results), networks)}
 
     async def metrics_snapshot(self) -> Snapshot:
         """What a Prometheus scrape reports: read now from the counters that exist anyway."""

@@ -119,4 +119,29 @@ class Health(Answer):
     reasons: list[str]
 
 
+class PortCheck(Answer):
+    port: int
+    result: str  # "ok", "ok (no ICMP error)", or what went wrong
+
+
+class PeerCheck(Answer):
+    name: str
+    address: str
+    vtep: str
+    dataplane: str | None
+    gossip: PortCheck
+    vxlan: PortCheck
+    path_mtu: int | None  # the largest IP packet that crosses unfragmented (None: no echo answered)
+    max_vxlan_payload: int | None  # the largest inner Ethernet frame that crosses unfragmented
+    max_inner_mtu: int | None
+
+
+class Doctor(Answer):
+    host: str
+    advertise: str
+    underlay_mtu: int
+    peers: list[PeerCheck]
+    warnings: list[str]
+
+
 Object = dict[str, Any]  # an answer whose keys are documented in docs/api.md, not typed here

@@ -175,6 +175,9 @@ class Routes(Generic[R]):
     def key_op(self, op: str, key: str) -> R:
         return self._call("key_op", rq.KeyChange(key=key), op=op)
 
+    def doctor(self) -> R:
+        return self._call("doctor")
+
     def reconcile(self) -> R:
         return self._call("reconcile")
 

@@ -75,6 +75,8 @@ ROUTES: tuple[Route, ...] = (
     Route("keys", "GET", "/v1/keys", "The gossip keyring (key ids only)", an.Keys),
     Route("key_op", "POST", "/v1/keys/{op}", "Change the keyring here and on every member", an.KeyChanged,
           errors=(400,), body=rq.KeyChange, path_values={"op": KEY_OPS}),
+    Route("doctor", "GET", "/v1/doctor", "Check the underlay to every peer: gossip and VXLAN ports, path MTU",
+          an.Doctor),
     Route("reconcile", "POST", "/v1/reconcile", "Run a reconciliation now", an.Reconcile),
 )
 

@@ -224,6 +224,11 @@ async def key_op(call: Call) -> Any:
 
 
 @handles
+async def doctor(call: Call) -> Any:
+    return await call.agent.doctor()
+
+
+@handles
 async def reconcile(call: Call) -> Any:
     return await call.agent.reconcile()
 

@@ -329,6 +329,27 @@ def add_attach_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-name", action="store_true", help="no DNS name, not even the default")
 
 
+def doctor_text(d: dict[str, Any]) -> str:
+    lines = [f"{d['host']} ({d['advertise']}), underlay MTU {d['underlay_mtu']}"]
+    if not d["peers"]:
+        lines.append("no other cluster member to check")
+    else:
+        lines.append(render_table(
+            ["PEER", "VTEP", "GOSSIP", "VXLAN", "PATH MTU", "MAX VXLAN PAYLOAD", "MAX INNER MTU"],
+            [[p["name"], p["vtep"], f"tcp/{p['gossip']['port']} {p['gossip']['result']}",
+              f"udp/{p['vxlan']['port']} {p['vxlan']['result']}", p["path_mtu"], p["max_vxlan_payload"],
+              p["max_inner_mtu"]] for p in d["peers"]]))
+    lines += [f"warning: {w}" for w in d["warnings"]]
+    return "\n".join(lines)
+
+
+def cmd_doctor(client: Client, args: argparse.Namespace) -> int:
+    """Exit 1 when anything needs attention."""
+    report = client.doctor()
+    emit(args, report, doctor_text)
+    return 1 if report["warnings"] else 0
+
+
 def cmd_completion(client: Client, args: argparse.Namespace) -> None:
     import shtab  # only here: every other command starts without it
 
@@ -436,6 +457,10 @@ def build_parser() -> Parser:
         p.add_argument("key", metavar="KEYFILE", help="a file holding the key in base64 (first line), or - to "
                        "read it from stdin; a literal key works too but shows in `ps` and shell history")
         p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("doctor", help="check the underlay to every peer: gossip and VXLAN ports, path MTU "
+                       "(exit 1 on a problem)", parents=[common])
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("completion", help="print a shell completion script (see docs/cli.md to install it)")
     p.add_argument("shell", choices=("bash", "zsh", "tcsh"))

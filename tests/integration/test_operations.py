@@ -211,3 +211,39 @@ def test_keys_never_reach_the_logs_and_json_logs_parse(lab, tmp_path):
         for line in text.splitlines():
             record = json.loads(line)  # every line is one JSON object
             assert {"ts", "level", "logger"} <= set(record), line
+
+
+def test_doctor_finds_the_peer_behind_a_1400_byte_link(lab, pair):
+    """h1 and h3 on 1500-byte links, h4 behind a 1400-byte one: doctor on h1 measures each path."""
+    h1, _ = pair
+    h3, h4 = lab.add_host("h3"), lab.add_host("h4", mtu=1400)
+    for host in (h3, h4):
+        lab.start_daemon(host, "--plaintext", "--join", h1.address, "--metrics-address", "", *FAST)
+    try:
+        wait_until(lambda: {m["name"] for m in lab.overlayctl_json(h1, "members") if m["state"] == "alive"}
+                   >= {"h3", "h4"}, timeout=30, what="h3 and h4 alive")
+        out = lab.overlayctl(h1, "doctor", check=False)
+        assert out.stdout, out.stderr
+        report = json.loads(lab.overlayctl(h1, "doctor", "--json", check=False).stdout)
+        peers = {p["name"]: p for p in report["peers"]}
+        assert peers["h3"]["path_mtu"] == 1500 and peers["h3"]["max_vxlan_payload"] == 1464
+        assert peers["h4"]["path_mtu"] == 1400
+        assert peers["h4"]["max_vxlan_payload"] == 1364 and peers["h4"]["max_inner_mtu"] == 1350
+        for name in ("h3", "h4"):
+            assert peers[name]["gossip"]["result"] == "ok"
+            assert peers[name]["vxlan"]["result"].startswith("ok")
+        # The network "ops" (MTU 1450) cannot cross to h4 unfragmented: said, and exit 1.
+        assert out.returncode == 1
+        assert any("network ops has MTU 1450" in w and "h4" in w for w in report["warnings"]), report["warnings"]
+        assert not any("h3" in w for w in report["warnings"])
+        row = next(line for line in out.stdout.splitlines() if line.startswith("h4"))
+        assert "1400" in row and "1364" in row and "1350" in row
+        # A peer whose daemon is gone: its gossip port refuses.
+        lab.stop_daemon(h3)
+        report = json.loads(lab.overlayctl(h1, "doctor", "--json", check=False).stdout)
+        h3_check = next(p for p in report["peers"] if p["name"] == "h3")
+        assert h3_check["gossip"]["result"] != "ok"
+        assert any("h3: gossip port" in w for w in report["warnings"])
+    finally:
+        lab.stop_daemon(h3)
+        lab.stop_daemon(h4)
