@@ -50,6 +50,7 @@ _NET_DROPS = {"rx_drop_bad_sender": "bad_sender", "rx_drop_malformed": "rx_malfo
               "tx_drop_malformed": "tx_malformed", "tx_errors": "send_error"}
 _GLOBAL_DROPS = {"rx_drop_unknown_vni": "unknown_vni", "rx_drop_malformed": "rx_malformed",
                  "rx_drop_truncated": "truncated", "rx_errors": "receive_error", "tx_errors": "send_error"}
+_KERNEL_DROPS = {"vxlan_non_member_drops": "bad_sender"}  # same reason as the fast path's for the same drop
 _GOSSIP_DROPS = ("malformed", "oversize", "unknown_version", "unknown_type", "misdirected", "internal_errors")
 _GOSSIP_EVENTS = ("probes", "probe_failures", "indirect_probes", "suspects", "deaths", "refutes",
                   "key_ops_applied", "key_ops_rejected", "tombstones_expired", "reaped")
@@ -114,7 +115,8 @@ class SnapshotCollector(Collector):
 
 def _dataplane(s: Snapshot) -> Iterator[Metric]:
     if s.dataplane != "userspace":
-        return  # the kernel's VXLAN devices keep their own counters (node_exporter reads them)
+        yield from _kernel_dataplane(s)
+        return
     yield GaugeMetricFamily("overlaynet_dataplane_up", "1 when fastpathd answers its control socket",
                             value=int(s.dataplane_stats is not None))
     if s.dataplane_stats is None:
@@ -136,6 +138,17 @@ def _dataplane(s: Snapshot) -> Iterator[Metric]:
         drops.add_metric(["", "", reason], glob.get(key, 0))
     yield packets
     yield nbytes
+    yield drops
+
+
+def _kernel_dataplane(s: Snapshot) -> Iterator[Metric]:
+    """The kernel's VXLAN devices keep their own traffic counters (`ip -s link`, node_exporter); ours
+    are the kernel filters' drops, e.g. VXLAN from a host that is not a member (nftables counter)."""
+    drops = CounterMetricFamily("overlaynet_dataplane_drops", "Packets the kernel filters dropped, by reason "
+                                "(network empty: not attributable to a network)", labels=["network", "vni", "reason"])
+    for key, reason in _KERNEL_DROPS.items():
+        if s.dataplane_stats is not None and key in s.dataplane_stats:
+            drops.add_metric(["", "", reason], s.dataplane_stats[key])
     yield drops
 
 

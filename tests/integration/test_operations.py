@@ -247,3 +247,25 @@ def test_doctor_finds_the_peer_behind_a_1400_byte_link(lab, pair):
     finally:
         lab.stop_daemon(h3)
         lab.stop_daemon(h4)
+
+
+def test_health_degraded_when_a_host_gossips_with_a_key_we_do_not_share(lab, tmp_path):
+    """k2 holds another cluster key than k1: its join fails, and k1 says why instead of staying `ok`."""
+    k1, k2 = lab.add_host("k1"), lab.add_host("k2")
+    other_key = tmp_path / "other.key"
+    other_key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    other_key.chmod(0o600)
+    lab.start_daemon(k1, "--metrics-address", "")
+    try:
+        assert lab.overlayctl_json(k1, "status")["health"]["status"] == "ok"
+        lab.start_daemon(k2, "--key-file", str(other_key), "--join", k1.address, "--metrics-address", "")
+
+        def degraded():
+            health = lab.overlayctl_json(k1, "status")["health"]
+            return health if health["status"] == "degraded" else None
+
+        health = wait_until(degraded, timeout=30, what="k1 degraded by unauthenticated gossip")
+        assert any("failed authentication" in r and "keys install" in r for r in health["reasons"]), health
+    finally:
+        lab.stop_daemon(k2)
+        lab.stop_daemon(k1)
