@@ -8,7 +8,32 @@ after `limit` transmissions (retransmit_mult * ceil(log10(n+1)), see GossipConfi
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MemberKey:
+    """News about a member (alive / suspect / dead / left): the latest replaces the older."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKey:
+    """A table record: a newer version of (table, key) replaces the older."""
+
+    table: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOpKey:
+    """A keyring operation on one key."""
+
+    key: bytes
+
+
+BroadcastKey = MemberKey | RecordKey | KeyOpKey
 
 MIN_MSG = 4  # no message is smaller than this; stop scanning when less budget remains
 MAX_MISSES = 8  # items that did not fit before we call the packet full (keeps get() O(packet))
@@ -17,7 +42,7 @@ MAX_MISSES = 8  # items that did not fit before we call the packet full (keeps g
 class _Item:
     __slots__ = ("key", "data", "transmits")
 
-    def __init__(self, key: Hashable, data: bytes) -> None:
+    def __init__(self, key: BroadcastKey, data: bytes) -> None:
         self.key = key
         self.data = data
         self.transmits = 0
@@ -25,21 +50,21 @@ class _Item:
 
 class BroadcastQueue:
     def __init__(self) -> None:
-        self._items: dict[Hashable, _Item] = {}
+        self._items: dict[BroadcastKey, _Item] = {}
         # _buckets[t] holds keys sent t times, in insertion order (newest last).
-        self._buckets: list[dict[Hashable, None]] = [{}]
+        self._buckets: list[dict[BroadcastKey, None]] = [{}]
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def queue(self, key: Hashable, data: bytes) -> None:
+    def queue(self, key: BroadcastKey, data: bytes) -> None:
         old = self._items.pop(key, None)
         if old is not None:
             del self._buckets[old.transmits][key]
         self._items[key] = _Item(key, data)
         self._buckets[0][key] = None
 
-    def transmits(self, key: Hashable) -> int | None:
+    def transmits(self, key: BroadcastKey) -> int | None:
         """How often the item was sent, None if it is no longer (or never was) queued."""
         item = self._items.get(key)
         return None if item is None else item.transmits
@@ -75,10 +100,3 @@ class BroadcastQueue:
                 self._buckets.append({})
             self._buckets[item.transmits][item.key] = None
         return [item.data for item in picked]
-
-    def prune(self, limit: int) -> None:
-        """Drop items already sent `limit` times (the limit shrinks when the cluster does)."""
-        for t in range(limit, len(self._buckets)):
-            for key in self._buckets[t]:
-                del self._items[key]
-            self._buckets[t] = {}

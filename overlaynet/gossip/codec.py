@@ -1,50 +1,36 @@
-"""Wire format: msgpack arrays, versioned from day one.
+"""Wire format: msgpack arrays, versioned from day one. Each message is defined once, below.
 
 A packet (UDP datagram or TCP frame, before encryption) is the msgpack array
     [VERSION, sender_name, [msg, msg, ...]]
-and every msg is an array whose first element is its type (see MSG_* below and docs/gossip.md).
-Receivers ignore extra trailing fields (room for additive changes within a version) and skip
-message types they do not know; a different VERSION is dropped and counted.
+and every msg is the array [type, field, field, ...]: a msgspec Struct with `array_like=True` whose
+integer `tag` is the type, so the class *is* the wire layout (field order = array order) and its
+annotations are the validation. Receivers ignore extra trailing fields (room for additive changes
+within a version) and skip message types they do not know; a different VERSION is dropped and counted.
 
-Decoding never trusts input: every field is type-checked here, and any failure raises DecodeError,
-which the core counts and drops.
+Decoding never trusts input: msgspec checks every field's msgpack type and range while it decodes,
+and any failure raises DecodeError (or UnknownType), which the core counts and drops.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import msgpack
+import msgspec
+
+from .tables import Record
 
 VERSION = 1
-
-MSG_PING = 1  # [1, seq, target_name, source_name]  (target_name guards against a reused address)
-MSG_INDIRECT_PING = 2  # [2, seq, target_name, target_addr, target_port]  (ack/nack go back to the UDP source)
-MSG_ACK = 3  # [3, seq]
-MSG_NACK = 4  # [4, seq]
-MSG_ALIVE = 5  # [5, name, incarnation, addr, port, meta]
-MSG_SUSPECT = 6  # [6, name, incarnation, from_name]
-MSG_DEAD = 7  # [7, name, incarnation, from_name]   (from == name: graceful leave)
-MSG_TABLE = 8  # [8, table, key, value|nil, lamport, owner, ttl]  (ttl: tombstone residual life, s)
-MSG_KEYOP = 9  # [9, op, key_bytes]   op: "install" | "use" | "remove"
-MSG_PUSHPULL = 10  # [10, flags, lamport, members, digests, records]  (TCP only; flags: 1 join, 2 reply)
-
-# Field specs: s=str, i=non-negative int, b=bool, m=dict, M=dict or nil, y=bytes, f=number, l=list
-SCHEMAS: dict[int, str] = {
-    MSG_PING: "iss",
-    MSG_INDIRECT_PING: "issi",
-    MSG_ACK: "i",
-    MSG_NACK: "i",
-    MSG_ALIVE: "sisim",
-    MSG_SUSPECT: "sis",
-    MSG_DEAD: "sis",
-    MSG_TABLE: "ssMisf",
-    MSG_KEYOP: "sy",
-    MSG_PUSHPULL: "iilml",
-}
-
 MAX_NAME = 256
 MAX_INT = 2**63 - 1
+
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+UInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+StateCode = Annotated[int, msgspec.Meta(ge=0, le=3)]  # state.STATE_CODES
+Map = dict[str, Any]
+
+PP_JOIN, PP_REPLY = 1, 2  # PushPull.flags
 
 
 class DecodeError(ValueError):
@@ -55,71 +41,141 @@ class UnknownVersion(DecodeError):
     pass
 
 
-def _check(value: Any, spec: str) -> bool:
-    if spec == "s":
-        return type(value) is str and len(value) <= MAX_NAME
-    if spec == "i":
-        return type(value) is int and 0 <= value <= MAX_INT
-    if spec == "b":
-        return type(value) is bool
-    if spec == "m":
-        return type(value) is dict
-    if spec == "M":
-        return value is None or type(value) is dict
-    if spec == "y":
-        return type(value) is bytes
-    if spec == "f":
-        return (type(value) is int or type(value) is float) and value == value  # rejects NaN
-    if spec == "l":
-        return type(value) is list
-    return False
+class UnknownType(DecodeError):
+    """A well-formed [type, ...] array of a type this version does not know: skipped, not malformed."""
 
 
-def _name(v: Any) -> bool:
-    return type(v) is str and len(v) <= MAX_NAME
+class _Wire(msgspec.Struct, array_like=True):
+    """Base of everything on the wire: encoded as an array in field order."""
 
 
-def _uint(v: Any) -> bool:
-    return type(v) is int and 0 <= v <= MAX_INT
+# ---- the messages (tag = type number on the wire; see docs/gossip.md) ----------------------------
+
+class Ping(_Wire, tag=1):
+    seq: UInt
+    target: Name  # guards against an address that now belongs to someone else
+    source: Name
 
 
-def _port(v: Any) -> bool:
-    return type(v) is int and 0 <= v <= 65535
+class IndirectPing(_Wire, tag=2):
+    seq: UInt  # ack/nack go back to the UDP source
+    target: Name
+    addr: Name
+    port: Port
 
 
-# Hand-written per type: this runs for every message of every packet, so it must be cheap.
-VALIDATORS: dict[int, Any] = {
-    MSG_PING: lambda m: _uint(m[1]) and _name(m[2]) and _name(m[3]),
-    MSG_INDIRECT_PING: lambda m: _uint(m[1]) and _name(m[2]) and _name(m[3]) and _port(m[4]),
-    MSG_ACK: lambda m: _uint(m[1]),
-    MSG_NACK: lambda m: _uint(m[1]),
-    MSG_ALIVE: lambda m: _name(m[1]) and _uint(m[2]) and _name(m[3]) and _port(m[4]) and type(m[5]) is dict,
-    MSG_SUSPECT: lambda m: _name(m[1]) and _uint(m[2]) and _name(m[3]),
-    MSG_DEAD: lambda m: _name(m[1]) and _uint(m[2]) and _name(m[3]),
-    MSG_TABLE: lambda m: (_name(m[1]) and _name(m[2]) and (m[3] is None or type(m[3]) is dict)
-                          and _uint(m[4]) and _name(m[5]) and _check(m[6], "f")),
-    MSG_KEYOP: lambda m: _name(m[1]) and type(m[2]) is bytes,
-    MSG_PUSHPULL: lambda m: (_uint(m[1]) and _uint(m[2]) and type(m[3]) is list and type(m[4]) is dict
-                             and type(m[5]) is list),
+class Ack(_Wire, tag=3):
+    seq: UInt
+
+
+class Nack(_Wire, tag=4):
+    seq: UInt
+
+
+class Alive(_Wire, tag=5):
+    name: Name
+    incarnation: UInt
+    addr: Name
+    port: Port
+    meta: Map
+
+
+class Suspect(_Wire, tag=6):
+    name: Name
+    incarnation: UInt
+    accuser: Name
+
+
+class Dead(_Wire, tag=7):
+    name: Name
+    incarnation: UInt
+    accuser: Name  # == name: a graceful leave
+
+
+class WireRecord(_Wire):
+    """A table record: a Table message's fields, and one entry of PushPull.records."""
+
+    table: Name
+    key: Name
+    value: Map | None  # None = tombstone
+    lamport: UInt
+    owner: Name
+    ttl: float  # tombstone residual lifetime, seconds
+
+
+class Table(WireRecord, tag=8):
+    pass
+
+
+class KeyOp(_Wire, tag=9):
+    op: Name  # "install" | "use" | "remove"
+    key: bytes
+
+
+class WireMember(_Wire):
+    """One entry of PushPull.members."""
+
+    name: Name
+    addr: Name
+    port: Port
+    incarnation: UInt
+    state: StateCode
+    meta: Map
+
+
+class PushPull(_Wire, tag=10):
+    """Full state, TCP only."""
+
+    flags: UInt  # PP_JOIN | PP_REPLY
+    lamport: UInt
+    members: list[WireMember]
+    digests: dict[str, Any]  # table -> [record count, xor of 64-bit record hashes]
+    records: list[WireRecord]
+
+
+Message = Ping | IndirectPing | Ack | Nack | Alive | Suspect | Dead | Table | KeyOp | PushPull
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (Ping, IndirectPing, Ack, Nack, Alive, Suspect, Dead, Table, KeyOp, PushPull)
 }
-LENGTHS = {t: len(s) + 1 for t, s in SCHEMAS.items()}
 
 
-def validate(msg: Any) -> list[Any] | None:
-    """Return msg if it is a well-formed message of a known type, None for an unknown type.
-    Raises DecodeError if it is malformed."""
-    if type(msg) is not list or not msg or type(msg[0]) is not int:
-        raise DecodeError("message is not [type, ...]")
-    check = VALIDATORS.get(msg[0])
-    if check is None:
-        return None
-    if len(msg) < LENGTHS[msg[0]] or not check(msg):
-        raise DecodeError(f"message type {msg[0]}: bad field")
-    return msg
+# ---- records ---------------------------------------------------------------------------------------
+
+R = TypeVar("R", bound=WireRecord)
 
 
-def pack(msg: Any) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
+def record_to_wire(rec: Record, now: float, kind: type[R] = WireRecord) -> R:  # type: ignore[assignment]
+    """kind: WireRecord (an entry of PushPull.records) or Table (the gossiped message)."""
+    ttl = 0.0 if rec.expires is None else max(0.0, rec.expires - now)
+    return kind(rec.table, rec.key, rec.value, rec.lamport, rec.owner, ttl)
+
+
+def record_from_wire(w: WireRecord, now: float, max_ttl: float) -> Record:
+    """A tombstone's residual lifetime is clamped to ours (NaN -> 0): a peer cannot make one immortal."""
+    ttl = min(max(0.0, w.ttl), max_ttl)
+    return Record(w.table, w.key, w.value, w.lamport, w.owner, now + ttl if w.value is None else None)
+
+
+# ---- encoding --------------------------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def pack(obj: Any) -> bytes:
+    """A message (or any msgpack-able value, e.g. a table value to size-check) as msgpack bytes."""
+    return _encoder.encode(obj)
+
+
+_map = msgspec.msgpack.Decoder(Map)
+
+
+def check_value(value: Any, what: str) -> None:
+    """A table value must be a map every receiver decodes to the same thing (no sets, str keys)."""
+    try:
+        _map.decode(msgpack.packb(value, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError, msgspec.DecodeError) as e:
+        raise ValueError(f"table value for {what} is not msgpack-able: {e}") from None
 
 
 _HEADER_CACHE: dict[str, bytes] = {}
@@ -133,7 +189,7 @@ def packet_overhead(sender: str) -> int:
 def _header(sender: str) -> bytes:
     h = _HEADER_CACHE.get(sender)
     if h is None:
-        h = b"\x93" + msgpack.packb(VERSION) + msgpack.packb(sender, use_bin_type=True)
+        h = b"\x93" + pack(VERSION) + pack(sender)
         _HEADER_CACHE[sender] = h
     return h
 
@@ -148,16 +204,50 @@ def build_packet(sender: str, msgs: list[bytes]) -> bytes:
     return _header(sender) + count + b"".join(msgs)
 
 
-def parse_packet(data: bytes) -> tuple[str, list[Any]]:
-    """Return (sender, raw messages). Messages still need validate()."""
+# ---- decoding --------------------------------------------------------------------------------------
+
+class _Packet(msgspec.Struct, array_like=True):
+    version: int
+    sender: Name
+    msgs: list[msgspec.Raw]
+
+
+_packet = msgspec.msgpack.Decoder(_Packet)
+_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_name = msgspec.msgpack.Decoder(Name)
+_message = msgspec.msgpack.Decoder(Message)  # type: ignore[arg-type]
+_any = msgspec.msgpack.Decoder()
+
+
+def parse_packet(data: bytes) -> tuple[str, list[msgspec.Raw]]:
+    """Return (sender, still-encoded messages) for decode_message()."""
     try:
-        obj = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except Exception as e:  # msgpack raises a zoo of ValueError/TypeError/ExtraData/StackError
-        raise DecodeError(f"not msgpack: {type(e).__name__}") from None
-    if type(obj) is not list or len(obj) < 3:
-        raise DecodeError("packet is not [version, sender, msgs]")
-    if obj[0] != VERSION or type(obj[0]) is not int:
-        raise UnknownVersion(f"version {obj[0]!r}")
-    if not _check(obj[1], "s") or type(obj[2]) is not list:
-        raise DecodeError("bad packet header")
-    return obj[1], obj[2]
+        p = _packet.decode(data)
+        if p.version == VERSION:
+            return p.sender, p.msgs
+    except msgspec.DecodeError:
+        pass
+    # Not a well-formed packet of our version: tell an unknown version from garbage.
+    try:
+        parts = _raw_list.decode(data)
+        if len(parts) < 3:
+            raise DecodeError("packet is not [version, sender, msgs]")
+        version = _any.decode(parts[0])
+        if type(version) is not int or version != VERSION:
+            raise UnknownVersion(f"version {version!r}")
+        return _name.decode(parts[1]), _raw_list.decode(parts[2])
+    except msgspec.DecodeError as e:  # ValidationError is a DecodeError too
+        raise DecodeError(f"bad packet: {e}") from None
+
+
+def decode_message(raw: msgspec.Raw | bytes) -> Message:
+    try:
+        return _message.decode(raw)
+    except msgspec.DecodeError as e:
+        try:
+            obj = _any.decode(raw)
+        except msgspec.DecodeError:
+            obj = None
+        if type(obj) is list and obj and type(obj[0]) is int and obj[0] not in MESSAGE_TYPES:
+            raise UnknownType(f"message type {obj[0]}") from None
+        raise DecodeError(f"bad message: {e}") from None

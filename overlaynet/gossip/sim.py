@@ -86,7 +86,7 @@ class Simulation:
     def add_converged_cluster(self, n: int, keyring_factory: Callable[[], Keyring] | None = None) -> list[SimNode]:
         """n hosts that already know each other (no join storm): for large-n benchmarks."""
         out = [self.add_node(keyring=keyring_factory() if keyring_factory else None) for _ in range(n)]
-        roster = [(nd.name, nd.addr[0], nd.addr[1], dict(nd.core._self.meta)) for nd in out]
+        roster = [(nd.name, nd.addr[0], nd.addr[1], nd.core.own_meta()) for nd in out]
         for nd in out:
             nd.core.assume_members(roster)
         return out
@@ -108,7 +108,7 @@ class Simulation:
         node.core = GossipCore(name, node.addr[0], node.addr[1], config=old.cfg,
                                rng=random.Random(self.rng.getrandbits(64)),
                                keyring=keyring if keyring is not None else old.keyring,
-                               meta=meta if meta is not None else old._self.meta, now=self.now)
+                               meta=meta if meta is not None else old.own_meta(), now=self.now)
         node.core.start(self.now)
         node.core.join([self.nodes[s].addr for s in seeds], self.now)
         self._flush(node)
@@ -174,7 +174,7 @@ class Simulation:
                 if origin.up and gen == origin.generation:
                     if tag == "join":
                         self.join_replies[origin.name] = self.join_replies.get(origin.name, 0) + 1
-                    origin.core.handle_stream(data, src, when)
+                    origin.core.handle_reply(data, src, when)
                     self._flush(origin)
             elif kind == "stop":
                 node, gen = arg

@@ -20,8 +20,8 @@ from typing import Any
 
 from .config import GossipConfig
 from .core import GossipCore
-from .keyring import Keyring, KeyringError
-from .state import Addr, Event, KeyringChange, MemberInfo, StreamRequest
+from .keyring import Keyring
+from .state import Addr, Event, MemberInfo, StreamRequest
 from .stream import CHUNK, Decoder, StreamAuthError, StreamError, encode
 from .tables import Record
 
@@ -177,7 +177,8 @@ class GossipNode:
 
     def key_op(self, op: str, key: bytes, broadcast: bool = True) -> bool:
         """install / use / remove a key here and, by default, on every member (encrypted broadcast).
-        Saves the key file if the keyring was loaded from one. Raises KeyringError if impossible."""
+        Raises KeyringError if impossible. The key file is the daemon's to save: every change, local
+        or gossiped, is a KeyringChange event."""
         changed = self._need_core().key_op(op, key, self._now(), broadcast)
         self._flush()
         return changed
@@ -225,11 +226,6 @@ class GossipNode:
         for s in core.pop_streams():
             self._spawn(self._exchange(s))
         for ev in core.pop_events():
-            if isinstance(ev, KeyringChange) and self.keyring is not None and self.keyring.path is not None:
-                try:
-                    self.keyring.save()
-                except (OSError, KeyringError) as e:
-                    log.error("cannot save key file %s: %s", self.keyring.path, e)
             for cb in list(self._subscribers):
                 try:
                     cb(ev)
@@ -262,10 +258,9 @@ class GossipNode:
                     core = self._core
                     if core is None:
                         return False
-                    rejected = core.stats["auth_failed"] + core.stats["malformed"]
-                    core.handle_stream(data, req.dest, self._now())
+                    synced = core.handle_reply(data, req.dest, self._now())
                     self._flush()
-                    if core.stats["auth_failed"] + core.stats["malformed"] != rejected:
+                    if not synced:
                         return False  # an answer we cannot read is no successful join
             return True
         except StreamAuthError:

@@ -6,7 +6,7 @@ import pytest
 
 from overlaynet.gossip import GossipConfig, GossipCore
 from overlaynet.gossip.awareness import Awareness
-from overlaynet.gossip.broadcast import BroadcastQueue
+from overlaynet.gossip.broadcast import BroadcastQueue, MemberKey
 from overlaynet.gossip.suspicion import Suspicion
 
 pytestmark = pytest.mark.unit
@@ -39,14 +39,14 @@ def test_awareness_scales_probing_and_is_bounded() -> None:
 
 def test_broadcast_queue_prefers_fresh_items_replaces_by_key_and_retires() -> None:
     q = BroadcastQueue()
-    q.queue(("m", "a"), b"A" * 10)
-    q.queue(("m", "b"), b"B" * 10)
+    q.queue(MemberKey("a"), b"A" * 10)
+    q.queue(MemberKey("b"), b"B" * 10)
     assert q.get(budget=15, limit=3) == [b"B" * 10]  # newest first, then budget stops us
     assert q.get(budget=100, limit=3) == [b"A" * 10, b"B" * 10]  # least-transmitted first
-    q.queue(("m", "b"), b"b" * 10)  # newer news about b replaces the old one
+    q.queue(MemberKey("b"), b"b" * 10)  # newer news about b replaces the old one
     assert q.get(budget=100, limit=3) == [b"b" * 10, b"A" * 10]
     assert q.get(budget=100, limit=3) == [b"b" * 10, b"A" * 10]  # A's third and last transmission
-    assert q.transmits(("m", "a")) is None
+    assert q.transmits(MemberKey("a")) is None
     assert q.get(budget=100, limit=3) == [b"b" * 10]
     assert q.get(budget=100, limit=3) == []
     assert len(q) == 0
