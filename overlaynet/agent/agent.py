@@ -299,8 +299,8 @@ class Agent:
                 self._dirty.set()
         elif isinstance(event, KeyringChange):
             if self.keyring is not None and self.keyring.path is not None:
-                self.keyring.save()  # a rotation that came in by gossip survives our restart
-            log.info("event=key-%s key_id=%s source=gossip", event.op, event.key_id)
+                self.keyring.save()  # the key file's one writer: every change, ours or gossiped
+            log.info("event=key-%s key_id=%s", event.op, event.key_id)
         elif isinstance(event, MemberChange):
             log.info("event=member-%s name=%s addr=%s", event.new or "reaped", event.name, event.member.addr)
             if event.new == "dead":
@@ -520,12 +520,14 @@ class Agent:
                 except KernelError as e:
                     raise BadRequest(str(e)) from None
                 identity = await self._kernel(kernel.netns_identity, netns_path)
-                for ep in self.endpoints.values():
-                    if ep.network == net.name and ep.netns and self._same_netns(ep.netns, identity):
-                        raise Conflict(
-                            f"namespace {target} is already attached to network {net.name!r} "
-                            f"(endpoint {ep.id[:12]}, {ep.ip}); detach it first"
-                        )
+                attached = {ep.id: ep.netns for ep in self.endpoints.values()
+                            if ep.network == net.name and ep.netns}
+                for ep_id in await self._kernel(kernel.netns_matching, identity, attached):
+                    ep = self.endpoints[ep_id]
+                    raise Conflict(
+                        f"namespace {target} is already attached to network {net.name!r} "
+                        f"(endpoint {ep.id[:12]}, {ep.ip}); detach it first"
+                    )
             requested_ip = request.ip
             reserved = self.reservations.get(net.name, set())
             taking_reservation = requested_ip is not None and requested_ip in reserved
@@ -614,18 +616,15 @@ class Agent:
             identity = await self._kernel(kernel.netns_identity, path)
         except KernelError as e:
             raise BadRequest(str(e)) from None
-        for ep in list(self.endpoints.values()):
-            if ep.network == net.name and ep.netns and self._same_netns(ep.netns, identity):
-                async with self._lock:
-                    await self._unplug(net, ep)
-                return ep
+        attached = {ep.id: ep.netns for ep in self.endpoints.values() if ep.network == net.name and ep.netns}
+        for ep_id in await self._kernel(kernel.netns_matching, identity, attached):
+            ep = self.endpoints.get(ep_id)  # may have gone while the kernel call ran
+            if ep is None:
+                continue
+            async with self._lock:
+                await self._unplug(net, ep)
+            return ep
         raise NotFound(f"namespace {netns_spec} is not attached to network {network!r}")
-
-    def _same_netns(self, path: str, identity: tuple[int, int]) -> bool:
-        try:
-            return kernel.netns_identity(path) == identity
-        except KernelError:
-            return False
 
     async def _forget_unknown(self, unknown: UnknownEndpoint) -> None:
         if unknown.sandbox is not None:
@@ -928,7 +927,7 @@ class Agent:
             changed = self.node.key_op(op, key)
         except KeyringError as e:
             raise BadRequest(str(e)) from None
-        self.keyring.save()
+        # Saved by _on_gossip_event (KeyringChange), the key file's one writer, before key_op returns.
         log.info("event=key-%s key_id=%s changed=%s", op, key_id(key).hex(), changed)
         return {"op": op, "changed": changed, **self.keys()}
 

@@ -114,6 +114,18 @@ def netns_identity(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def netns_matching(identity: tuple[int, int], paths: dict[str, str]) -> list[str]:
+    """The keys of `paths` whose namespace is `identity` (paths that are gone match nothing)."""
+    out = []
+    for key, path in paths.items():
+        try:
+            if netns_identity(path) == identity:
+                out.append(key)
+        except KernelError:
+            continue
+    return out
+
+
 def current_netns_identity() -> tuple[int, int]:
     """Identity of the calling thread's netns (not the process's: threads may differ)."""
     return netns_identity("/proc/thread-self/ns/net")

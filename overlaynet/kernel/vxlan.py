@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from overlaynet.model import MAX_VNI
+
 from .errors import KernelError, describe
 from .links import Link, bridge_index, converge_link, delete_link, find_link, get_link, link_kind
 from .names import VXLAN_PREFIX, vxlan_name
@@ -21,7 +23,6 @@ from .netns import sandbox_exists
 from .rtnl import rtnl
 
 VXLAN_PORT = 4789
-MAX_VNI = (1 << 24) - 1
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,15 @@ entry; a node with the wrong key stays out; leave is seen as "left"."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Callable
 
+import msgpack
 import pytest
 import uvloop
 
-from overlaynet.gossip import GossipConfig, Keyring, MemberChange, TableChange
+from overlaynet.gossip import GossipConfig, Keyring, KeyringChange, MemberChange, TableChange, codec
 from overlaynet.gossip.keyring import generate_key
 from overlaynet.gossip.transport import GossipNode
 
@@ -38,6 +40,8 @@ def test_three_encrypted_nodes_converge_and_share_tables(tmp_path) -> None:
                             else Keyring([key]), {"vtep": f"198.18.0.{i + 1}"}) for i in range(3)]
         events: list[object] = []
         nodes[2].subscribe(events.append)
+        key_events: list[KeyringChange] = []
+        nodes[0].subscribe(lambda e: key_events.append(e) if isinstance(e, KeyringChange) else None)
         try:
             for n in nodes:
                 await n.start()
@@ -56,13 +60,15 @@ def test_three_encrypted_nodes_converge_and_share_tables(tmp_path) -> None:
             tomb = nodes[2].records("endpoints")  # the tombstone is still stored, with its deleter
             assert [(r.key, r.value, r.owner) for r in tomb] == [("ep1", None, "h1")]
 
-            # Rotate the key cluster-wide from h1; h0 persists its new keyring to its key file.
+            # Rotate the key cluster-wide from h1; h0 reports each change it applied.
             new = generate_key()
             nodes[1].key_op("install", new)
             await wait_for(lambda: all(new in n.keyring.keys for n in nodes if n.keyring))
             nodes[1].key_op("use", new)
             await wait_for(lambda: all(n.keyring.primary == new for n in nodes if n.keyring))
-            await wait_for(lambda: Keyring.load(keyfile).primary == new)
+            await wait_for(lambda: [e.op for e in key_events] == ["install", "use"])
+            # The key file has one owner, the daemon (on KeyringChange): the transport never writes it.
+            assert Keyring.load(keyfile).keys == [key]
             nodes[2].set("networks", "blue", {"vni": 4242})
             await wait_for(lambda: all("blue" in n.table("networks") for n in nodes))
 
@@ -100,5 +106,39 @@ def test_wrong_key_stays_out() -> None:
         finally:
             for n in [*good, bad]:
                 await n.stop()
+
+    asyncio.run(main())
+
+
+def test_join_counts_only_a_full_state_reply() -> None:
+    """The core says whether a join worked: a seed that answers with a readable packet that is not a
+    full-state reply (here: a lone ack) is no successful join, nor is one that answers garbage."""
+    async def main() -> None:
+        ack_only = msgpack.packb([codec.VERSION, "seed", [[3, 1]]])  # [version, sender, [ACK seq]]
+        answers = [ack_only, b"\x00garbage"]
+
+        async def fake_seed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            (n,) = struct.unpack("!I", await reader.readexactly(4))
+            await reader.readexactly(n)
+            answer = answers.pop(0)
+            writer.write(struct.pack("!I", len(answer)) + answer)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(fake_seed, "127.0.0.1", 0)
+        seed = ("127.0.0.1", server.sockets[0].getsockname()[1])
+        real = GossipNode("real", "127.0.0.1", "127.0.0.1", 0)
+        node = GossipNode("joiner", "127.0.0.1", "127.0.0.1", 0)
+        try:
+            await real.start()
+            await node.start()
+            assert await node.join([seed]) == 0  # readable, but not a full-state reply
+            assert await node.join([seed]) == 0  # unreadable
+            assert await node.join([("127.0.0.1", real.port)]) == 1
+        finally:
+            await node.stop()
+            await real.stop()
+            server.close()
+            await server.wait_closed()
 
     asyncio.run(main())
