@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import struct
 
+from overlaynet.model import MAX_VNI
+
 HEADER = struct.Struct("!B3xI")  # flags, 3 reserved bytes, VNI << 8 | reserved byte
 FLAG_I = 0x08
-MAX_VNI = 0xFFFFFF
 
 
 def encode_header(vni: int) -> bytes:

@@ -65,10 +65,20 @@ def validate_mtu(mtu: object) -> int:
     return mtu
 
 
+def parse_mac(mac: object) -> str:
+    """Six hex pairs (':' or '-' between them) in canonical form, lower case with ':'. Raises
+    ValueError. The syntax alone: validate_mac adds what an endpoint's MAC must also be."""
+    value = mac.lower().replace("-", ":") if isinstance(mac, str) else ""
+    if not MAC_RE.match(value):
+        raise ValueError(f"invalid MAC address {mac!r}: expected six hex pairs such as 02:00:c6:13:01:02")
+    return value
+
+
 def validate_mac(mac: object) -> str:
-    if not isinstance(mac, str) or not MAC_RE.match(mac.lower()):
-        raise BadRequest(f"invalid MAC address {mac!r}: expected six hex pairs such as 02:00:c6:13:01:02")
-    value = mac.lower()
+    try:
+        value = parse_mac(mac)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
     first = int(value[:2], 16)
     if first & 1:
         raise BadRequest(f"invalid MAC address {mac}: it is multicast; the first byte must be even")

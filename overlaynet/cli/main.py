@@ -19,7 +19,7 @@ from overlaynet import __version__
 from overlaynet.api.client import SOCKET_ENV, ApiError, Client, default_socket
 from overlaynet.cli.tables import human_bytes, human_count, render_table
 from overlaynet.errors import BadRequest
-from overlaynet.model import validate_dns_name
+from overlaynet.model import MAX_VNI, MIN_VNI, validate_dns_name
 
 
 class UsageError(Exception):
@@ -373,7 +373,7 @@ def build_parser() -> Parser:
     p = net_sub.add_parser("create", help="create a network", parents=[common])
     p.add_argument("name")
     p.add_argument("--subnet", required=True, help="IPv4 CIDR, e.g. 198.19.1.0/24")
-    p.add_argument("--vni", help="VXLAN network identifier 1..16777215 (default: derived from the name)")
+    p.add_argument("--vni", help=f"VXLAN network identifier {MIN_VNI}..{MAX_VNI} (default: derived from the name)")
     p.add_argument("--mtu", help="inner MTU (default: underlay MTU - 50)")
     p.add_argument("--gateway", help="the network's anycast gateway and DNS address, reserved "
                                      "(default: the first usable address of the subnet)")

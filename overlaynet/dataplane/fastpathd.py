@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from overlaynet import __version__, logs
+from overlaynet import __version__, logs, model
 from overlaynet.dataplane import protocol
 
 log = logging.getLogger("fastpathd")
@@ -39,8 +39,8 @@ class RequestError(Exception):
 
 def _vni(args: dict[str, Any]) -> int:
     vni = args.get("vni")
-    if not isinstance(vni, int) or isinstance(vni, bool) or not 0 <= vni <= 0xFFFFFF:
-        raise RequestError(f"vni must be an integer 0..16777215, got {vni!r}")
+    if not isinstance(vni, int) or isinstance(vni, bool) or not 0 <= vni <= model.MAX_VNI:
+        raise RequestError(f"vni must be an integer 0..{model.MAX_VNI}, got {vni!r}")
     return vni
 
 
@@ -55,11 +55,10 @@ def _ipv4(value: Any, what: str) -> str:
 
 
 def _mac(value: Any) -> str:
-    text = str(value).lower().replace("-", ":")
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
-        raise RequestError(f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
-    return text
+    try:
+        return model.parse_mac(value)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
 
 
 class Fastpathd:

@@ -74,3 +74,13 @@ def test_endpoint_roundtrip():
                         ifname="eth0", netns="/run/netns/x", mtu=1450, host="h", vtep="198.18.0.1")
     assert model.Endpoint.from_dict(ep.to_dict()) == ep
     assert ep.address_cidr == "198.19.1.2/24"
+
+
+def test_parse_mac_is_the_one_mac_syntax():
+    assert model.parse_mac("02-00-C6-13-01-02") == "02:00:c6:13:01:02"
+    for bad in ("02:00:c6:13:01", "02:00:c6:13:01:0g", "0200c6130102", None, 2):
+        with pytest.raises(ValueError, match="invalid MAC"):
+            model.parse_mac(bad)
+    assert model.parse_mac("01:00:5e:00:00:01") == "01:00:5e:00:00:01"  # syntax only: multicast parses
+    with pytest.raises(BadRequest, match="multicast"):
+        model.validate_mac("01:00:5e:00:00:01")  # but is no endpoint's MAC
