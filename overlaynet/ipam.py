@@ -25,9 +25,6 @@ class AddressPool:
             out.add(self.gateway)
         return out
 
-    def usable_count(self) -> int:
-        return self.network.num_addresses - len(self.reserved)
-
     def check_requested(self, ip: str, used: Iterable[str]) -> str:
         """Validate an address asked for by the user: in the subnet, not reserved, not taken."""
         try:
@@ -52,15 +49,6 @@ class AddressPool:
             if addr in self.network and addr not in taken:
                 return str(addr)
         return None
-
-    def allocate(self, used: Iterable[str], requested: str | None = None) -> str:
-        used = list(used)
-        if requested:
-            return self.check_requested(requested, used)
-        addr = self.first_free(used)
-        if addr is None:
-            raise Conflict(f"network subnet {self.network} is full: no free address left")
-        return addr
 
 
 # ---- cluster-wide allocation: per-host address blocks ---------------------------------------

@@ -1,4 +1,7 @@
-"""How overlayd drives fastpathd: a small client (sync and asyncio) and a start helper.
+"""How overlayd drives fastpathd: a small blocking client and a start helper.
+
+overlayd calls it from its kernel executor thread, like every other kernel-side call; there is no
+asyncio twin to keep in step.
 
     from overlaynet.dataplane.control import FastpathClient, start_fastpathd
     proc = start_fastpathd("/run/overlaynet/fastpath.sock", bind="198.18.0.1")
@@ -13,7 +16,6 @@ sync everything again. `networks()` tells what fastpathd currently programs.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import socket
@@ -117,80 +119,6 @@ class FastpathClient:
 
     def networks(self) -> dict[str, Any]:
         return self.call("networks")
-
-
-class AsyncFastpathClient:
-    """asyncio flavour of FastpathClient with the same methods (all coroutines)."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._rw: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._unpacker = protocol.unpacker()
-        self._ids = itertools.count(1)
-        self._lock = asyncio.Lock()
-
-    async def close(self) -> None:
-        if self._rw is not None:
-            self._rw[1].close()
-            self._rw = None
-
-    async def call(self, op: str, **args: Any) -> Any:
-        async with self._lock:
-            for attempt in (0, 1):
-                req_id = next(self._ids)
-                try:
-                    if self._rw is None:
-                        self._rw = await asyncio.wait_for(asyncio.open_unix_connection(self.path), self.timeout)
-                        self._unpacker = protocol.unpacker()
-                    reader, writer = self._rw
-                    writer.write(protocol.request(req_id, op, args))
-                    await writer.drain()
-                    while True:
-                        for msg in self._unpacker:
-                            if msg.get("id") == req_id:
-                                if msg.get("ok"):
-                                    return msg.get("result")
-                                raise FastpathControlError(msg.get("error", "request failed"))
-                        data = await asyncio.wait_for(reader.read(1 << 16), self.timeout)
-                        if not data:
-                            raise ConnectionResetError("fastpathd closed the connection")
-                        self._unpacker.feed(data)
-                except (TimeoutError, OSError) as e:
-                    await self.close()
-                    if attempt:
-                        raise FastpathControlError(f"fastpathd at {self.path}: {e}") from None
-            raise AssertionError("unreachable")
-
-    async def ping(self) -> dict[str, Any]:
-        return await self.call("ping")
-
-    async def add_network(self, vni: int, netns: str, tap: str, mtu: int) -> dict[str, Any]:
-        return await self.call("add_network", vni=vni, netns=netns, tap=tap, mtu=mtu)
-
-    async def remove_network(self, vni: int) -> bool:
-        return await self.call("remove_network", vni=vni)
-
-    async def sync_fdb(self, vni: int, fdb: Mapping[str, str]) -> int:
-        return await self.call("sync_fdb", vni=vni, fdb=dict(fdb))
-
-    async def sync_flood(self, vni: int, vteps: Iterable[str]) -> int:
-        return await self.call("sync_flood", vni=vni, vteps=list(vteps))
-
-    async def sync_arp(self, vni: int, arp: Mapping[str, str]) -> int:
-        return await self.call("sync_arp", vni=vni, arp=dict(arp))
-
-    async def sync_peers(self, vteps: Iterable[str]) -> int:
-        return await self.call("sync_peers", vteps=list(vteps))
-
-    async def stats(self) -> dict[str, Any]:
-        return await self.call("stats")
-
-    async def offloads(self) -> dict[str, Any]:
-        return await self.call("offloads")
-
-    async def networks(self) -> dict[str, Any]:
-        return await self.call("networks")
 
 
 def fastpathd_command(control: str, bind: str = "0.0.0.0", port: int = 4789, state: str | None = None,

@@ -12,37 +12,37 @@ pytestmark = pytest.mark.unit
 
 def test_network_and_broadcast_are_never_handed_out():
     pool = AddressPool("198.19.1.0/30")
-    first = pool.allocate([])
-    second = pool.allocate([first])
+    first = pool.first_free([])
+    second = pool.first_free([first])
     assert {first, second} == {"198.19.1.1", "198.19.1.2"}
-    with pytest.raises(Conflict, match="full"):
-        pool.allocate([first, second])
+    assert pool.first_free([first, second]) is None  # full
 
 
 def test_lowest_free_first_and_released_addresses_reused():
     pool = AddressPool("198.19.1.0/24")
-    assert pool.allocate([]) == "198.19.1.1"
-    assert pool.allocate(["198.19.1.1", "198.19.1.3"]) == "198.19.1.2"
+    assert pool.first_free([]) == "198.19.1.1"
+    assert pool.first_free(["198.19.1.1", "198.19.1.3"]) == "198.19.1.2"
+    assert pool.first_free([], within=ipaddress.IPv4Network("198.19.1.16/28")) == "198.19.1.16"
 
 
 def test_gateway_is_reserved():
     pool = AddressPool("198.19.1.0/24", gateway="198.19.1.1")
-    assert pool.allocate([]) == "198.19.1.2"
+    assert pool.first_free([]) == "198.19.1.2"
     with pytest.raises(Conflict, match="gateway"):
-        pool.allocate([], requested="198.19.1.1")
+        pool.check_requested("198.19.1.1", [])
 
 
 def test_requested_address_rules():
     pool = AddressPool("198.19.1.0/24")
-    assert pool.allocate([], requested="198.19.1.50") == "198.19.1.50"
+    assert pool.check_requested("198.19.1.50", []) == "198.19.1.50"
     with pytest.raises(BadRequest, match="outside"):
-        pool.allocate([], requested="198.19.2.5")
+        pool.check_requested("198.19.2.5", [])
     with pytest.raises(Conflict, match="already in use"):
-        pool.allocate(["198.19.1.50"], requested="198.19.1.50")
+        pool.check_requested("198.19.1.50", ["198.19.1.50"])
     with pytest.raises(BadRequest, match="broadcast"):
-        pool.allocate([], requested="198.19.1.255")
+        pool.check_requested("198.19.1.255", [])
     with pytest.raises(BadRequest, match="invalid IP"):
-        pool.allocate([], requested="198.19.1.999")
+        pool.check_requested("198.19.1.999", [])
 
 
 @given(st.lists(st.integers(min_value=0, max_value=40), max_size=30), st.integers(min_value=24, max_value=29))
@@ -50,10 +50,9 @@ def test_never_hands_out_an_address_twice(requests, prefixlen):
     pool = AddressPool(f"198.19.0.0/{prefixlen}")
     used: list[str] = []
     for _ in requests:
-        try:
-            addr = pool.allocate(used)
-        except Conflict:
-            assert len(used) == pool.usable_count()
+        addr = pool.first_free(used)
+        if addr is None:
+            assert len(used) == pool.network.num_addresses - len(pool.reserved)
             break
         assert addr not in used
         ip = ipaddress.IPv4Address(addr)
