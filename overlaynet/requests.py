@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from overlaynet.model import MAX_VNI, MIN_VNI
+
 
 class Request(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """Base of every request type: an unknown key is an error, not silently ignored."""
@@ -26,7 +28,7 @@ def _doc(text: str) -> msgspec.Meta:
 class NetworkCreate(Request):
     name: str
     subnet: Annotated[str, _doc("IPv4 CIDR, e.g. 198.19.1.0/24")]
-    vni: Annotated[int | None, _doc("1..16777215; default: derived from the name")] = None
+    vni: Annotated[int | None, _doc(f"{MIN_VNI}..{MAX_VNI}; default: derived from the name")] = None
     mtu: Annotated[int | None, _doc("inner MTU; default: underlay MTU - 50")] = None
     gateway: Annotated[str | None, _doc(
         'an address of the subnet, or "auto": the first usable one; the anycast gateway and DNS '
