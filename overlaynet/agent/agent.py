@@ -86,8 +86,15 @@ class Agent:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    def _save_keyring(self) -> None:
+        """The key file's one writer (a key generated on first start, then every KeyringChange)."""
+        if self.keyring is not None and self.keyring.path is not None:
+            self.keyring.save()
+
     async def start(self) -> None:
         self.store.prepare()
+        if self.keyring is not None and self.keyring.path is not None and not self.keyring.path.exists():
+            self._save_keyring()
         self._load_identity()
         if not self.advertise:
             self.advertise = await self._kernel(kernel.detect_advertise_address)
@@ -298,8 +305,7 @@ class Agent:
                 self._zones.clear()
                 self._dirty.set()
         elif isinstance(event, KeyringChange):
-            if self.keyring is not None and self.keyring.path is not None:
-                self.keyring.save()  # the key file's one writer: every change, ours or gossiped
+            self._save_keyring()  # every change, ours or gossiped
             log.info("event=key-%s key_id=%s", event.op, event.key_id)
         elif isinstance(event, MemberChange):
             log.info("event=member-%s name=%s addr=%s", event.new or "reaped", event.name, event.member.addr)

@@ -95,9 +95,7 @@ def load_keyring(config: config_mod.Config) -> Keyring | None:
     path = os.path.join(config.state_dir, "gossip.key")
     if os.path.exists(path):
         return Keyring.load(path)
-    keyring = Keyring([generate_key()], path=path)
-    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    keyring.save()
+    keyring = Keyring([generate_key()], path=path)  # the agent saves it when it starts
     log.warning("event=keyring-generated path=%s msg=\"new cluster key; give other hosts this file "
                 "with --key-file so they can join\"", path)
     return keyring
