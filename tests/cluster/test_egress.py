@@ -5,6 +5,7 @@ and everything egress made is gone once the network has no container on the host
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 
@@ -55,6 +56,16 @@ def test_egress_reaches_another_hosts_underlay_address_masqueraded(lab: Lab) -> 
     assert f"{ep['ip']} via 169.254.77.2 dev ovh{net['vni']}" in run(lab, a.netns, "ip", "route")
     assert egress_tables(lab, a.netns) == [f"overlaynet_egress_{net['vni']}"]
     assert lab.ping(a.netns, ep["ip"])
+
+    # overlayd killed and started again: it adopts what egress made, duplicates nothing, and the
+    # container keeps its way out throughout.
+    lab.stop_daemon(a, signal.SIGKILL)
+    assert lab.ping(c1, b.address)
+    lab.start_daemon(a)
+    lab.wait_ping(c1, b.address, timeout=20)
+    links = run(lab, a.netns, "ip", "-o", "link")
+    assert links.count(f"ovh{net['vni']}") == 1, links
+    assert egress_tables(lab, a.netns) == [f"overlaynet_egress_{net['vni']}"]
 
     lab.overlayctl(a, "detach", c1, "--network", "out")
     assert f"ovh{net['vni']}" not in run(lab, a.netns, "ip", "-o", "link")
