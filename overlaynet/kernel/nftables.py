@@ -23,9 +23,12 @@ Command = dict[str, Any]
 
 
 def _run(commands: list[Command]) -> dict[str, Any]:
-    import nftables  # pip-nftables: a copy of Debian's python3-nftables; loads libnftables.so.1
+    try:
+        import nftables  # pip-nftables: a copy of Debian's python3-nftables; loads libnftables.so.1
 
-    nft = nftables.Nftables()
+        nft = nftables.Nftables()
+    except (ImportError, OSError) as exc:
+        raise KernelError(f"libnftables is not available ({exc}): install Debian's nftables package") from None
     nft.set_json_output(True)
     nft.set_handle_output(True)
     rc, output, error = nft.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
