@@ -24,6 +24,15 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_DNS_NAME = 253
 MAX_NAMES = 32
+# Ranges that can never be an overlay subnet: their addresses mean something else to every host.
+UNUSABLE_RANGES = {
+    ipaddress.IPv4Network("0.0.0.0/8"): "'this network' (0.0.0.0/8)",
+    ipaddress.IPv4Network("127.0.0.0/8"): "loopback (127.0.0.0/8)",
+    ipaddress.IPv4Network("224.0.0.0/4"): "multicast (224.0.0.0/4)",
+    ipaddress.IPv4Network("240.0.0.0/4"): "reserved (240.0.0.0/4)",
+}
+GATEWAY_MAC_PREFIX = "02:0d:00:"
+"""Every network's anycast gateway MAC starts so (then the VNI): no endpoint may take one."""
 
 
 def validate_name(name: object) -> str:
@@ -50,7 +59,24 @@ def validate_subnet(subnet: object) -> ipaddress.IPv4Network:
         raise BadRequest(f"invalid subnet {subnet!r}: only IPv4 overlay subnets are supported")
     if net.prefixlen > 30:
         raise BadRequest(f"subnet {subnet} is too small: use /30 or larger (at least 2 usable addresses)")
+    for reserved, meaning in UNUSABLE_RANGES.items():
+        if net.overlaps(reserved):
+            raise BadRequest(f"subnet {subnet} overlaps {meaning}, which cannot carry container addresses; "
+                             "pick a private range such as 10.10.0.0/24")
     return net
+
+
+def check_clear_of_underlay(subnet: ipaddress.IPv4Network, underlay: list[str], vteps: list[str]) -> None:
+    """Refuse an overlay subnet that overlaps the underlay: a container would take a host's address,
+    and traffic meant for the underlay would be routed into the overlay (or the reverse)."""
+    for cidr in underlay:
+        if subnet.overlaps(ipaddress.IPv4Network(cidr, strict=False)):
+            raise BadRequest(f"subnet {subnet} overlaps this host's underlay network {cidr}; "
+                             "overlay and underlay must not overlap, pick another subnet")
+    for vtep in vteps:
+        if ipaddress.IPv4Address(vtep) in subnet:
+            raise BadRequest(f"subnet {subnet} contains the underlay address {vtep} of a cluster member; "
+                             "overlay and underlay must not overlap, pick another subnet")
 
 
 def validate_vni(vni: object) -> int:
@@ -84,6 +110,9 @@ def validate_mac(mac: object) -> str:
         raise BadRequest(f"invalid MAC address {mac}: it is multicast; the first byte must be even")
     if value == "00:00:00:00:00:00":
         raise BadRequest("invalid MAC address 00:00:00:00:00:00")
+    if value.startswith(GATEWAY_MAC_PREFIX):
+        raise BadRequest(f"MAC address {mac} is reserved for overlaynet's anycast gateways "
+                         f"({GATEWAY_MAC_PREFIX}xx:xx:xx); pick another or omit the MAC")
     return value
 
 
@@ -156,7 +185,7 @@ def gateway_mac(vni: int) -> str:
     answers ARP for the gateway address with this one MAC, so duplicate answers are identical.
     """
     vni = validate_vni(vni)
-    return "02:0d:00:" + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
+    return GATEWAY_MAC_PREFIX + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
 
 
 def auto_vni(name: str, taken: set[int]) -> int:
@@ -175,7 +204,10 @@ def auto_vni(name: str, taken: set[int]) -> int:
 def mac_for(endpoint_id: str) -> str:
     """A stable, locally administered unicast MAC derived from the endpoint id."""
     digest = hashlib.sha256(endpoint_id.encode()).digest()
-    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+    mac = "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+    if mac.startswith(GATEWAY_MAC_PREFIX):  # one id in 65536: step out of the gateways' range
+        mac = "02:" + ":".join(f"{b:02x}" for b in digest[5:10])
+    return mac
 
 
 @dataclass

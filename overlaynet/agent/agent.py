@@ -365,6 +365,9 @@ class Agent:
     async def create_network(self, request: NetworkCreate) -> Network:
         name = model.validate_name(request.name)
         subnet = model.validate_subnet(request.subnet)
+        vteps = [str(m.meta["vtep"]) for m in self.cluster.members() if m.meta.get("vtep")]
+        model.check_clear_of_underlay(subnet, await self._kernel(kernel.underlay_networks, self.advertise),
+                                      sorted({self.advertise, *vteps}))
         async with self._lock:
             networks = self.networks
             if name in networks:

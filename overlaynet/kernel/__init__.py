@@ -33,7 +33,13 @@ from .netns import (
     sandbox_exists,
 )
 from .probe import ProbedEndpoint, probe_endpoint
-from .underlay import detect_advertise_address, is_local_address, underlay_device, underlay_mtu
+from .underlay import (
+    detect_advertise_address,
+    is_local_address,
+    underlay_device,
+    underlay_mtu,
+    underlay_networks,
+)
 from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_veth
 from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan
 from .vxlan_filter import remove_vxlan_filter, sync_vxlan_members, vxlan_non_member_drops
@@ -89,6 +95,7 @@ __all__ = [
     "tap_name",
     "underlay_device",
     "underlay_mtu",
+    "underlay_networks",
     "vxlan_name",
     "vxlan_non_member_drops",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pyroute2 import IPRoute
 
 from .errors import KernelError
@@ -37,6 +39,16 @@ def underlay_mtu(address: str) -> int:
         if index is None:
             raise _not_local(address)
         return int(ipr.link("get", index=index)[0].get("mtu"))
+
+
+def underlay_networks(address: str) -> list[str]:
+    """The IPv4 networks ("net/prefix") of the device holding this address: the underlay."""
+    with rtnl() as ipr:
+        index = _device_index(ipr, address)
+        if index is None:
+            raise _not_local(address)
+        return sorted({str(ipaddress.IPv4Network(f"{m.get('address')}/{m['prefixlen']}", strict=False))
+                       for m in ipr.get_addr(family=2, index=index)})
 
 
 def _not_local(address: str) -> KernelError:

@@ -33,6 +33,43 @@ def test_subnet_too_small():
         model.validate_subnet("198.19.1.0/31")
 
 
+@pytest.mark.parametrize(("subnet", "meaning"), [
+    ("127.0.0.0/24", "loopback"), ("127.255.255.0/30", "loopback"), ("224.0.0.0/24", "multicast"),
+    ("239.1.0.0/16", "multicast"), ("240.0.0.0/24", "reserved"), ("255.255.255.0/24", "reserved"),
+    ("0.0.0.0/8", "'this network'"), ("0.0.0.0/0", "'this network'"), ("96.0.0.0/3", "loopback"),
+])
+def test_subnets_that_cannot_carry_containers_are_refused(subnet, meaning):
+    with pytest.raises(BadRequest, match=f"overlaps {meaning}") as e:
+        model.validate_subnet(subnet)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("subnet", ["10.0.0.0/8", "198.19.1.0/24", "1.0.0.0/24", "223.255.255.0/24"])
+def test_ordinary_subnets_are_accepted(subnet):
+    assert str(model.validate_subnet(subnet)) == subnet
+
+
+def test_a_subnet_overlapping_the_underlay_is_refused():
+    subnet = model.validate_subnet("198.18.0.0/24")
+    with pytest.raises(BadRequest, match=r"overlaps this host's underlay network 198\.18\.0\.0/16"):
+        model.check_clear_of_underlay(subnet, ["198.18.0.0/16"], ["198.18.0.1"])
+    with pytest.raises(BadRequest, match=r"contains the underlay address 10\.9\.0\.7"):
+        model.check_clear_of_underlay(model.validate_subnet("10.9.0.0/24"), ["198.18.0.0/16"], ["10.9.0.7"])
+    model.check_clear_of_underlay(model.validate_subnet("198.19.1.0/24"), ["198.18.0.0/16"], ["198.18.0.1"])
+
+
+@pytest.mark.parametrize("mac", ["02:0d:00:00:10:01", "02:0D:00:FF:FF:FF", "02:0d:00:00:00:00"])
+def test_the_anycast_gateway_macs_are_reserved(mac):
+    with pytest.raises(BadRequest, match="reserved for overlaynet's anycast gateways"):
+        model.validate_mac(mac)
+    assert model.validate_mac("02:0d:01:00:10:01") == "02:0d:01:00:10:01"
+
+
+def test_derived_macs_never_fall_in_the_gateways_range():
+    # sha256("endpoint029789") starts 0d 00 9c: its first-choice MAC would be 02:0d:00:9c:2d:05.
+    assert model.mac_for("endpoint029789") == "02:58:02:de:8e:ad"  # the next five bytes instead
+
+
 @pytest.mark.parametrize("vni", [0, -1, 16777216, "7", True, 1.5])
 def test_vni_out_of_range(vni):
     with pytest.raises(BadRequest, match="VNI"):
