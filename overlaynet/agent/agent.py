@@ -69,6 +69,7 @@ class Agent:
         self.program_failures: dict[str, str] = {}  # "peers" or a network -> its last programming error
         self._auth_failures = RecentIncrease()
         self._programmed: dict[str, tuple[Any, ...]] = {}  # network -> last forwarding pushed
+        self._guarded: dict[str, kernel.PortGuard] = {}  # network -> first-hop guard last programmed
         self._peers: set[str] | None = None  # VTEPs last allowed to send to us
         self._egress: list[kernel.EgressSpec] | None = None  # egress last programmed
         # Until our view of the cluster is synced after a start, programming only adds entries:
@@ -558,6 +559,8 @@ class Agent:
             sandbox = self._sandbox(net)
             try:
                 await self._kernel(self.dataplane.ensure_network, net, sandbox)
+                # Guard the port before it exists: the container speaks only as itself from frame one.
+                await self._sync_guard(net, force=True, joining=ep)
                 await self._kernel(kernel.ensure_veth, sandbox, self._veth_spec(ep))
             except KernelError as e:
                 await self._kernel(kernel.remove_veth, sandbox, ep.id)
@@ -664,6 +667,7 @@ class Agent:
                 # The sandbox exists only while the network has endpoints on this host.
                 await self._kernel(self.dataplane.remove_network, net, self._sandbox(net))
                 self._programmed.pop(net.name, None)
+                self._guarded.pop(net.name, None)
         self._dirty.set()
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
@@ -730,6 +734,35 @@ class Agent:
             fwd.neigh[net.gateway] = net.gateway_mac
         return fwd
 
+    def port_guard(self, net: Network, joining: Endpoint | None = None) -> kernel.PortGuard:
+        """The first-hop rules of a network on this host: each local container speaks only as itself."""
+        local = sorted((ep for ep in [*self.endpoints.values(), *([joining] if joining else [])]
+                        if ep.network == net.name), key=lambda ep: ep.id)
+        return kernel.PortGuard(
+            overlay_ifname=self.dataplane.overlay_port(net),
+            ports=tuple(kernel.GuardedPort(kernel.host_veth_name(ep.id), ep.mac, ep.ip) for ep in local),
+            known_macs=frozenset(str(ep["mac"]) for ep in self._visible_endpoints()
+                                 if ep.get("network") == net.name and ep.get("mac")),
+            gateway_ip=net.gateway, gateway_mac=net.gateway_mac,
+            bum_rate=self.config.bum_rate, bum_burst=self.config.bum_burst,
+        )
+
+    async def _sync_guard(self, net: Network, force: bool = False, joining: Endpoint | None = None) -> None:
+        """Program the guard when it changed, or (force) when its table is missing from the sandbox.
+
+        Rewriting an unchanged guard would refill every port's BUM bucket: not on every resync.
+        """
+        guard = self.port_guard(net, joining)
+        sandbox = self._sandbox(net)
+        if self._guarded.get(net.name) == guard:
+            if not force:
+                return
+            counters = await self._kernel(kernel.drop_counters, sandbox)
+            if counters:  # the table is there
+                return
+        await self._kernel(kernel.sync_port_guard, sandbox, guard)
+        self._guarded[net.name] = guard
+
     def _zone_for(self, network: str) -> Zone | None:
         """The names the DNS server of `network` answers (cached until the endpoints change)."""
         zone = self._zones.get(network)
@@ -776,6 +809,11 @@ class Agent:
                 net = networks.get(name)
                 if net is None:
                     continue
+                try:
+                    await self._sync_guard(net, force)
+                except KernelError as e:
+                    self.counters["program_errors"] += 1
+                    log.error("event=program-failed what=port-guard network=%s error=%s", name, e)
                 fwd = self.desired_forwarding(net)
                 if not self._synced:
                     fwd = await self._keep_programmed(net, fwd)
@@ -864,6 +902,7 @@ class Agent:
                 wanted_sandboxes.add(sandbox)
                 try:
                     await self._kernel(self.dataplane.ensure_network, net, sandbox)
+                    await self._sync_guard(net, force=True)  # before any port is repaired
                     present = await self._kernel(kernel.list_endpoint_links, sandbox)
                     for ep in local:
                         if kernel.endpoint_prefix(ep.id) in present:
@@ -966,11 +1005,18 @@ class Agent:
 
 
     async def dataplane_stats(self) -> dict[str, Any]:
-        """The dataplane's counters; "names" maps each counted VNI to its network's name."""
+        """The dataplane's counters, and the first-hop guard's drops by reason ("port_drops", both
+        modes); "names" maps each counted VNI to its network's name."""
         stats = await self._kernel(self.dataplane.stats)
+        port_drops = {}
+        for name in sorted({ep.network for ep in self.endpoints.values()}):
+            net = self.networks.get(name)
+            if net is not None:
+                counters = await self._kernel(kernel.drop_counters, self._sandbox(net))
+                port_drops[str(net.vni)] = {reason: c["packets"] for reason, c in counters.items()}
         by_vni = {str(net.vni): net.name for net in self.networks.values()}
-        names = {vni: by_vni.get(str(vni), "") for vni in stats.get("networks") or {}}
-        return {"dataplane": self.config.dataplane, **stats, "names": names}
+        names = {str(vni): by_vni.get(str(vni), "") for vni in [*(stats.get("networks") or {}), *port_drops]}
+        return {"dataplane": self.config.dataplane, **stats, "port_drops": port_drops, "names": names}
 
     async def doctor(self) -> dict[str, Any]:
         """Check the underlay to every other member: ports and path MTU (agent/doctor.py)."""

@@ -48,6 +48,7 @@ HostPort = Annotated[str, Meta(extra={"expect": 'ADDR:PORT with an IPv4 address,
                                                'or "" for none', "check": "hostport"})]
 QueryRate = Annotated[int, Meta(ge=0, le=1_000_000, extra={"expect": "a whole number of queries per second from 0 to 1000000"})]
 Microseconds = Annotated[int, Meta(ge=0, le=1_000_000, extra={"expect": "a whole number of microseconds from 0 to 1000000"})]
+FrameCount = Annotated[int, Meta(ge=1, le=10_000_000, extra={"expect": "a whole number of frames from 1 to 10000000"})]
 
 
 def _help(text: str) -> Meta:
@@ -92,6 +93,13 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fastpath_spin_us: Annotated[Microseconds, _help(
         "userspace dataplane: busy-poll this long after traffic before sleeping; lower latency for a "
         "CPU per host while traffic flows (default 0: never)")] = 0
+    # Broadcast, multicast and unknown-unicast frames per second (and burst) each container port may
+    # send, and each remote container may send us: ARP needs a few per second; a flood of 100k/s from
+    # one container must not reach every container of the network (docs/security.md).
+    bum_rate: Annotated[FrameCount, _help(
+        "broadcast/multicast/unknown-unicast frames per second per container port and per remote "
+        "container (default 1000)")] = 1000
+    bum_burst: Annotated[FrameCount, _help("burst allowed above --bum-rate, in frames (default 2000)")] = 2000
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _help("default info")] = "info"
     dns_rate_limit: Annotated[QueryRate, _help("DNS queries per second per container address (burst: twice "
                                                 "that; 0: unlimited; default 100)")] = 100

@@ -28,6 +28,10 @@ class KernelMode:
         kernel.ensure_vxlan(sandbox, kernel.VxlanSpec(vni=net.vni, local=self.advertise,
                                                       port=self.vxlan_port, mtu=net.mtu))
 
+    def overlay_port(self, net: Network) -> str:
+        """The sandbox bridge's port that frames from other hosts enter by."""
+        return kernel.vxlan_name(net.vni)
+
     def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
         """Make the device's entries equal to `fwd`; returns how many entries changed."""
         changed = 0

@@ -84,6 +84,10 @@ class UserspaceMode:
         self._call(lambda: self.client.add_network(net.vni, sandbox, tap, net.mtu))
         kernel.ensure_port(sandbox, tap, net.mtu)
 
+    def overlay_port(self, net: Network) -> str:
+        """The sandbox bridge's port that frames from other hosts enter by."""
+        return kernel.tap_name(net.vni)
+
     def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
         before = self._call(self.client.networks)["networks"].get(net.vni) or {}
         fdb = dict(fwd.fdb)

@@ -188,11 +188,23 @@ def cmd_fdb(client: Client, args: argparse.Namespace) -> None:
     emit(args, client.network_fdb(args.network), text)
 
 
+def port_drops_text(d: dict[str, Any]) -> str:
+    """The first-hop guard's drops (both dataplanes): one line per network, reasons with counts."""
+    names = d.get("names") or {}
+    lines = []
+    for vni, drops in sorted((d.get("port_drops") or {}).items(), key=lambda kv: int(kv[0])):
+        nonzero = ", ".join(f"{k}={human_count(v)}" for k, v in sorted(drops.items()) if v) or "-"
+        lines.append(f"port drops {names.get(vni) or '?'} (vni {vni}): {nonzero}")
+    return "\n".join(lines)
+
+
 def stats_text(d: dict[str, Any]) -> str:
+    guard = port_drops_text(d)
     if d.get("dataplane") != "userspace":
         return (f"dataplane {d.get('dataplane')}: the kernel's VXLAN devices keep their own counters "
                 "(see `ip -s link` inside the sandbox); per-network counters come with --dataplane userspace\n"
-                f"VXLAN packets from non-members dropped: {human_count(d.get('vxlan_non_member_drops', 0))}")
+                f"VXLAN packets from non-members dropped: {human_count(d.get('vxlan_non_member_drops', 0))}"
+                + ("\n" + guard if guard else ""))
     names = d.get("names") or {}
     rows = []
     for vni, c in sorted((d.get("networks") or {}).items(), key=lambda kv: int(kv[0])):
@@ -203,7 +215,8 @@ def stats_text(d: dict[str, Any]) -> str:
                      ", ".join(f"{k}={human_count(v)}" for k, v in sorted(drops.items())) or "-"])
     text = render_table(["NETWORK", "VNI", "TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES", "DROPS"], rows)
     glob = {k: v for k, v in (d.get("global") or {}).items() if v}
-    return text + "\n" + "global: " + (", ".join(f"{k}={human_count(v)}" for k, v in sorted(glob.items())) or "-")
+    text += "\n" + "global: " + (", ".join(f"{k}={human_count(v)}" for k, v in sorted(glob.items())) or "-")
+    return text + ("\n" + guard if guard else "")
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ from .netns import (
     resolve_netns,
     sandbox_exists,
 )
+from .port_guard import DROP_REASONS, GuardedPort, PortGuard, drop_counters, sync_port_guard
 from .probe import ProbedEndpoint, probe_endpoint
 from .underlay import (
     detect_advertise_address,
@@ -50,10 +51,13 @@ __all__ = [
     "FLOOD_MAC",
     "Changes",
     "EgressSpec",
+    "DROP_REASONS",
     "FdbEntry",
+    "GuardedPort",
     "KernelError",
     "NeighEntry",
     "ProbedEndpoint",
+    "PortGuard",
     "VethInfo",
     "VethSpec",
     "VxlanSpec",
@@ -63,6 +67,7 @@ __all__ = [
     "detect_advertise_address",
     "delete_fdb",
     "delete_neigh",
+    "drop_counters",
     "endpoint_prefix",
     "ensure_bridge",
     "ensure_port",
@@ -89,6 +94,7 @@ __all__ = [
     "set_flood_list",
     "set_neigh",
     "sync_egress",
+    "sync_port_guard",
     "sync_fdb",
     "sync_neigh",
     "sync_vxlan_members",

@@ -12,15 +12,6 @@ from overlaynet.model import gateway_mac
 pytestmark = [pytest.mark.adversarial, pytest.mark.cluster]
 
 
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}v{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 def refused(lab: Lab, host, *args: str) -> str:
     result = lab.overlayctl(host, *args, check=False)
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
