@@ -809,10 +809,12 @@ class Agent:
                 net = networks.get(name)
                 if net is None:
                     continue
+                guard_error = None
                 try:
                     await self._sync_guard(net, force)
                 except KernelError as e:
                     self.counters["program_errors"] += 1
+                    guard_error = self.program_failures[f"network {name}"] = f"first-hop guard: {e}"
                     log.error("event=program-failed what=port-guard network=%s error=%s", name, e)
                 fwd = self.desired_forwarding(net)
                 if not self._synced:
@@ -828,7 +830,8 @@ class Agent:
                     self.program_failures[f"network {name}"] = str(e)
                     log.error("event=program-failed network=%s error=%s", name, e)
                     continue
-                self.program_failures.pop(f"network {name}", None)
+                if guard_error is None:
+                    self.program_failures.pop(f"network {name}", None)
                 self._programmed[name] = fingerprint
                 changed += n
                 if n or not force:
