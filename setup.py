@@ -5,20 +5,20 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension(
-        "overlaynet.dataplane.vxlan",
-        sources=["dataplane/vxlan.pyx"],
-        extra_compile_args=["-O3"],
-    ),
-    Extension(
         "overlaynet.dataplane.fastpath",
         sources=[
             "dataplane/fastpath.pyx",
             "dataplane/csrc/fp_frame.c",
             "dataplane/csrc/fp_tables.c",
             "dataplane/csrc/fp_engine.c",
+            "dataplane/csrc/fp_tap.c",
+            "dataplane/csrc/fp_udp.c",
+            "dataplane/csrc/fp_tx.c",
+            "dataplane/csrc/fp_rx.c",
+            "dataplane/csrc/fp_worker.c",
         ],
         include_dirs=["dataplane/csrc"],
-        depends=["dataplane/csrc/fp.h"],
+        depends=["dataplane/csrc/fp.h", "dataplane/csrc/fp_engine.h"],
         extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function"],
         extra_link_args=["-pthread"],
     ),

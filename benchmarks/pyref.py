@@ -1,5 +1,5 @@
 """Pure-Python reference for VXLAN encapsulation/decapsulation of one frame (RFC 7348), the yardstick
-for the Cython fast path's per-frame cost. Same rules as overlaynet.dataplane.vxlan: the I flag set,
+for the Cython fast path's per-frame cost. Same rules as overlaynet.dataplane.fastpath: the I flag set,
 every reserved bit zero on send; on receive, anything but exactly the I flag is rejected."""
 
 from __future__ import annotations

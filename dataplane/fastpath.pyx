@@ -8,6 +8,7 @@ Nothing here runs per packet: the forwarding loops are C threads that never take
 import socket
 import threading
 
+from overlaynet import model  # MAX_VNI and the MAC syntax: one definition each
 from overlaynet.dataplane.protocol import LOCAL_VTEP  # FDB VTEP of this host's own bridge: one definition
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -38,6 +39,7 @@ cdef extern from "fp.h" nogil:
         FP_FWD_LOCAL
         FP_NC_MAX
         FP_GC_MAX
+        FP_MAX_TX_SOCKETS
 
     struct fp_vnet_hdr:
         uint8_t flags
@@ -94,7 +96,7 @@ cdef extern from "fp.h" nogil:
         int ntx
         int outer_csum_steering
         int csum_avx2
-        uint16_t tx_ports[64]
+        uint16_t tx_ports[FP_MAX_TX_SOCKETS]
 
     struct fp_tap_info:
         int fd
@@ -154,7 +156,7 @@ cdef extern from "fp.h" nogil:
 
 VXLAN_HEADER_LEN = 8
 VNET_HEADER_LEN = 10
-MAX_VNI = 0xFFFFFF
+MAX_VNI = model.MAX_VNI
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -204,12 +206,10 @@ cdef str _ip4_str(uint32_t v):
 
 cdef bytes _mac(object mac):
     if isinstance(mac, (bytes, bytearray)):
-        b = bytes(mac)
-    else:
-        b = bytes.fromhex(str(mac).replace(":", "").replace("-", ""))
-    if len(b) != 6:
-        raise ValueError(f"{mac!r} is not a MAC address")
-    return b
+        if len(mac) != 6:
+            raise ValueError(f"{mac!r} is not a MAC address")
+        return bytes(mac)
+    return bytes.fromhex(model.parse_mac(mac).replace(":", ""))
 
 
 # ------------------------------------------------------------------ pure frame functions
@@ -373,27 +373,18 @@ def coalesce(frames, bint verify=True, bint vnet=True, unsigned int mtu=0, bint 
         free(c.lens)
 
 
-cdef fp_tables *_build_tables(fdb, flood, arp) except NULL:
-    fdb = dict(fdb or {})
-    arp = dict(arp or {})
-    flood = list(flood or [])
-    cdef fp_tables *t = fp_tables_new(len(fdb), len(arp), len(flood))
-    if t == NULL:
-        raise MemoryError()
+cdef int _fill_tables(fp_tables *t, fdb, flood, arp) except -1:
+    """Put entries into t (fdb {mac: vtep}, flood [vtep], arp {ip: mac}; None: leave that part)."""
     cdef bytes m
-    try:
-        for mac, vtep in fdb.items():
-            m = _mac(mac)
-            fp_tables_fdb_put(t, <const uint8_t *><const char *>m, _fdb_vtep(vtep))
-        for ip, mac in arp.items():
-            m = _mac(mac)
-            fp_tables_arp_put(t, _ip4(ip), <const uint8_t *><const char *>m)
-        for vtep in flood:
-            fp_tables_flood_put(t, _ip4(vtep))
-    except BaseException:
-        fp_tables_free(t)
-        raise
-    return t
+    for mac, vtep in (fdb or {}).items():
+        m = _mac(mac)
+        fp_tables_fdb_put(t, <const uint8_t *><const char *>m, _fdb_vtep(vtep))
+    for ip, mac in (arp or {}).items():
+        m = _mac(mac)
+        fp_tables_arp_put(t, _ip4(ip), <const uint8_t *><const char *>m)
+    for vtep in (flood or ()):
+        fp_tables_flood_put(t, _ip4(vtep))
+    return 0
 
 
 cdef class Tables:
@@ -402,7 +393,11 @@ cdef class Tables:
     cdef fp_tables *t
 
     def __init__(self, fdb=None, flood=None, arp=None):
-        self.t = _build_tables(fdb, flood, arp)
+        fdb, flood, arp = dict(fdb or {}), list(flood or []), dict(arp or {})
+        self.t = fp_tables_new(len(fdb), len(arp), len(flood))
+        if self.t == NULL:
+            raise MemoryError()
+        _fill_tables(self.t, fdb, flood, arp)
 
     def __dealloc__(self):
         fp_tables_free(self.t)
@@ -572,7 +567,6 @@ cdef class Engine:
         cdef fp_engine *e = self._e()
         cdef fp_tables *t
         cdef fp_tables *cur
-        cdef bytes m
         cdef int rc
         with self.lock:
             if vni not in self.networks:
@@ -583,14 +577,7 @@ cdef class Engine:
             if cur == NULL:
                 raise KeyError(f"unknown network {vni}")
             try:
-                for mac, vtep in (fdb or {}).items():
-                    m = _mac(mac)
-                    fp_tables_fdb_put(cur, <const uint8_t *><const char *>m, _fdb_vtep(vtep))
-                for ip, mac in (arp or {}).items():
-                    m = _mac(mac)
-                    fp_tables_arp_put(cur, _ip4(ip), <const uint8_t *><const char *>m)
-                for vtep in (flood or ()):
-                    fp_tables_flood_put(cur, _ip4(vtep))
+                _fill_tables(cur, fdb, flood, arp)
             except BaseException:
                 fp_tables_free(cur)
                 raise
@@ -629,12 +616,12 @@ cdef class Engine:
                 fp_engine_set_peers(e, s)
 
     def global_counters(self):
-        cdef uint64_t c[32]
+        cdef uint64_t c[FP_GC_MAX]
         fp_engine_global_counters(self._e(), c)
         return {fp_global_counter_names[i].decode(): c[i] for i in range(FP_GC_MAX)}
 
     def network_counters(self, unsigned int vni):
-        cdef uint64_t c[32]
+        cdef uint64_t c[FP_NC_MAX]
         if fp_engine_net_counters(self._e(), vni, c):
             raise KeyError(f"unknown network {vni}")
         return {fp_net_counter_names[i].decode(): c[i] for i in range(FP_NC_MAX)}

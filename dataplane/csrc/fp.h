@@ -4,7 +4,8 @@
  *   fp_frame.c  - pure frame logic (checksums, VXLAN decap, TSO split, GRO coalescing, ARP reply,
  *                 flow hash). No I/O; unit-tested through the Cython wrapper.
  *   fp_tables.c - immutable lookup tables (FDB, ARP, IPv4 sets) built by the control side.
- *   fp_engine.c - the I/O: TAP fds, UDP sockets, worker threads, RCU-style table swaps, counters.
+ *   the engine  - fp_engine.c (object, control, RCU-style swaps), fp_tap.c (TAP), fp_udp.c (sockets),
+ *                 fp_tx.c / fp_rx.c (forwarding each way), fp_worker.c (threads); see fp_engine.h.
  */
 #ifndef OVERLAYNET_FP_H
 #define OVERLAYNET_FP_H
@@ -51,8 +52,8 @@ enum {
 /* ---- checksums (Internet checksum, computed in memory byte order like the kernel) ---- */
 uint64_t fp_csum_partial(const void *buf, size_t len, uint64_t acc);
 uint16_t fp_csum_fold(uint64_t acc); /* folded, not inverted */
-int fp_csum_impl(void);
-void fp_csum_allow_avx2(int allow); /* 0: always the portable loop (for measurements) */ /* 1: the AVX2 loop is in use (CPU has it), 0: the portable one */
+int fp_csum_impl(void);              /* 1: the AVX2 loop is in use (CPU has it), 0: the portable one */
+void fp_csum_allow_avx2(int allow); /* 0: always the portable loop (for measurements) */
 uint64_t fp_pseudo_v4(const uint8_t *iph, uint8_t proto, uint32_t l4len);
 uint64_t fp_pseudo_v6(const uint8_t *ip6h, uint8_t proto, uint32_t l4len);
 
@@ -180,7 +181,7 @@ enum { FP_FWD_DROP = 0, FP_FWD_UNICAST = 1, FP_FWD_FLOOD = 2, FP_FWD_ARP_REPLY =
 int fp_classify(const struct fp_tables *t, const uint8_t *frame, size_t len, uint32_t *vtep,
                 uint8_t *reply, size_t *reply_len);
 
-/* ---- the engine (fp_engine.c) ---- */
+/* ---- the engine (fp_engine.c and the files fp_engine.h lists) ---- */
 enum {
     FP_NC_RX_PACKETS, FP_NC_RX_BYTES, FP_NC_RX_COALESCED, FP_NC_RX_TAP_WRITES,
     FP_NC_RX_DROP_BAD_SENDER, FP_NC_RX_DROP_MALFORMED, FP_NC_RX_CSUM_BAD, FP_NC_RX_TAP_ERRORS,
@@ -196,11 +197,13 @@ enum {
 extern const char *const fp_net_counter_names[FP_NC_MAX];
 extern const char *const fp_global_counter_names[FP_GC_MAX];
 
+#define FP_MAX_TX_SOCKETS 64 /* transmit sockets, i.e. distinct outer source ports */
+
 struct fp_engine;
 struct fp_engine_opts {
     uint32_t bind_addr; /* network byte order, 0 = any */
     uint16_t port;      /* host byte order */
-    int ntx;            /* tx sockets (distinct outer source ports) */
+    int ntx;            /* tx sockets (distinct outer source ports), 1..FP_MAX_TX_SOCKETS */
     int gso;            /* allow UDP GSO */
     int gro;            /* allow UDP GRO */
     int verify_csum;    /* verify inner TCP checksums before coalescing (default on) */
@@ -218,7 +221,7 @@ struct fp_offloads {
     int udp_gso, udp_gro, ntx;
     int outer_csum_steering; /* zero / non-zero outer UDP checksum datagrams arrive on different sockets */
     int csum_avx2;
-    uint16_t tx_ports[64];
+    uint16_t tx_ports[FP_MAX_TX_SOCKETS];
 };
 struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, size_t errlen);
 int fp_engine_start(struct fp_engine *e);
