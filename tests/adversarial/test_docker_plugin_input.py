@@ -123,6 +123,13 @@ def test_deeply_nested_json_is_refused_in_one_line(plugin: Plugin, depth: int) -
     still_serving(plugin)
 
 
+def test_an_oversized_body_is_refused_in_one_line(plugin: Plugin) -> None:
+    huge = b'{"NetworkID":"' + NET_ID.encode() + b'","Pad":"' + b"x" * (2 << 20) + b'"}'
+    status, payload = plugin.post("NetworkDriver.CreateNetwork", huge)
+    assert_refused_in_one_line(status, payload, "larger than")
+    still_serving(plugin)
+
+
 @pytest.mark.parametrize("bad_id", ["../../../etc", "..", "a/b" * 8, "0" * 65, "x" * 11, "ab\u00e9" * 8])
 def test_ids_that_are_no_docker_ids_are_refused_and_never_stored(plugin: Plugin, bad_id: str) -> None:
     body = {"NetworkID": bad_id, "IPv4Data": [{"Pool": "198.19.77.0/24", "Gateway": "198.19.77.1/24"}]}

@@ -77,7 +77,11 @@ def make_app(driver: Driver) -> web.Application:
         handler = table.get(method)
         if handler is None:
             return _reply(p.error(f"overlaynet-docker does not implement {method}"), 404)
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _reply(p.error(f"{method}: request body larger than {rq.MAX_BODY} bytes; Docker never "
+                                  "sends that"), 413)
         try:
             body = rq.decode(method, raw)  # the typed request, or one line saying what is wrong
         except rq.BadBody as e:
