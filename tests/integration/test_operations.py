@@ -269,3 +269,48 @@ def test_health_degraded_when_a_host_gossips_with_a_key_we_do_not_share(lab, tmp
     finally:
         lab.stop_daemon(k2)
         lab.stop_daemon(k1)
+
+
+_SQUAT = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+print("bound", flush=True)
+time.sleep(600)
+"""
+
+
+def test_health_degraded_while_dns_cannot_bind_and_ok_once_it_can(lab):
+    from overlaynet import kernel
+
+    host = lab.add_host("dns")
+    lab.start_daemon(host, "--plaintext", "--metrics-address", "", *FAST)
+    squatter = None
+    try:
+        net = lab.overlayctl_json(host, "network", "create", "dnsnet", "--subnet", "198.19.80.0/24")
+        lab.overlayctl(host, "attach", lab.add_container("dnsc"), "--network", "dnsnet")
+        assert lab.overlayctl_json(host, "status")["health"]["status"] == "ok"
+        lab.stop_daemon(host)  # the sandbox stays; its DNS port is free until overlayd is back
+        sandbox = kernel.sandbox_path(host.state_dir, net["vni"])
+        squatter = subprocess.Popen(["nsenter", f"--net={sandbox}", sys.executable, "-c", _SQUAT, net["gateway"]],
+                                    stdout=subprocess.PIPE, text=True)
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "bound"
+        lab.start_daemon(host)
+
+        def degraded():
+            health = lab.overlayctl_json(host, "status")["health"]
+            return health if health["status"] == "degraded" else None
+
+        health = wait_until(degraded, timeout=30, what="degraded while port 53 is taken")
+        assert any(r.startswith("DNS for network dnsnet is not serving") for r in health["reasons"]), health
+        text = lab.overlayctl(host, "status", check=False).stdout  # every error it holds, in words
+        assert "dns last error: dnsnet: cannot listen on" in text, text
+        squatter.kill()
+        squatter.wait()
+        wait_until(lambda: lab.overlayctl_json(host, "status")["health"]["status"] == "ok", timeout=30,
+                   what="ok once DNS could bind")
+    finally:
+        if squatter is not None and squatter.poll() is None:
+            squatter.kill()
+            squatter.wait()
+        lab.stop_daemon(host)
