@@ -65,10 +65,16 @@ def plugin(prefix: str) -> Iterator[Plugin]:
         wait_until(lambda: os.path.exists(sock), 20, what="the plugin socket")
         yield Plugin(sock, os.path.join(workdir, "state"), log_path, process)
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(15)
-        lab.close()
+        try:
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        finally:
+            lab.close()  # even if the plugin would not stop: never leave overlayd behind
 
 
 def assert_refused_in_one_line(status: int, payload: bytes, *words: str) -> str:
