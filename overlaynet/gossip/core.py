@@ -8,8 +8,10 @@ exactly the same code.
 
 This class is the facade and the packet dispatcher; the work is done by
   runtime.py     clock, timers, counters, outgoing packets and events, dissemination
-  membership.py  SWIM: members, probes, suspicion, refutation, reaping
+  membership.py  SWIM: members and their states, suspicion, refutation, reaping
+  probe.py       SWIM's failure detector: direct and indirect probes, Lifeguard nacks
   replica.py     the replicated tables: writes, merges, push-pull
+  keyops.py      keyring changes spread by gossip
 Every message type has one handler, looked up in a table (as aioquic dispatches frames).
 
 Bad input never raises out of this class: it is counted in stats and dropped.
@@ -22,14 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 from . import codec
-from .broadcast import KeyOpKey, MemberKey
+from .broadcast import MemberKey
 from .codec import DecodeError, UnknownType, UnknownVersion
 from .config import GossipConfig
-from .keyring import Keyring, KeyringError, key_id
+from .keyops import KeyOps
+from .keyring import Keyring, KeyringError
 from .membership import Membership
+from .probe import Prober
 from .replica import Replica
 from .runtime import TCP, UDP, Runtime
-from .state import Addr, Datagram, Event, KeyringChange, MemberInfo, StreamRequest
+from .state import Addr, Datagram, Event, MemberInfo, StreamRequest
 from .tables import TableStore
 
 Handler = Callable[[Any, Addr, str], bytes | None]
@@ -50,12 +54,14 @@ class GossipCore:
         self._tables = TableStore(lambda owner: self._membership.owner_live(owner))
         self._membership = Membership(rt, self._tables, addr, port, meta or {})
         rt.peers = self._membership
+        self._prober = p = Prober(rt, self._membership)
         self._replica = Replica(rt, self._tables, self._membership)
+        self._keyops = KeyOps(rt, keyring)
         m = self._membership
         self._handlers: dict[type[codec.Message], Handler] = {
-            codec.Ping: m.on_ping, codec.IndirectPing: m.on_indirect_ping, codec.Ack: m.on_ack,
-            codec.Nack: m.on_nack, codec.Alive: m.on_alive, codec.Suspect: m.on_suspect,
-            codec.Dead: m.on_dead, codec.Table: self._replica.on_table, codec.KeyOp: self._on_key_op,
+            codec.Ping: p.on_ping, codec.IndirectPing: p.on_indirect_ping, codec.Ack: p.on_ack,
+            codec.Nack: p.on_nack, codec.Alive: m.on_alive, codec.Suspect: m.on_suspect,
+            codec.Dead: m.on_dead, codec.Table: self._replica.on_table, codec.KeyOp: self._keyops.on_key_op,
             codec.PushPull: self._replica.on_push_pull,
         }
         if len(codec.pack(m.alive_msg(m.me))) > rt.budget // 2:
@@ -70,7 +76,7 @@ class GossipCore:
             return
         rt.started = True
         c, rng = self.cfg, rt.rng
-        rt.at(now + rng.uniform(0, c.probe_interval), self._membership.probe_tick)
+        rt.at(now + rng.uniform(0, c.probe_interval), self._prober.probe_tick)
         rt.at(now + rng.uniform(0, c.gossip_interval), rt.gossip_tick)
         rt.at(now + rng.uniform(0, c.push_pull_interval), self._push_pull_tick)
         rt.at(now + c.reap_interval, self._reap_tick)
@@ -183,9 +189,6 @@ class GossipCore:
     def health_score(self) -> int:
         return self._membership.awareness.score
 
-    def num_live(self) -> int:
-        return self._membership.num_live()
-
     def table(self, name: str) -> dict[str, dict[str, Any]]:
         return self._tables.view(name)
 
@@ -204,11 +207,7 @@ class GossipCore:
         """install/use/remove a key locally and (by default) ask every member to do the same.
         Returns whether the local keyring changed. Raises KeyringError for an impossible op."""
         self._rt.advance(now)
-        if self.keyring is None:
-            raise KeyringError("gossip runs without encryption; there is no keyring to change")
-        changed = self._apply_key_op(op, key)
-        if broadcast:
-            self._rt.queue(KeyOpKey(key), codec.KeyOp(op, key))
+        changed = self._keyops.request(op, key, broadcast)
         self._rt.after_input()
         return changed
 
@@ -299,40 +298,11 @@ class GossipCore:
         rt.at(rt.now + self.cfg.reap_interval, self._reap_tick)
         self.stats["tombstones_expired"] += self._tables.expire(rt.now)
         self._membership.reap()
+        self._prober.reap()
         self._replica.reap()
 
-    # ------------------------------------------------------------------ tables and keys
+    # ------------------------------------------------------------------ tables
     def _write(self, table: str, key: str, value: dict[str, Any] | None, now: float) -> None:
         self._rt.advance(now)
         self._replica.write(table, key, value)
         self._rt.after_input()
-
-    def _apply_key_op(self, op: str, key: bytes) -> bool:
-        kr = self.keyring
-        assert kr is not None
-        if op == "install":
-            changed = kr.install(key)
-        elif op == "use":
-            changed = kr.use(key)
-        elif op == "remove":
-            changed = kr.remove(key)
-        else:
-            raise KeyringError(f"unknown key operation {op!r}")
-        if changed:
-            self._rt.refresh_budget()
-            self._rt.events.append(KeyringChange(op, key_id(key).hex()))
-        return changed
-
-    def _on_key_op(self, msg: codec.KeyOp, src: Addr, sender: str) -> None:
-        if self.keyring is None or not self.cfg.accept_key_ops:
-            self.stats["key_ops_rejected"] += 1
-            return
-        try:
-            changed = self._apply_key_op(msg.op, msg.key)
-        except KeyringError:
-            self.stats["key_ops_rejected"] += 1
-            return
-        if changed:
-            self.stats["key_ops_applied"] += 1
-            self._rt.queue(KeyOpKey(msg.key), msg)
-

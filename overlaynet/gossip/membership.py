@@ -1,11 +1,11 @@
-"""SWIM membership with the Lifeguard refinements: who is in the cluster, probing, suspicion,
-refutation, reaping. The replicated tables only learn from it whether an owner is live
+"""SWIM membership with the Lifeguard refinements: who is in the cluster and in which state —
+alive, suspect (with its Lifeguard timer), dead, left — refutation, reaping. Probing is probe.py. The replicated tables only learn from it whether an owner is live
 (`owner_live`) and when that flips (TableStore.owner_changed / forget_owner).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .awareness import Awareness
@@ -15,25 +15,10 @@ from .state import CODE_STATES, STATE_CODES, Addr, Member, MemberChange, MemberI
 from .suspicion import Suspicion
 from .tables import TableStore
 
+if TYPE_CHECKING:
+    from .probe import Prober
+
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
-
-
-class _Probe:
-    __slots__ = ("target", "expected_nacks", "nacks")
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.expected_nacks = 0
-        self.nacks = 0
-
-
-class _Relay:
-    __slots__ = ("requester", "seq", "start")
-
-    def __init__(self, requester: Addr, seq: int, start: float) -> None:
-        self.requester = requester
-        self.seq = seq
-        self.start = start
 
 
 class _NameSet:
@@ -79,11 +64,7 @@ class Membership:
         self.awareness = Awareness(rt.cfg.awareness_max_multiplier)
         self._n_live = 1
         self._suspicions: dict[str, Suspicion] = {}
-        self._probes: dict[int, _Probe] = {}
-        self._relays: dict[int, _Relay] = {}
-        self._probe_order: list[str] = []
-        self._probe_suspects: list[str] = []  # suspicions we heard of and have not probed ourselves
-        self._probe_idx = 0
+        self.prober: Prober | None = None  # probe.py; told about new and suspected members
         self._live_others = _NameSet()  # alive or suspect, not us: probe/gossip candidates
         # dead or left: reaping and gossip-to-the-dead (a dict: ordered, so runs are reproducible)
         self._down: dict[str, None] = {}
@@ -166,86 +147,7 @@ class Membership:
                 self._live_others.discard(m.name)
                 self._down[m.name] = None
 
-    # ---- probing
-    def probe_tick(self) -> None:
-        rt, cfg = self.rt, self.rt.cfg
-        rt.at(rt.now + self.awareness.scale(cfg.probe_interval), self.probe_tick)
-        if self.leaving:
-            return
-        target = self._next_probe_target()
-        if target is None:
-            return
-        rt.stats["probes"] += 1
-        seq = rt.next_seq()
-        self._probes[seq] = _Probe(target.name)
-        msgs = [codec.pack(codec.Ping(seq, target.name, rt.name))]
-        if target.state is SUSPECT:
-            # Lifeguard "buddy": tell a suspect directly that it is suspected, so it can refute now.
-            msgs.append(codec.pack(codec.Suspect(target.name, target.incarnation, rt.name)))
-        rt.send_piggybacked((target.addr, target.port), msgs)
-        rt.at(rt.now + self.awareness.scale(cfg.probe_timeout), self._probe_timeout, seq)
-        rt.at(rt.now + self.awareness.scale(cfg.probe_interval), self._probe_deadline, seq)
-
-    def _next_probe_target(self) -> Member | None:
-        # Probe members others suspect before resuming the round-robin: if it is alive, our ping carries
-        # the suspicion to it and its ack carries the refutation back (a path that does not depend on
-        # random gossip reaching us); if it is dead, our failed probe is an independent confirmation.
-        while self._probe_suspects:
-            m = self.members.get(self._probe_suspects.pop())
-            if m is not None and m.state is SUSPECT:
-                return m
-        for _ in range(2):
-            while self._probe_idx < len(self._probe_order):
-                m = self.members.get(self._probe_order[self._probe_idx])
-                self._probe_idx += 1
-                if m is not None and m.live and m is not self.me:
-                    return m
-            # One full pass done: reshuffle (randomised round-robin bounds time-to-first-probe).
-            self._probe_order = list(self._live_others.items)
-            self.rt.rng.shuffle(self._probe_order)
-            self._probe_idx = 0
-            if not self._probe_order:
-                return None
-        return None
-
-    def _probe_timeout(self, seq: int) -> None:
-        rt = self.rt
-        probe = self._probes.get(seq)
-        target = None if probe is None else self.members.get(probe.target)
-        if probe is None or target is None:
-            return
-        names = self._live_others.items
-        helpers = rt.rng.sample(names, min(rt.cfg.indirect_checks + 1, len(names)))
-        helpers = [h for h in helpers if h != target.name][: rt.cfg.indirect_checks]
-        probe.expected_nacks = len(helpers)
-        if rt.cfg.probe_retry_direct:
-            # A second direct try is one more independent path (memberlist uses a TCP ping here).
-            rt.send((target.addr, target.port), [codec.pack(codec.Ping(seq, target.name, rt.name))])
-        msg = codec.pack(codec.IndirectPing(seq, target.name, target.addr, target.port))
-        for h in helpers:
-            m = self.members[h]
-            rt.stats["indirect_probes"] += 1
-            rt.send_piggybacked((m.addr, m.port), [msg])
-
-    def _probe_deadline(self, seq: int) -> None:
-        probe = self._probes.pop(seq, None)
-        if probe is None:
-            return  # acked
-        self.rt.stats["probe_failures"] += 1
-        # Lifeguard: missing nacks mean *our* network/CPU is the problem, so slow down.
-        if probe.expected_nacks:
-            self.awareness.apply(probe.expected_nacks - probe.nacks)
-        else:
-            self.awareness.apply(1)
-        target = self.members.get(probe.target)
-        if target is not None and target.live:
-            self._suspect(target.name, target.incarnation, self.rt.name)
-
-    def _relay_nack(self, seq: int) -> None:
-        relay = self._relays.get(seq)
-        if relay is not None:
-            self.rt.send(relay.requester, [codec.pack(codec.Nack(relay.seq))])
-
+    # ---- suspicion
     def _suspicion_check(self, name: str) -> None:
         s = self._suspicions.get(name)
         if s is None:
@@ -256,36 +158,11 @@ class Membership:
         self._dead(name, s.incarnation, self.rt.name)
 
     # ---- message handlers: (msg, src, sender) -> reply frame or None
-    def on_ping(self, msg: codec.Ping, src: Addr, sender: str) -> None:
-        if msg.target != self.rt.name:
-            self.rt.stats["misdirected"] += 1  # the address now belongs to someone else
-            return
-        self.rt.send_piggybacked(src, [codec.pack(codec.Ack(msg.seq))])
-
-    def on_ack(self, msg: codec.Ack, src: Addr, sender: str) -> None:
-        if self._probes.pop(msg.seq, None) is not None:
-            self.awareness.apply(-1)
-        relay = self._relays.pop(msg.seq, None)
-        if relay is not None:
-            self.rt.send(relay.requester, [codec.pack(codec.Ack(relay.seq))])
-
-    def on_nack(self, msg: codec.Nack, src: Addr, sender: str) -> None:
-        probe = self._probes.get(msg.seq)
-        if probe is not None:
-            probe.nacks += 1
-
-    def on_indirect_ping(self, msg: codec.IndirectPing, src: Addr, sender: str) -> None:
-        rt = self.rt
-        seq = rt.next_seq()
-        self._relays[seq] = _Relay(src, msg.seq, rt.now)
-        rt.send((msg.addr, msg.port), [codec.pack(codec.Ping(seq, msg.target, rt.name))])
-        rt.at(rt.now + self.awareness.scale(rt.cfg.probe_timeout), self._relay_nack, seq)
-
     def on_alive(self, msg: codec.Alive, src: Addr, sender: str) -> None:
         self._alive(msg.name, msg.incarnation, msg.addr, msg.port, msg.meta)
 
     def on_suspect(self, msg: codec.Suspect, src: Addr, sender: str) -> None:
-        self._suspect(msg.name, msg.incarnation, msg.accuser)
+        self.suspect(msg.name, msg.incarnation, msg.accuser)
         if msg.name == self.rt.name and not self.leaving:
             self.rt.send(src, [codec.pack(self.alive_msg(self.me))])  # refute straight back to the messenger
 
@@ -307,7 +184,7 @@ class Membership:
                 # a suspect we never heard of is added first so our own probes can judge it.
                 if w.name not in self.members and state is SUSPECT:
                     self._alive(w.name, w.incarnation, w.addr, w.port, w.meta)
-                self._suspect(w.name, w.incarnation, sender)
+                self.suspect(w.name, w.incarnation, sender)
 
     # ---- state transitions
     def _alive(self, name: str, inc: int, addr: str, port: int, meta: dict[str, Any]) -> None:
@@ -327,8 +204,8 @@ class Membership:
             self.reaped.pop(name, None)
             self._n_live += 1
             self._live_others.add(name)
-            # Random position in the probe order so a new member is probed within one pass.
-            self._probe_order.insert(rt.rng.randint(self._probe_idx, len(self._probe_order)), name)
+            if self.prober is not None:
+                self.prober.member_added(name)
             rt.events.append(MemberChange(name, None, ALIVE.value, m.info()))
             rt.events.extend(self.tables.owner_changed(name, False, True))
             rt.queue(MemberKey(name), self.alive_msg(m))
@@ -345,7 +222,7 @@ class Membership:
             rt.events.append(MemberChange(name, old_state.value, ALIVE.value, m.info()))
         rt.events.extend(self.tables.owner_changed(name, was_live, True))
 
-    def _suspect(self, name: str, inc: int, accuser: str) -> None:
+    def suspect(self, name: str, inc: int, accuser: str) -> None:
         rt = self.rt
         m = self.members.get(name)
         if m is None or inc < m.incarnation:
@@ -373,8 +250,8 @@ class Membership:
         lo, hi = rt.cfg.suspicion_bounds(n)
         s = Suspicion(accuser, inc, rt.now, k, lo, hi)
         self._suspicions[name] = s
-        if accuser != rt.name:
-            self._probe_suspects.append(name)
+        if accuser != rt.name and self.prober is not None:
+            self.prober.suspected(name)
         rt.at(s.deadline, self._suspicion_check, name)
         rt.queue(MemberKey(name), codec.Suspect(name, inc, accuser))
         rt.events.append(MemberChange(name, ALIVE.value, SUSPECT.value, m.info()))
@@ -431,5 +308,3 @@ class Membership:
                 rt.events.extend(self.tables.forget_owner(name))
         for name in [n for n, t in self.reaped.items() if now - t > c.left_reap_timeout]:
             del self.reaped[name]
-        for seq in [s for s, r in self._relays.items() if now - r.start > 4 * c.probe_interval]:
-            del self._relays[seq]
