@@ -129,6 +129,14 @@ def test_deeply_nested_json_is_refused_in_one_line(plugin: Plugin, depth: int) -
     still_serving(plugin)
 
 
+@pytest.mark.parametrize("method, path", [("GET", "/Plugin.Activate"), ("PUT", "/NetworkDriver.Join"),
+                                          ("POST", "/a/b/../../etc"), ("DELETE", "/")])
+def test_other_requests_are_refused_in_one_line(plugin: Plugin, method: str, path: str) -> None:
+    status, payload = http_unix(plugin.socket, method, path, b"{}", timeout=20)
+    assert_refused_in_one_line(status, payload, "POST /<Interface>.<Method>")
+    still_serving(plugin)
+
+
 def test_an_oversized_body_is_refused_in_one_line(plugin: Plugin) -> None:
     huge = b'{"NetworkID":"' + NET_ID.encode() + b'","Pad":"' + b"x" * (2 << 20) + b'"}'
     status, payload = plugin.post("NetworkDriver.CreateNetwork", huge)

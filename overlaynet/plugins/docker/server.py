@@ -100,7 +100,13 @@ def make_app(driver: Driver) -> web.Application:
         return _reply(answer, 200)
 
     app = web.Application(client_max_size=rq.MAX_BODY)
+    async def refuse(request: web.Request) -> web.Response:
+        # Anything but `POST /<Method>` is no plugin call: still one JSON line, never aiohttp's text page.
+        return _reply(p.error(f"{request.method} {request.path[:100]}: Docker's plugin protocol is "
+                              "POST /<Interface>.<Method>"), 405 if request.path.count("/") == 1 else 404)
+
     app.router.add_post("/{method}", dispatch)
+    app.router.add_route("*", "/{path:.*}", refuse)
     return app
 
 
