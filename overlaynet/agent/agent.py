@@ -1035,7 +1035,7 @@ class Agent:
     async def metrics_snapshot(self) -> Snapshot:
         """What a Prometheus scrape reports: read now from the counters that exist anyway."""
         try:
-            dataplane_stats: dict[str, Any] | None = await self._kernel(self.dataplane.stats)
+            dataplane_stats: dict[str, Any] | None = await self.dataplane_stats()
         except KernelError:
             dataplane_stats = None
         members = self.cluster.members()

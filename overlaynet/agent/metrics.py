@@ -113,6 +113,20 @@ class SnapshotCollector(Collector):
                                 value=len(s.dns.get("servers", [])))
 
 
+def _guard_drops(s: Snapshot, drops: CounterMetricFamily) -> None:
+    """The first-hop guard's drops (nftables counters in each sandbox, both dataplanes)."""
+    for vni, reasons in sorted(((s.dataplane_stats or {}).get("port_drops") or {}).items(), key=lambda kv: int(kv[0])):
+        name = s.network_names.get(str(vni), "")
+        for reason, packets in sorted(reasons.items()):
+            drops.add_metric([name, str(vni), f"guard_{reason}"], packets)
+
+
+def _drops_family() -> CounterMetricFamily:
+    return CounterMetricFamily("overlaynet_dataplane_drops", "Packets dropped, by reason: the fast path's, the "
+                               "kernel filters' (guard_*: a container's first hop); network empty: not "
+                               "attributable to a network", labels=["network", "vni", "reason"])
+
+
 def _dataplane(s: Snapshot) -> Iterator[Metric]:
     if s.dataplane != "userspace":
         yield from _kernel_dataplane(s)
@@ -125,8 +139,7 @@ def _dataplane(s: Snapshot) -> Iterator[Metric]:
                                   labels=["network", "vni", "direction"])
     nbytes = CounterMetricFamily("overlaynet_dataplane_bytes", "Bytes through the fast path (inner frames)",
                                  labels=["network", "vni", "direction"])
-    drops = CounterMetricFamily("overlaynet_dataplane_drops", "Packets the fast path dropped, by reason "
-                                "(network empty: not attributable to a network)", labels=["network", "vni", "reason"])
+    drops = _drops_family()
     for vni, counters in sorted((s.dataplane_stats.get("networks") or {}).items(), key=lambda kv: int(kv[0])):
         name = s.network_names.get(str(vni), "")
         for key, (kind, direction) in _NET_TRAFFIC.items():
@@ -136,6 +149,7 @@ def _dataplane(s: Snapshot) -> Iterator[Metric]:
     glob = s.dataplane_stats.get("global") or {}
     for key, reason in _GLOBAL_DROPS.items():
         drops.add_metric(["", "", reason], glob.get(key, 0))
+    _guard_drops(s, drops)
     yield packets
     yield nbytes
     yield drops
@@ -144,11 +158,11 @@ def _dataplane(s: Snapshot) -> Iterator[Metric]:
 def _kernel_dataplane(s: Snapshot) -> Iterator[Metric]:
     """The kernel's VXLAN devices keep their own traffic counters (`ip -s link`, node_exporter); ours
     are the kernel filters' drops, e.g. VXLAN from a host that is not a member (nftables counter)."""
-    drops = CounterMetricFamily("overlaynet_dataplane_drops", "Packets the kernel filters dropped, by reason "
-                                "(network empty: not attributable to a network)", labels=["network", "vni", "reason"])
+    drops = _drops_family()
     for key, reason in _KERNEL_DROPS.items():
         if s.dataplane_stats is not None and key in s.dataplane_stats:
             drops.add_metric(["", "", reason], s.dataplane_stats[key])
+    _guard_drops(s, drops)
     yield drops
 
 

@@ -76,6 +76,8 @@ def test_metrics_scrape_parses_and_counts_real_traffic(lab, pair):
     assert value(m, "overlaynet_dataplane_drops_total", network="ops", reason="bad_sender") == 0
     assert value(m, "overlaynet_dataplane_drops_total", network="", reason="unknown_vni") >= 0
     assert value(m, "overlaynet_dataplane_up") == 1
+    # The kernel filters' drops too: the first-hop guard's, per network and reason.
+    assert value(m, "overlaynet_dataplane_drops_total", network="ops", reason="guard_mac_spoof") == 0
     # Gossip, tables, programming, reconcile, DNS, API, process.
     assert value(m, "overlaynet_gossip_members", state="alive") == 2
     assert value(m, "overlaynet_gossip_messages_total", direction="in") > 0

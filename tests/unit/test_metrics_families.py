@@ -28,8 +28,9 @@ def snapshot(dataplane: str, stats: dict | None) -> Snapshot:
 
 
 def test_kernel_dataplane_exports_its_filter_drops():
-    m = scrape(snapshot("kernel", {"vxlan_non_member_drops": 9}))
+    m = scrape(snapshot("kernel", {"vxlan_non_member_drops": 9, "port_drops": {"7": {"mac_spoof": 2}}}))
     assert m[("overlaynet_dataplane_drops_total", (("network", ""), ("reason", "bad_sender"), ("vni", "")))] == 9
+    assert m[("overlaynet_dataplane_drops_total", (("network", "blue"), ("reason", "guard_mac_spoof"), ("vni", "7")))] == 2
     assert not any(name == "overlaynet_dataplane_up" for name, _ in m)
     assert m[("overlaynet_gossip_auth_failures_total", ())] == 3
     assert m[("overlaynet_health_degraded", ())] == 1
