@@ -31,6 +31,10 @@ from typing import Any
 from overlaynet.lab import Host, Lab, enter_netns
 from overlaynet.lab import wait_until as lab_wait_until
 
+# Tests keep every overlay address in 198.19.0.0/16 (TESTING.md), so the plugin's default pool for
+# networks made without --subnet is moved there instead of the product default (10.213.0.0/16).
+TEST_DEFAULT_POOL = "198.19.192.0/18"
+
 APT_PACKAGES = ["docker.io", "containerd", "docker-compose", "busybox-static", "podman",
                 "containernetworking-plugins"]
 # The binary each package brings (Debian paths: a newer docker client may come first in PATH).
@@ -269,7 +273,7 @@ exec /usr/sbin/dockerd --host {self.host} --data-root {self.dir}/data --exec-roo
         self.plugin = subprocess.Popen(
             [sys.executable, "-m", "overlaynet.plugins.docker", "--socket", self.plugin_socket,
              "--api-socket", self.api_socket, "--docker-host", self.host, "--state-dir", self.plugin_state,
-             "--log-level", "debug"],
+             "--log-level", "debug", "--default-pool", TEST_DEFAULT_POOL],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()

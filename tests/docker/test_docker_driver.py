@@ -12,7 +12,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster
-from tests.engines import IMAGE, fetch_from, run_in, wait_until
+from tests.engines import IMAGE, TEST_DEFAULT_POOL, fetch_from, run_in, wait_until
 
 # Generous: the first test also pays for installing (apt) and starting two engines.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -198,7 +198,7 @@ def test_docker_option_conventions(docker_cluster: DockerCluster, prefix: str) -
             create(made[-1])
             subnets.append(engine.docker_json("network", "inspect", made[-1])[0]["IPAM"]["Config"][0]["Subnet"])
             assert wait_network(docker_cluster, "a", made[-1])["subnet"] == subnets[-1]
-        pool = ipaddress.IPv4Network("10.213.0.0/16")
+        pool = ipaddress.IPv4Network(TEST_DEFAULT_POOL)
         assert all(ipaddress.IPv4Network(s).subnet_of(pool) and s.endswith("/24") for s in subnets), subnets
         assert subnets[0] != subnets[1]
         engine.docker("run", "--rm", "--network", made[-1], IMAGE, "true")
