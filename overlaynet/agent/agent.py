@@ -1008,15 +1008,23 @@ class Agent:
 
 
     async def dataplane_stats(self) -> dict[str, Any]:
-        """The dataplane's counters, and the first-hop guard's drops by reason ("port_drops", both
-        modes); "names" maps each counted VNI to its network's name."""
+        """The dataplane's counters ("networks": per VNI, from the fast path or, in kernel mode, the
+        VXLAN devices), the first-hop guard's drops by reason ("port_drops", both modes); "names"
+        maps each counted VNI to its network's name."""
         stats = await self._kernel(self.dataplane.stats)
         port_drops = {}
+        device_counters = {}  # kernel mode: each network's VXLAN device
         for name in sorted({ep.network for ep in self.endpoints.values()}):
             net = self.networks.get(name)
             if net is not None:
                 counters = await self._kernel(kernel.drop_counters, self._sandbox(net))
                 port_drops[str(net.vni)] = {reason: c["packets"] for reason, c in counters.items()}
+                if self.config.dataplane == "kernel":
+                    device = await self._kernel(kernel.vxlan_counters, self._sandbox(net), net.vni)
+                    if device is not None:
+                        device_counters[str(net.vni)] = device
+        if device_counters:
+            stats["networks"] = device_counters
         by_vni = {str(net.vni): net.name for net in self.networks.values()}
         names = {str(vni): by_vni.get(str(vni), "") for vni in [*(stats.get("networks") or {}), *port_drops]}
         return {"dataplane": self.config.dataplane, **stats, "port_drops": port_drops, "names": names}

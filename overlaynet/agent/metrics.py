@@ -50,6 +50,8 @@ _NET_DROPS = {"rx_drop_bad_sender": "bad_sender", "rx_drop_malformed": "rx_malfo
               "tx_drop_malformed": "tx_malformed", "tx_errors": "send_error"}
 _GLOBAL_DROPS = {"rx_drop_unknown_vni": "unknown_vni", "rx_drop_malformed": "rx_malformed",
                  "rx_drop_truncated": "truncated", "rx_errors": "receive_error", "tx_errors": "send_error"}
+_DEVICE_DROPS = {"rx_dropped": "device_rx_dropped", "tx_dropped": "device_tx_dropped",
+                 "rx_errors": "receive_error", "tx_errors": "send_error"}  # the kernel VXLAN device's
 _KERNEL_DROPS = {"vxlan_non_member_drops": "bad_sender"}  # same reason as the fast path's for the same drop
 _GOSSIP_DROPS = ("malformed", "oversize", "unknown_version", "unknown_type", "misdirected", "internal_errors")
 _GOSSIP_EVENTS = ("probes", "probe_failures", "indirect_probes", "suspects", "deaths", "refutes",
@@ -127,41 +129,57 @@ def _drops_family() -> CounterMetricFamily:
                                "attributable to a network", labels=["network", "vni", "reason"])
 
 
+def _traffic(s: Snapshot) -> Iterator[Metric]:
+    """Per-network packets and bytes: the fast path's counters, or the kernel's VXLAN devices'."""
+    packets = CounterMetricFamily("overlaynet_dataplane_packets", "Packets through the dataplane (inner frames)",
+                                  labels=["network", "vni", "direction"])
+    nbytes = CounterMetricFamily("overlaynet_dataplane_bytes", "Bytes through the dataplane (inner frames)",
+                                 labels=["network", "vni", "direction"])
+    for vni, counters in _networks(s):
+        name = s.network_names.get(str(vni), "")
+        for key, (kind, direction) in _NET_TRAFFIC.items():
+            (packets if kind == "packets" else nbytes).add_metric([name, str(vni), direction], counters.get(key, 0))
+    yield packets
+    yield nbytes
+
+
+def _networks(s: Snapshot) -> list[tuple[Any, dict[str, int]]]:
+    return sorted(((s.dataplane_stats or {}).get("networks") or {}).items(), key=lambda kv: int(kv[0]))
+
+
 def _dataplane(s: Snapshot) -> Iterator[Metric]:
     if s.dataplane != "userspace":
+        yield from _traffic(s)
         yield from _kernel_dataplane(s)
         return
     yield GaugeMetricFamily("overlaynet_dataplane_up", "1 when fastpathd answers its control socket",
                             value=int(s.dataplane_stats is not None))
     if s.dataplane_stats is None:
         return
-    packets = CounterMetricFamily("overlaynet_dataplane_packets", "Packets through the fast path",
-                                  labels=["network", "vni", "direction"])
-    nbytes = CounterMetricFamily("overlaynet_dataplane_bytes", "Bytes through the fast path (inner frames)",
-                                 labels=["network", "vni", "direction"])
+    yield from _traffic(s)
     drops = _drops_family()
-    for vni, counters in sorted((s.dataplane_stats.get("networks") or {}).items(), key=lambda kv: int(kv[0])):
+    for vni, counters in _networks(s):
         name = s.network_names.get(str(vni), "")
-        for key, (kind, direction) in _NET_TRAFFIC.items():
-            (packets if kind == "packets" else nbytes).add_metric([name, str(vni), direction], counters.get(key, 0))
         for key, reason in _NET_DROPS.items():
             drops.add_metric([name, str(vni), reason], counters.get(key, 0))
     glob = s.dataplane_stats.get("global") or {}
     for key, reason in _GLOBAL_DROPS.items():
         drops.add_metric(["", "", reason], glob.get(key, 0))
     _guard_drops(s, drops)
-    yield packets
-    yield nbytes
     yield drops
 
 
 def _kernel_dataplane(s: Snapshot) -> Iterator[Metric]:
-    """The kernel's VXLAN devices keep their own traffic counters (`ip -s link`, node_exporter); ours
-    are the kernel filters' drops, e.g. VXLAN from a host that is not a member (nftables counter)."""
+    """Kernel mode's drops: the VXLAN devices' own, and the kernel filters', e.g. VXLAN from a host
+    that is not a member (an nftables counter)."""
     drops = _drops_family()
     for key, reason in _KERNEL_DROPS.items():
         if s.dataplane_stats is not None and key in s.dataplane_stats:
             drops.add_metric(["", "", reason], s.dataplane_stats[key])
+    for vni, counters in _networks(s):
+        name = s.network_names.get(str(vni), "")
+        for key, reason in _DEVICE_DROPS.items():
+            drops.add_metric([name, str(vni), reason], counters.get(key, 0))
     _guard_drops(s, drops)
     yield drops
 

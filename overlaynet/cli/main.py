@@ -200,9 +200,9 @@ def port_drops_text(d: dict[str, Any]) -> str:
 
 def stats_text(d: dict[str, Any]) -> str:
     guard = port_drops_text(d)
-    if d.get("dataplane") != "userspace":
-        return (f"dataplane {d.get('dataplane')}: the kernel's VXLAN devices keep their own counters "
-                "(see `ip -s link` inside the sandbox); per-network counters come with --dataplane userspace\n"
+    kernel_mode = d.get("dataplane") != "userspace"
+    if kernel_mode and not d.get("networks"):
+        return ("dataplane kernel: no network with an endpoint on this host, so no VXLAN device to count\n"
                 f"VXLAN packets from non-members dropped: {human_count(d.get('vxlan_non_member_drops', 0))}"
                 + ("\n" + guard if guard else ""))
     names = d.get("names") or {}
@@ -215,6 +215,8 @@ def stats_text(d: dict[str, Any]) -> str:
                      ", ".join(f"{k}={human_count(v)}" for k, v in sorted(drops.items())) or "-"])
     text = render_table(["NETWORK", "VNI", "TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES", "DROPS"], rows)
     glob = {k: v for k, v in (d.get("global") or {}).items() if v}
+    if kernel_mode:  # the rows are the VXLAN devices' own counters; the filter's drops are host-wide
+        glob["vxlan_non_member_drops"] = d.get("vxlan_non_member_drops", 0)
     text += "\n" + "global: " + (", ".join(f"{k}={human_count(v)}" for k, v in sorted(glob.items())) or "-")
     return text + ("\n" + guard if guard else "")
 

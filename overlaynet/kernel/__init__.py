@@ -42,7 +42,7 @@ from .underlay import (
     underlay_networks,
 )
 from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_veth
-from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan
+from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan, vxlan_counters
 from .vxlan_filter import remove_vxlan_filter, sync_vxlan_members, vxlan_non_member_drops
 
 __all__ = [
@@ -102,6 +102,7 @@ __all__ = [
     "underlay_device",
     "underlay_mtu",
     "underlay_networks",
+    "vxlan_counters",
     "vxlan_name",
     "vxlan_non_member_drops",
 ]

@@ -169,3 +169,23 @@ def remove_vxlan(sandbox: str, vni: int) -> None:
         raise KernelError(
             f"cannot remove VXLAN device {name} in sandbox {sandbox}: {describe(exc)}"
         ) from None
+
+
+VXLAN_COUNTERS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped", "tx_dropped",
+                  "rx_errors", "tx_errors")
+
+
+def vxlan_counters(sandbox: str, vni: int) -> dict[str, int] | None:
+    """The network's VXLAN device counters (IFLA_STATS64): tx is frames leaving the bridge for the
+    underlay, rx frames arriving from it, as the fast path counts them. None without a device."""
+    if not sandbox_exists(sandbox):
+        return None
+    try:
+        with rtnl(sandbox) as sb:
+            link = find_link(sb, vxlan_name(vni))
+            stats = link.get_attr("IFLA_STATS64") if link is not None else None
+    except NetlinkError as exc:
+        raise KernelError(f"cannot read the counters of {vxlan_name(vni)} in {sandbox}: {describe(exc)}") from None
+    if not stats:
+        return None
+    return {key: int(stats.get(key, 0)) for key in VXLAN_COUNTERS}

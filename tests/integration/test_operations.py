@@ -49,8 +49,8 @@ def pair(lab):
     return h1, h2
 
 
-def scrape(lab, host) -> dict[str, list]:
-    status, body = lab.http_get(host.netns, f"{METRICS}/metrics")
+def scrape(lab, host, address: str = METRICS) -> dict[str, list]:
+    status, body = lab.http_get(host.netns, f"{address}/metrics")
     assert status == 200, body
     samples: dict[str, list] = {}
     for family in text_string_to_metric_families(body):
@@ -316,3 +316,30 @@ def test_health_degraded_while_dns_cannot_bind_and_ok_once_it_can(lab):
             squatter.kill()
             squatter.wait()
         lab.stop_daemon(host)
+
+
+def test_kernel_dataplane_counts_traffic_per_network(lab):
+    """The kernel dataplane has no fast path: its per-network counters are the VXLAN devices'."""
+    k3, k4 = lab.add_host("kd1"), lab.add_host("kd2")
+    lab.start_daemon(k3, "--plaintext", "--dataplane", "kernel", "--metrics-address", "127.0.0.1:7948", *FAST)
+    lab.start_daemon(k4, "--plaintext", "--dataplane", "kernel", "--join", k3.address, "--metrics-address", "", *FAST)
+    try:
+        wait_until(lambda: sum(m["state"] == "alive" for m in lab.overlayctl_json(k3, "members")) == 2,
+                   timeout=30, what="two kernel-mode members")
+        lab.overlayctl(k3, "network", "create", "kern", "--subnet", "198.19.90.0/24")
+        a, b = lab.add_container("ka"), lab.add_container("kb")
+        lab.overlayctl(k3, "attach", a, "--network", "kern", "--ip", "198.19.90.10")
+        lab.overlayctl(k4, "attach", b, "--network", "kern", "--ip", "198.19.90.20")
+        lab.wait_ping(a, "198.19.90.20", timeout=30)
+        m = scrape(lab, k3, "http://127.0.0.1:7948")
+        assert value(m, "overlaynet_dataplane_packets_total", network="kern", direction="tx") > 0
+        assert value(m, "overlaynet_dataplane_packets_total", network="kern", direction="rx") > 0
+        assert value(m, "overlaynet_dataplane_drops_total", reason="bad_sender") == 0
+        raw = lab.overlayctl_json(k3, "stats")
+        [counters] = raw["networks"].values()
+        assert counters["tx_bytes"] > 0
+        row = lab.overlayctl(k3, "stats").stdout.splitlines()[1]
+        assert row.split()[0] == "kern"
+    finally:
+        lab.stop_daemon(k4)
+        lab.stop_daemon(k3)
