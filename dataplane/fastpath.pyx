@@ -40,6 +40,7 @@ cdef extern from "fp.h" nogil:
         FP_NC_MAX
         FP_GC_MAX
         FP_MAX_TX_SOCKETS
+        FP_ARP_REPLY_LEN
 
     struct fp_vnet_hdr:
         uint8_t flags
@@ -288,7 +289,7 @@ def segment(bytes vnet_hdr, bytes frame):
     datagrams; NEEDS_CSUM is completed."""
     cdef fp_vnet_hdr h = _vnet(vnet_hdr)
     cdef fp_tso st
-    cdef uint8_t hdr[256]
+    cdef uint8_t hdr[FP_MAX_HDRS]
     cdef const uint8_t *pay
     cdef size_t paylen, hl
     if h.gso_type == 0:
@@ -406,7 +407,7 @@ cdef class Tables:
         """('drop', None) | ('unicast', vtep) | ('flood', [vteps]) | ('arp_reply', reply frame) |
         ('local', None): for this host's bridge (FDB VTEP 0.0.0.0), neither sent nor answered."""
         cdef uint32_t vtep = 0
-        cdef uint8_t reply[64]
+        cdef uint8_t reply[FP_ARP_REPLY_LEN]
         cdef size_t rlen = 0
         cdef int k
         if frame.shape[0] == 0:

@@ -177,7 +177,8 @@ void fp_ipset_free(struct fp_ipset *s);
 /* FP_FWD_LOCAL: for this host's own bridge (an FDB entry with VTEP 0.0.0.0, e.g. the anycast
  * gateway's MAC): the bridge has the frame already and answers ARP for it itself. */
 enum { FP_FWD_DROP = 0, FP_FWD_UNICAST = 1, FP_FWD_FLOOD = 2, FP_FWD_ARP_REPLY = 3, FP_FWD_LOCAL = 4 };
-/* For ARP_REPLY the reply frame is written to `reply` (>= 42 bytes) and *reply_len set. */
+/* For ARP_REPLY the reply frame is written to `reply` (FP_ARP_REPLY_LEN bytes) and *reply_len set. */
+#define FP_ARP_REPLY_LEN (FP_ETH_HLEN + 28) /* Ethernet + an IPv4 ARP reply */
 int fp_classify(const struct fp_tables *t, const uint8_t *frame, size_t len, uint32_t *vtep,
                 uint8_t *reply, size_t *reply_len);
 

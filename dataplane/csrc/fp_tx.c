@@ -261,7 +261,7 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
         len -= FP_VNET_HLEN;
     }
     uint32_t vtep = 0;
-    uint8_t reply[64];
+    uint8_t reply[FP_ARP_REPLY_LEN];
     size_t rlen = 0;
     const uint32_t *dst;
     uint32_t nd;
