@@ -18,8 +18,6 @@ import socket
 import sys
 from typing import Any
 
-from aiohttp import web
-
 from overlaynet import __version__, logs
 from overlaynet.agent import config as config_mod
 from overlaynet.agent.agent import Agent
@@ -27,7 +25,7 @@ from overlaynet.agent.reload import Reloader
 from overlaynet.agent.sdnotify import Notifier
 from overlaynet.agent.statelock import StateDirBusy, lock_state_dir
 from overlaynet.api.client import Client
-from overlaynet.api.metrics_server import serve_metrics
+from overlaynet.api.metrics_server import MetricsListener
 from overlaynet.api.server import make_app, serve
 from overlaynet.errors import OverlayError
 from overlaynet.gossip.keyring import Keyring, KeyringError, generate_key
@@ -60,6 +58,16 @@ def setup_logging(level: str, log_file: str | None = None, log_format: str = "lo
             old_stream.close()  # the previous log file (a rotated one, after SIGHUP)
     # A fatal error in native code (SIGSEGV, SIGBUS, ...) leaves a Python traceback in the log.
     faulthandler.enable(file=stream)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    """Run a coroutine from a plain callback (a reload applier), keeping a reference until it ends."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def check_socket_free(path: str) -> None:
@@ -139,13 +147,18 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     reloader = Reloader(config, appliers={
         "log_level": lambda level: logging.getLogger().setLevel(level.upper()),
         "log_file": lambda path: setup_logging(config.log_level, path, config.log_format),
+        # overlayd's own lines change format at once; a running fastpathd keeps its own until restarted.
+        "log_format": lambda fmt: setup_logging(config.log_level, config.log_file, fmt),
         "resync_interval": lambda _seconds: agent.resync_interval_changed(),
     })
     loop.add_signal_handler(signal.SIGHUP, reload_config, args, reloader)
     notifier.status("restoring state and joining the cluster")
     await agent.start()
     runner = await serve(make_app(agent), config.socket)
-    metrics_runner = await start_metrics(agent, config.metrics_address)
+    metrics = await start_metrics(agent, config.metrics_address)
+    # A reload may move the metrics address; the listener rebinds on the event loop.
+    reloader.appliers["metrics_address"] = lambda address: _spawn(
+        metrics.rebind(address, config_mod.parse_host_port(address) if address else None))
     # Ready means: the API answers on its socket (asked the way any client asks) and state is restored.
     await loop.run_in_executor(None, Client(config.socket, timeout=10).health)
     log.info("event=started name=%s advertise=%s dataplane=%s socket=%s metrics=%s state_dir=%s version=%s pid=%d",
@@ -159,8 +172,7 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     sig = signal.Signals(received[0])
     log.info("event=stopping reason=signal signal=%s teardown=none", sig.name)
     watchdog.cancel()
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
+    await metrics.close()
     await runner.cleanup()
     try:
         os.unlink(config.socket)
@@ -172,16 +184,18 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     return 0 if sig in STOP_SIGNALS else 128 + int(sig)
 
 
-async def start_metrics(agent: Agent, address: str) -> web.AppRunner | None:
+async def start_metrics(agent: Agent, address: str) -> MetricsListener:
+    listener = MetricsListener(agent)
     if not address:
-        return None
+        return listener
     parsed = config_mod.parse_host_port(address)
     assert parsed is not None, "the config loader checked the address"
     try:
-        return await serve_metrics(agent, *parsed)
+        await listener.start(address, *parsed)
     except OSError as e:
         raise StartupError(f"cannot serve metrics on {address}: {e.strerror or e}; "
                            'choose another --metrics-address, or "" for none') from None
+    return listener
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,8 @@ from typing import Any
 
 log = logging.getLogger("overlaynet.daemon")
 
-# Keys a reload applies at once. The metrics listener, once it exists, registers "metrics_address"
-# here with an applier that rebinds it (see `Reloader.appliers`).
-RUNTIME_KEYS = ("log_level", "log_file", "resync_interval")
+# Keys a reload applies at once (each through its applier in `Reloader.appliers`, set by the daemon).
+RUNTIME_KEYS = ("log_level", "log_file", "log_format", "resync_interval", "metrics_address")
 
 
 def config_values(config: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -343,3 +344,25 @@ def test_kernel_dataplane_counts_traffic_per_network(lab):
     finally:
         lab.stop_daemon(k4)
         lab.stop_daemon(k3)
+
+
+def test_sighup_moves_the_metrics_address_and_switches_the_log_format(lab):
+    host = lab.add_host("hup")
+    config = os.path.join(lab.workdir, "hup.toml")
+    with open(config, "w") as f:
+        f.write('plaintext = true\nmetrics_address = "127.0.0.1:7951"\n')
+    lab.start_daemon(host, "--config", config)
+    try:
+        assert lab.http_get(host.netns, "http://127.0.0.1:7951/healthz") == (200, "ok\n")
+        with open(config, "w") as f:
+            f.write('plaintext = true\nmetrics_address = "127.0.0.1:7952"\nlog_format = "json"\n')
+        host.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: lab.http_get(host.netns, "http://127.0.0.1:7952/healthz") == (200, "ok\n"),
+                   timeout=15, what="metrics on the new address")
+        assert lab.http_get(host.netns, "http://127.0.0.1:7951/healthz")[0] == 0  # the old one is closed
+        assert host.process.poll() is None
+        last = wait_until(lambda: next((line for line in reversed(lab.daemon_log(host).splitlines())
+                                        if "metrics-moved" in line), None), timeout=10, what="move logged")
+        assert json.loads(last)["address"] == "127.0.0.1:7952"  # and logged in the new format
+    finally:
+        lab.stop_daemon(host)
