@@ -1041,11 +1041,17 @@ class Agent:
                 "peers": list(results), "warnings": doctor.warnings_for(list(results), networks)}
 
     async def metrics_snapshot(self) -> Snapshot:
-        """What a Prometheus scrape reports: read now from the counters that exist anyway."""
-        try:
-            dataplane_stats: dict[str, Any] | None = await self.dataplane_stats()
-        except KernelError:
-            dataplane_stats = None
+        """What a Prometheus scrape reports: read now from the counters that exist anyway.
+
+        Passive: health is judged first, and with fastpathd down the counters are not asked for
+        (asking would start it again; that is the reconciler's job, and the scrape must show the gap)."""
+        health = await self.health()
+        dataplane_stats: dict[str, Any] | None = None
+        if await self._kernel(self.dataplane.health_error) is None:
+            try:
+                dataplane_stats = await self.dataplane_stats()
+            except KernelError:
+                dataplane_stats = None
         members = self.cluster.members()
         states = {state: sum(1 for m in members if m.state == state) for state in ("alive", "suspect", "dead", "left")}
         return Snapshot(
@@ -1054,7 +1060,7 @@ class Agent:
             gossip=self.node.stats() if self.node is not None else {}, members_by_state=states,
             tables={t: len(self.node.table(t)) if self.node else 0 for t in (NETWORKS, ENDPOINTS, IPAM)},
             networks=len(self.networks), endpoints=len(self.endpoints), program=dict(self.counters),
-            dns=self.dns.status(), degraded=not (await self.health()).ok,
+            dns=self.dns.status(), degraded=not health.ok,
         )
 
     async def status(self) -> dict[str, Any]:

@@ -121,6 +121,10 @@ def test_healthz_degraded_while_fastpathd_is_down_and_ok_after_recovery(lab, pai
 
     status, body = wait_until(degraded, timeout=10, what="/healthz degraded")
     assert body.startswith("degraded\n") and "fastpathd is down" in body, body
+    # A scrape shows the gap and does not hide it by starting fastpathd itself.
+    m = scrape(lab, h1)
+    assert value(m, "overlaynet_dataplane_up") == 0 and value(m, "overlaynet_health_degraded") == 1
+    assert lab.http_get(h1.netns, f"{METRICS}/healthz")[0] == 503
     # overlayctl status says so first, and exits 1 (scripts and systemd can use it).
     out = lab.overlayctl(h1, "status", check=False)
     assert out.returncode == 1
