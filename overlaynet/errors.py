@@ -22,3 +22,9 @@ class NotFound(OverlayError):
 
 class Conflict(OverlayError):
     status = 409
+
+
+class InsufficientStorage(OverlayError):
+    """Something could not be saved (a full state dir): nothing was changed."""
+
+    status = 507

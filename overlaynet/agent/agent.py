@@ -32,7 +32,7 @@ from overlaynet.agent.recovery import UnknownEndpoint, rebuild, unreadable_endpo
 from overlaynet.agent.state import StateStore
 from overlaynet.agent.userspace_mode import UserspaceMode
 from overlaynet.dns_answer import Zone
-from overlaynet.errors import BadRequest, Conflict, NotFound
+from overlaynet.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from overlaynet.gossip.keyring import Keyring, KeyringError, decode_key, key_id
 from overlaynet.gossip.state import KeyringChange, MemberChange, TableChange
 from overlaynet.gossip.transport import GossipNode
@@ -299,6 +299,14 @@ class Agent:
     # ---- gossip events ---------------------------------------------------------------------
 
     def _on_gossip_event(self, event: object) -> None:
+        try:
+            self._handle_gossip_event(event)
+        except (OSError, InsufficientStorage) as e:
+            # Only caches in the state dir are behind (the cluster holds the truth): never let a
+            # full disk break gossip's delivery of events.
+            log.error("event=state-save-failed during=gossip-event error=\"%s\"", e)
+
+    def _handle_gossip_event(self, event: object) -> None:
         if isinstance(event, TableChange):
             if event.table == NETWORKS:
                 self._cache_network(event.key)
@@ -492,8 +500,12 @@ class Agent:
         async with self._lock:
             net = self.get_network(network)
             addr = await self.blocks.allocate(net, lambda: self._used_ips(net), ip)
+            try:
+                self.store.write({"ip": addr, "created_at": time.time()}, "addresses", net.name, f"{addr}.json")
+            except InsufficientStorage:
+                self._release_empty_blocks(net)
+                raise
             self.reservations.setdefault(net.name, set()).add(addr)
-            self.store.write({"ip": addr, "created_at": time.time()}, "addresses", net.name, f"{addr}.json")
             self.cluster.reserve_address(net.name, addr)
             return addr, net.ip_network.prefixlen
 
@@ -566,8 +578,13 @@ class Agent:
                 await self._kernel(kernel.remove_veth, sandbox, ep.id)
                 self._release_empty_blocks(net)
                 raise BadRequest(f"cannot attach: {e}") from None
+            try:
+                # Persist before anyone hears of it: a container must never be live but unsaved.
+                self.store.write(ep.to_dict(), "endpoints", f"{ep.id}.json")
+            except InsufficientStorage:
+                await self._undo_attach(net, ep)
+                raise
             self.endpoints[ep.id] = ep
-            self.store.write(ep.to_dict(), "endpoints", f"{ep.id}.json")
             self.cluster.put_endpoint(ep)
             if taking_reservation:
                 reserved.discard(ip)
@@ -581,6 +598,16 @@ class Agent:
             await self._settle_requested_ip(ep)
         self._dirty.set()
         return ep
+
+    async def _undo_attach(self, net: Network, ep: Endpoint) -> None:
+        """Take back the kernel side of an attach that could not be saved."""
+        await self._kernel(kernel.remove_veth, self._sandbox(net), ep.id)
+        if not any(e.network == net.name for e in self.endpoints.values()) and not any(
+                u.network == net.name for u in self.unknown.values()):
+            await self._kernel(self.dataplane.remove_network, net, self._sandbox(net))
+            self._programmed.pop(net.name, None)
+        self._release_empty_blocks(net)
+        log.error("event=attach-undone endpoint=%s network=%s reason=state-dir-full", ep.id[:12], net.name)
 
     async def _settle_requested_ip(self, ep: Endpoint) -> None:
         """A requested address may sit in another host's block: if that host handed it out at the
@@ -601,8 +628,8 @@ class Agent:
         names = model.validate_dns_names(names)
         async with self._lock:
             ep = self.get_endpoint(endpoint_id)
+            self.store.write({**ep.to_dict(), "names": names}, "endpoints", f"{ep.id}.json")
             ep.names = names
-            self.store.write(ep.to_dict(), "endpoints", f"{ep.id}.json")
             self.cluster.put_endpoint(ep)
             self._zones.pop(ep.network, None)
             log.info("event=endpoint-named endpoint=%s network=%s names=%s", ep.id[:12], ep.network,
@@ -885,7 +912,8 @@ class Agent:
 
     async def reconcile(self) -> dict[str, Any]:
         """Make the kernel match the desired state; forget endpoints whose container is gone."""
-        summary: dict[str, Any] = {"repaired": 0, "forgotten": 0, "stale_removed": 0, "errors": []}
+        summary: dict[str, Any] = {"repaired": 0, "forgotten": 0, "stale_removed": 0, "errors": [],
+                                   "devices_repaired": []}
         started = time.monotonic()
         async with self._lock:
             for net in self.cluster.orphaned_networks():
@@ -904,7 +932,13 @@ class Agent:
                 sandbox = self._sandbox(net)
                 wanted_sandboxes.add(sandbox)
                 try:
-                    await self._kernel(self.dataplane.ensure_network, net, sandbox)
+                    for device in await self._kernel(self.dataplane.ensure_network, net, sandbox):
+                        # A fast-path or VXLAN device that had gone missing: traffic of this network
+                        # was cut until now. Say so loudly (status, the reconcile answer, the log).
+                        summary["devices_repaired"].append(f"{net.name}: {device}")
+                        summary["repaired"] += 1
+                        self._programmed.pop(net.name, None)
+                        log.warning("event=device-repaired network=%s device=%s", net.name, device)
                     await self._sync_guard(net, force=True)  # before any port is repaired
                     present = await self._kernel(kernel.list_endpoint_links, sandbox)
                     for ep in local:

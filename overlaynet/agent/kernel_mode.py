@@ -22,11 +22,15 @@ class KernelMode:
         self.advertise = advertise
         self.vxlan_port = vxlan_port
 
-    def ensure_network(self, net: Network, sandbox: str) -> None:
-        kernel.ensure_sandbox(sandbox)
+    def ensure_network(self, net: Network, sandbox: str) -> list[str]:
+        """Make the network's sandbox, bridge and VXLAN device exist; returns the devices re-made."""
+        created = kernel.ensure_sandbox(sandbox)
         kernel.ensure_bridge(sandbox, net.mtu, mac=net.gateway_mac, address=net.gateway_cidr)
+        vxlan = kernel.vxlan_name(net.vni)
+        missing = not created and not kernel.device_exists(sandbox, vxlan)
         kernel.ensure_vxlan(sandbox, kernel.VxlanSpec(vni=net.vni, local=self.advertise,
                                                       port=self.vxlan_port, mtu=net.mtu))
+        return [vxlan] if missing else []
 
     def overlay_port(self, net: Network) -> str:
         """The sandbox bridge's port that frames from other hosts enter by."""

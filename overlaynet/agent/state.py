@@ -1,7 +1,9 @@
-"""The state directory: small JSON files written atomically (write, fsync, rename, fsync dir).
+"""The state directory: small JSON files written atomically (overlaynet/atomic.py).
 
 A crash at any point leaves either the old or the new version of a file, plus perhaps a stray
-`*.tmp` that the next start removes. Layout:
+`*.tmp` that the next start removes. A write that finds the state dir full (or over quota) raises
+InsufficientStorage, "state dir full: N bytes free at PATH", with nothing changed on disk: the
+caller undoes what it did before persisting and the API answers 507. Layout:
   node.json                     this host's identity (id, name)
   networks/<name>.json          networks
   endpoints/<id>.json           endpoints attached on this host
@@ -11,11 +13,15 @@ A crash at any point leaves either the old or the new version of a file, plus pe
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 from collections.abc import Iterator
 from typing import Any
+
+from overlaynet.atomic import fsync_dir, sweep_tmp, write_atomic
+from overlaynet.errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +34,18 @@ class StateStore:
         self.quarantined: dict[str, str] = {}  # path -> why
 
     def prepare(self) -> None:
+        """Make the state dir, and remove the temporary files a crash or a full disk left behind."""
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        for dirpath, _dirs, files in os.walk(self.root):
-            if "/netns" in dirpath[len(self.root):] or dirpath.endswith("/netns"):
-                continue
-            for name in files:
-                if name.endswith(".tmp"):
-                    os.unlink(os.path.join(dirpath, name))
+        removed: list[str] = []
+        for dirpath, dirs, _files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not (dirpath == self.root and d == "netns")]  # mounts, not files
+            removed += sweep_tmp(dirpath)
+        if removed:
+            log.warning("event=tmp-files-removed count=%d first=%s", len(removed), removed[0])
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
 
     def _path(self, *parts: str) -> str:
         for part in parts:
@@ -44,15 +55,16 @@ class StateStore:
 
     def write(self, data: Any, *parts: str) -> None:
         path = self._path(*parts)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._fsync_dir(directory)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = self.free_bytes()
+                log.error("event=state-dir-full path=%s free_bytes=%d file=%s", self.root, free, path)
+                raise InsufficientStorage(f"state dir full: {free} bytes free at {self.root}; "
+                                          "free some space there and try again") from None
+            raise
 
     def read(self, *parts: str) -> Any | None:
         path = self._path(*parts)
@@ -79,7 +91,7 @@ class StateStore:
             os.unlink(path)
         except FileNotFoundError:
             return
-        self._fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
 
     def items(self, *parts: str) -> Iterator[tuple[str, Any]]:
         """(key, data) for every `<key>.json` in a folder of the state dir."""
@@ -93,11 +105,3 @@ class StateStore:
                 data = self.read(*parts, name)
                 if data is not None:
                     yield name[: -len(".json")], data
-
-    @staticmethod
-    def _fsync_dir(directory: str) -> None:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

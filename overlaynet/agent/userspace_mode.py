@@ -16,6 +16,7 @@ from typing import Any
 
 from overlaynet import kernel
 from overlaynet.agent.forwarding import Forwarding
+from overlaynet.atomic import write_atomic
 from overlaynet.dataplane import protocol
 from overlaynet.dataplane.control import FastpathClient, FastpathControlError, start_fastpathd
 from overlaynet.model import Network
@@ -61,8 +62,10 @@ class UserspaceMode:
             proc = start_fastpathd(self.control, bind=self.advertise, port=self.vxlan_port,
                                    state=self.state_file, extra=extra, log=logf)
         self.pid = proc.pid
-        with open(self.pid_file, "w") as f:
-            f.write(f"{proc.pid}\n")
+        try:
+            write_atomic(self.pid_file, f"{proc.pid}\n".encode())
+        except OSError as e:  # only tooling reads it; forwarding does not depend on it
+            log.warning("event=pid-file-not-written path=%s error=\"%s\"", self.pid_file, e.strerror)
         log.info("event=fastpathd-started pid=%d control=%s", proc.pid, self.control)
 
     @staticmethod
@@ -77,12 +80,26 @@ class UserspaceMode:
 
     # ---- the mode interface ----------------------------------------------------------------
 
-    def ensure_network(self, net: Network, sandbox: str) -> None:
+    def ensure_network(self, net: Network, sandbox: str) -> list[str]:
+        """Make the network's sandbox, bridge and TAP exist; returns the devices that had to be repaired.
+
+        fastpathd may hold a TAP whose device is gone (its sandbox was removed and made again, or
+        someone deleted it): it would then accept the network as "already there" while nothing is
+        plugged into the bridge. Such a network is removed from fastpathd and added again, which
+        makes a new TAP; the next program pass refills its tables.
+        """
         kernel.ensure_sandbox(sandbox)
         kernel.ensure_bridge(sandbox, net.mtu, mac=net.gateway_mac, address=net.gateway_cidr)
         tap = kernel.tap_name(net.vni)
+        repaired = []
+        if net.vni in self._call(self.client.networks)["networks"] and not kernel.device_exists(sandbox, tap) \
+                and not kernel.device_exists(None, tap):
+            log.warning("event=fastpath-device-missing network=%s tap=%s action=recreate", net.name, tap)
+            self._call(lambda: self.client.remove_network(net.vni))
+            repaired.append(tap)
         self._call(lambda: self.client.add_network(net.vni, sandbox, tap, net.mtu))
         kernel.ensure_port(sandbox, tap, net.mtu)
+        return repaired
 
     def overlay_port(self, net: Network) -> str:
         """The sandbox bridge's port that frames from other hosts enter by."""

@@ -109,6 +109,7 @@ class Reconcile(msgspec.Struct, kw_only=True):
     forgotten: int
     stale_removed: int
     errors: list[str]
+    devices_repaired: list[str]  # "network: device" re-made because it had gone missing
     programmed_changes: int
     duration_ms: float
     at: float

@@ -22,12 +22,12 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from typing import Any
 
 import msgpack
 
 from overlaynet import __version__, logs, model
+from overlaynet.atomic import write_atomic
 from overlaynet.dataplane import protocol
 
 log = logging.getLogger("fastpathd")
@@ -69,24 +69,30 @@ class Fastpathd:
         self.state_path = state_path
         self.nets: dict[int, dict[str, Any]] = {}
         self.peers: list[str] = []
+        self.save_error: str | None = None  # why the state file is behind, while it is
 
     # ---- state file
     def save(self) -> None:
+        """Write the state file; a failure (a full disk) is logged and retried at the next change.
+
+        The tables in memory are what forwards: an operation never fails, and a TAP is never
+        dropped, because its copy on disk could not be updated. overlayd re-syncs everything anyway;
+        the file only matters if fastpathd restarts while overlayd is away.
+        """
         if not self.state_path:
             return
         data = protocol.pack({"v": protocol.VERSION, "networks": self.nets, "peers": self.peers})
-        directory = os.path.dirname(os.path.abspath(self.state_path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastpath-", dir=directory)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            write_atomic(self.state_path, data)
+        except OSError as e:
+            if self.save_error is None:
+                log.error("event=state-save-failed path=%s error=\"%s\" action=retry-on-next-change",
+                          self.state_path, e.strerror or e)
+            self.save_error = f"{self.state_path}: {e.strerror or e}"
+            return
+        if self.save_error is not None:
+            log.info("event=state-saved path=%s after=save-failures", self.state_path)
+        self.save_error = None
 
     def restore(self) -> None:
         if not self.state_path or not os.path.exists(self.state_path):

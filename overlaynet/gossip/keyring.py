@@ -16,11 +16,12 @@ import base64
 import binascii
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from overlaynet.atomic import write_atomic
 
 FORMAT = 0x01
 KEY_ID_LEN = 4
@@ -149,28 +150,10 @@ class Keyring:
         return cls(keys, path=p)
 
     def save(self, path: str | Path | None = None) -> None:
-        """Atomically write the key file (0600): temp file + fsync + rename + fsync of the directory."""
+        """Atomically and durably write the key file (0600), see overlaynet/atomic.py."""
         p = Path(path) if path is not None else self.path
         if p is None:
             raise KeyringError("no key file path to save to")
         body = "".join(base64.b64encode(k).decode() + "\n" for k in self._keys).encode()
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, body)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, p)
-            dfd = os.open(p.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(str(p), body, mode=0o600)

@@ -10,7 +10,7 @@ from .diff import Changes
 from .egress import EgressSpec, sync_egress
 from .errors import KernelError
 from .fdb import BRIDGE_LOCAL, FLOOD_MAC, FdbEntry, delete_fdb, list_fdb, set_fdb, set_flood_list, sync_fdb
-from .links import ensure_bridge, ensure_port
+from .links import device_exists, ensure_bridge, ensure_port
 from .names import (
     BRIDGE_NAME,
     container_veth_name,
@@ -65,6 +65,7 @@ __all__ = [
     "container_veth_name",
     "current_netns_identity",
     "detect_advertise_address",
+    "device_exists",
     "delete_fdb",
     "delete_neigh",
     "drop_counters",

@@ -35,6 +35,15 @@ def find_link(ipr: IPRoute, ifname: str) -> Link | None:
         raise
 
 
+def device_exists(netns: str | None, ifname: str) -> bool:
+    """Whether a device called ifname exists in the netns at path (None: the calling thread's)."""
+    try:
+        with rtnl(netns) as ipr:
+            return find_link(ipr, ifname) is not None
+    except NetlinkError as exc:
+        raise KernelError(f"cannot look up {ifname}: {describe(exc)}") from None
+
+
 def get_link(ipr: IPRoute, ifname: str) -> Link:
     """The link called ifname, which we just created or moved: its absence is a kernel surprise."""
     link = find_link(ipr, ifname)

@@ -11,6 +11,7 @@ import os
 import sys
 
 import overlaynet
+from overlaynet.atomic import write_atomic
 
 LAUNCHER = """#!{python}
 # overlaynet CNI plugin launcher, written by `overlaynet-cni install`.
@@ -25,11 +26,7 @@ def install(directory: str, name: str = "overlaynet-cni") -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(overlaynet.__file__)))
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(LAUNCHER.format(python=sys.executable, root=root))
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    write_atomic(path, LAUNCHER.format(python=sys.executable, root=root).encode(), mode=0o755)
     return path
 
 

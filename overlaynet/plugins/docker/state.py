@@ -1,6 +1,6 @@
 """What the Docker driver must remember across restarts: Docker never replays CreateNetwork.
 
-One small JSON file, written atomically (write, fsync, rename), mapping each Docker network ID to
+One small JSON file, written atomically (overlaynet/atomic.py), mapping each Docker network ID to
 the overlaynet network that carries it. Endpoints need no state: every name derives from the id.
 """
 
@@ -11,6 +11,8 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from overlaynet.atomic import write_atomic
 
 log = logging.getLogger("overlaynet.docker")
 
@@ -58,13 +60,8 @@ class DriverState:
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        tmp = f"{self.path}.tmp"
         payload = {"version": self.VERSION, "networks": [asdict(n) for n in self.networks.values()]}
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(payload, indent=1, sort_keys=True).encode())
 
     def by_subnet(self, subnet: str) -> DockerNetwork | None:
         for net in self.networks.values():
