@@ -2,10 +2,11 @@
 
 What the kernel still knows about an endpoint: the sandbox end of its veth (named after the
 endpoint id), and through IFLA_LINK the container end's ifindex. The container end is found by
-looking at every mounted network namespace (/run/netns, Docker's and CNI's netns dirs, any bind
-mount) for the one the sandbox knows by the veth's IFLA_LINK_NETNSID; the interface there with
+looking at every network namespace in reach (mounted ones: /run/netns, Docker's and CNI's netns
+dirs, any bind mount; then those of running processes) for the one the sandbox knows by the veth's IFLA_LINK_NETNSID; the interface there with
 index IFLA_LINK is the container end: its name, MAC, MTU and IPv4 address are the
-endpoint's. A namespace held only by a process, not a mount, is not found: the caller reports it.
+endpoint's. A namespace held only by a mount in another mount namespace is not found: the caller
+reports the endpoint as unknown.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .rtnl import rtnl
 @dataclass(frozen=True)
 class ProbedEndpoint:
     host_ifname: str
-    netns: str | None  # the container's namespace (a mount path), None if not found
+    netns: str | None  # a path to the container's namespace, None if not found
     ifname: str | None = None
     mac: str | None = None
     mtu: int | None = None
@@ -34,20 +35,32 @@ class ProbedEndpoint:
     prefixlen: int | None = None
 
 
-def mounted_netns_paths(skip_under: str = "") -> list[str]:
-    """Mount points of every network namespace mounted in this mount namespace (nsfs mounts)."""
+def netns_paths(skip_under: str = "") -> list[str]:
+    """A path to every network namespace in reach, one per namespace: nsfs mounts first (stable
+    names such as /run/netns/NAME), then /proc/PID/ns/net of processes (a namespace held only by
+    its container's processes)."""
     paths: list[str] = []
+    own = os.stat("/proc/self/ns/net")
+    seen: set[tuple[int, int]] = {(own.st_dev, own.st_ino)}  # ours: never a container's
+
+    def add(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) not in seen and is_netns(path):
+            seen.add((st.st_dev, st.st_ino))
+            paths.append(path)
+
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] != "nsfs":
-                continue
-            path = fields[4].replace("\\040", " ")
-            if skip_under and path.startswith(skip_under):
-                continue
-            if path not in paths and is_netns(path):
-                paths.append(path)
+            if fields[fields.index("-") + 1] == "nsfs":
+                path = fields[4].replace("\\040", " ")
+                if not (skip_under and path.startswith(skip_under)):
+                    add(path)
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        add(f"/proc/{pid}/ns/net")
     return paths
 
 
@@ -84,7 +97,7 @@ def probe_endpoint(sandbox: str, endpoint_id: str, skip_under: str = "") -> Prob
             # an ifindex alone repeats in every namespace.
             wanted_nsid, peer_index = host_link.get("link_netnsid"), host_link.get("link")
             candidates = []
-            for path in mounted_netns_paths(skip_under):
+            for path in netns_paths(skip_under):
                 try:
                     if wanted_nsid is not None and _nsid_of(sb, path) == wanted_nsid:
                         candidates.append(path)

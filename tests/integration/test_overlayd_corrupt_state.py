@@ -82,12 +82,35 @@ def test_rebuild_takes_names_from_the_clusters_record(lab):
                what="h2 still sees the endpoint")
 
 
+def test_endpoint_of_a_namespace_held_only_by_its_process_is_rebuilt(lab):
+    pair = pair_on_one_host(lab, "proc", "198.19.63.0/24", 6363)
+    holder = lab.popen(pair.a, ["sleep", "600"])
+    try:
+        subprocess.run(["umount", f"/run/netns/{pair.a}"], check=True)
+        lab.stop_daemon(pair.host, signal.SIGKILL)
+        truncate(endpoint_file(pair.host, pair.ep_a["id"]))
+        lab.start_daemon(pair.host)
+        reconcile(pair.host)
+        ep = next(e for e in lab.overlayctl_json(pair.host, "endpoint", "ls") if e["id"] == pair.ep_a["id"])
+        assert ep["netns"] == f"/proc/{holder.pid}/ns/net" and ep["ip"] == pair.ep_a["ip"], ep
+        assert lab.ping(pair.b, pair.ep_a["ip"], count=3)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_endpoint_that_cannot_be_rebuilt_is_kept_and_reported_unknown(lab):
     pair = pair_on_one_host(lab, "lost", "198.19.62.0/24", 6262)
-    host, a, b, ep_a, ep_b = pair.host, pair.a, pair.b, pair.ep_a, pair.ep_b
-    # The container's namespace is held only by its process, not by a mount anyone can find.
-    holder = lab.popen(a, ["sleep", "600"])
+    host, a, ep_a, ep_b = pair.host, pair.a, pair.ep_a, pair.ep_b
+    # The container's namespace is held only by a bind mount in another mount namespace: nothing
+    # overlayd can see leads to it.
+    hidden = os.path.join(lab.workdir, "hidden-netns")
+    open(hidden, "w").close()
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               f"mount --bind /run/netns/{a} {hidden} && echo ready && exec sleep 600"],
+                              stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "ready"
         subprocess.run(["umount", f"/run/netns/{a}"], check=True)
         lab.stop_daemon(host, signal.SIGKILL)
         truncate(endpoint_file(host, ep_a["id"]))
@@ -95,13 +118,13 @@ def test_endpoint_that_cannot_be_rebuilt_is_kept_and_reported_unknown(lab):
         reconcile(host)
         veth = kernel.host_veth_name(ep_a["id"])
         assert veth in sandbox_links(lab, host, 6262), "an unreadable file must never remove a veth"
-        assert lab.ping(b, ep_a["ip"], count=3), "the container must stay connected"
         status = lab.overlayctl_json(host, "status")
         [unknown] = status["endpoints_unknown"]
         assert unknown["id"] == ep_a["id"] and unknown["network"] == "lost", unknown
         text = lab.overlayctl(host, "endpoint", "ls").stdout
         assert f"UNKNOWN endpoint {ep_a['id'][:12]}" in text and f"overlayctl endpoint rm {ep_a['id']}" in text, text
         assert ep_b["id"][:12] in text
+        assert lab.ping(pair.b, ep_b["ip"])
         # The operator decides: remove it, veth and all.
         lab.overlayctl(host, "endpoint", "rm", ep_a["id"])
         assert veth not in sandbox_links(lab, host, 6262)
