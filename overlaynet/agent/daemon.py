@@ -164,14 +164,16 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     log.info("event=started name=%s advertise=%s dataplane=%s socket=%s metrics=%s state_dir=%s version=%s pid=%d",
              config.name, agent.advertise, config.dataplane, config.socket, config.metrics_address or "off",
              config.state_dir, __version__, os.getpid())
-    notifier.ready(f"serving {len(agent.networks)} network(s), {len(agent.endpoints)} endpoint(s) here")
+    notifier.ready(await status_line(agent))
     watchdog = asyncio.create_task(notifier.watchdog())
+    status_updates = asyncio.create_task(keep_status_current(agent, notifier))
 
     await stop.wait()
     notifier.stopping()
     sig = signal.Signals(received[0])
     log.info("event=stopping reason=signal signal=%s teardown=none", sig.name)
     watchdog.cancel()
+    status_updates.cancel()
     await metrics.close()
     await runner.cleanup()
     try:
@@ -182,6 +184,31 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     os.close(lock_fd)
     log.info("event=stopped")
     return 0 if sig in STOP_SIGNALS else 128 + int(sig)
+
+
+async def status_line(agent: Agent) -> str:
+    """What `systemctl status overlayd` shows: health first, the reasons when degraded."""
+    health = await agent.health()
+    if health.ok:
+        return f"ok: serving {len(agent.networks)} network(s), {len(agent.endpoints)} endpoint(s) here"
+    return "degraded: " + "; ".join(health.reasons)
+
+
+async def keep_status_current(agent: Agent, notifier: Notifier, every: float = 5.0) -> None:
+    """Under systemd, a new STATUS= line whenever the line would change (health, counts)."""
+    if not notifier.enabled:
+        return
+    last = ""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            line = await status_line(agent)
+        except Exception:  # a status line is never a reason to stop the daemon
+            log.exception("event=status-line-failed")
+            continue
+        if line != last:
+            notifier.status(line)
+            last = line
 
 
 async def start_metrics(agent: Agent, address: str) -> MetricsListener:

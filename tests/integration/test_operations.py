@@ -180,6 +180,10 @@ def test_ready_status_watchdog_and_stopping_reach_notify_socket(lab, tmp_path):
         assert "STATUS=" in ready and f"MAINPID={host.process.pid}" in ready
         assert any(m.startswith("STATUS=restoring") for m in messages[:messages.index(ready)])
         received_until("WATCHDOG=1")
+        assert "STATUS=ok: serving" in ready
+        # Health shows in `systemctl status`: a degraded host says why in its STATUS= line.
+        UserspaceMode.stop_fastpathd(host.state_dir)
+        received_until("STATUS=degraded: fastpathd is down")
         lab.stop_daemon(host)
         received_until("STOPPING=1")
     finally:
