@@ -781,13 +781,15 @@ class Agent:
         """
         guard = self.port_guard(net, joining)
         sandbox = self._sandbox(net)
-        if self._guarded.get(net.name) == guard:
+        programmed = self._guarded.get(net.name)
+        if programmed == guard:
             if not force:
                 return
             counters = await self._kernel(kernel.drop_counters, sandbox)
             if counters:  # the table is there
                 return
-        await self._kernel(kernel.sync_port_guard, sandbox, guard)
+            programmed = None  # it is not: write all of it
+        await self._kernel(kernel.sync_port_guard, sandbox, guard, programmed)
         self._guarded[net.name] = guard
 
     def _zone_for(self, network: str) -> Zone | None:

@@ -20,11 +20,12 @@ source MAC (a dynamic set: one bucket per remote container), and a frame claimin
 MAC or IP or a local endpoint's MAC is dropped (`overlay_spoof`): defence in depth against a peer
 that does not guard its own ports.
 
-The table is refilled in one transaction on every change: its chains and the set of known MACs
-are flushed and rewritten, stale port chains deleted, but the table, its named counters and the
-per-source buckets are never deleted. So `overlayctl stats` loses no drop to reprogramming (a
-rebuilt table would reset its counters, and copying the values over would lose the drops counted
-between the read and the commit: thousands during a flood).
+A change is one transaction holding only the difference (a port's chain and `@ports` entry, set
+elements: `changes`); a full refill (`ruleset`) flushes and rewrites chains, map and sets, deletes
+stale port chains, but never deletes the table, its named counters or the per-source buckets. So
+`overlayctl stats` loses no drop to reprogramming (a rebuilt table would reset its counters, and
+copying the values over would lose the drops counted between the read and the commit: thousands
+during a flood).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import KernelError
 from .names import HOST_VETH_PREFIX
 from .nftables import Command, list_table, run
 
@@ -106,12 +108,28 @@ def _port_chain(guard: PortGuard, port: GuardedPort) -> list[Command]:
     ]
 
 
+def _known(guard: PortGuard) -> set[str]:
+    """Every unicast MAC of the network: its endpoints here and elsewhere, and the gateway."""
+    return set(guard.known_macs) | _claimed(guard)
+
+
+def _claimed(guard: PortGuard) -> set[str]:
+    """MACs that live on this host: a frame from the overlay that claims one is spoofed."""
+    return {p.mac for p in guard.ports} | ({guard.gateway_mac} if guard.gateway_mac else set())
+
+
+def _elements(verb: str, name: str, elems: list[Any]) -> list[Command]:
+    return [{verb: {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}}] if elems else []
+
+
+def _dispatch(port: GuardedPort) -> list[Any]:
+    return [port.ifname, {"jump": {"target": f"port_{port.ifname}"}}]
+
+
 def _overlay_chain(guard: PortGuard) -> list[Command]:
     chain = "overlay"
     commands: list[Command] = [{"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}}]
-    claimed = sorted({p.mac for p in guard.ports} | ({guard.gateway_mac} if guard.gateway_mac else set()))
-    if claimed:
-        commands.append(_rule(chain, _match(_field("ether", "saddr"), _set(claimed)), *_drop("overlay_spoof")))
+    commands.append(_rule(chain, _match(_field("ether", "saddr"), "@claimed"), *_drop("overlay_spoof")))
     if guard.gateway_ip:
         commands.append(_rule(chain, _match(_field("arp", "saddr ip"), guard.gateway_ip), *_drop("overlay_spoof")))
     per_source = {"set": {"op": "update", "elem": _field("ether", "saddr"), "set": "@remote_sources",
@@ -130,12 +148,6 @@ def ruleset(guard: PortGuard, existing_chains: frozenset[str] = frozenset(), fre
     table = {"family": FAMILY, "table": TABLE}
     body: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     body += [{"add": {"counter": {**table, "name": reason}}} for reason in DROP_REASONS]
-    known = sorted(guard.known_macs | {p.mac for p in guard.ports}
-                   | ({guard.gateway_mac} if guard.gateway_mac else set()))
-    body.append({"add": {"set": {**table, "name": "known", "type": "ether_addr"}}})
-    body.append({"flush": {"set": {**table, "name": "known"}}})
-    if known:
-        body.append({"add": {"element": {**table, "name": "known", "elem": known}}})
     if fresh:
         # Once made, the kernel reports the set as "dynamic" too, and libnftables 1.0.6's JSON has no
         # such flag: adding it again would differ and fail; it never changes, so it is made once.
@@ -143,21 +155,54 @@ def ruleset(guard: PortGuard, existing_chains: frozenset[str] = frozenset(), fre
                                      "flags": ["timeout"], "timeout": REMOTE_SOURCE_TIMEOUT}}})
     body.append({"add": {"chain": {**table, "name": "prerouting", "type": "filter",
                                    "hook": "prerouting", "prio": -200, "policy": "accept"}}})
-    wanted = {f"port_{p.ifname}" for p in guard.ports} | {"overlay"}
     for chain in ["prerouting", *sorted(existing_chains - {"prerouting"})]:
-        body.append({"flush": {"chain": {**table, "name": chain}}})  # first: no jump points anywhere
+        body.append({"flush": {"chain": {**table, "name": chain}}})  # first: no rule refers to a set or chain
+    body.append({"add": {"map": {**table, "name": "ports", "type": "ifname", "map": "verdict"}}})
+    body.append({"flush": {"map": {**table, "name": "ports"}}})
+    for name, elems in (("known", _known(guard)), ("claimed", _claimed(guard))):
+        body.append({"add": {"set": {**table, "name": name, "type": "ether_addr"}}})
+        body.append({"flush": {"set": {**table, "name": name}}})
+        body += _elements("add", name, sorted(elems))
+    wanted = {f"port_{p.ifname}" for p in guard.ports} | {"overlay"}
     body += [{"delete": {"chain": {**table, "name": chain}}} for chain in sorted(existing_chains - wanted)
              if chain != "prerouting"]
     for port in guard.ports:
         body += _port_chain(guard, port)
     body += _overlay_chain(guard)
-    dispatch = {p.ifname: {"jump": {"target": f"port_{p.ifname}"}} for p in guard.ports}
-    dispatch[guard.overlay_ifname] = {"jump": {"target": "overlay"}}
-    body.append(_rule("prerouting", {"vmap": {"key": {"meta": {"key": "iifname"}},
-                                              "data": {"set": [[k, v] for k, v in sorted(dispatch.items())]}}}))
+    body += _elements("add", "ports", [_dispatch(p) for p in guard.ports]
+                      + [[guard.overlay_ifname, {"jump": {"target": "overlay"}}]])
+    body.append(_rule("prerouting", {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@ports"}}))
     # A container port with no rules yet (or any more) says nothing.
     body.append(_rule("prerouting", _match({"meta": {"key": "iifname"}}, f"{HOST_VETH_PREFIX}*"),
                       *_drop("unknown_port")))
+    return body
+
+
+def changes(old: PortGuard, new: PortGuard) -> list[Command] | None:
+    """The transaction that turns the programmed `old` into `new` touching only what differs (a port's
+    chain and map entry, set elements), so attaching one container costs the same with one or two
+    hundred on the host, and no other port's bucket refills. None when only a full refill will do."""
+    if (old.overlay_ifname, old.gateway_ip, old.gateway_mac, old.bum_rate, old.bum_burst) != \
+            (new.overlay_ifname, new.gateway_ip, new.gateway_mac, new.bum_rate, new.bum_burst):
+        return None
+    table = {"family": FAMILY, "table": TABLE}
+    before, after = {p.ifname: p for p in old.ports}, {p.ifname: p for p in new.ports}
+    gone = [before[name] for name in sorted(set(before) - set(after))]
+    came = [after[name] for name in sorted(set(after) - set(before))]
+    changed = [after[name] for name in sorted(set(after) & set(before)) if after[name] != before[name]]
+    body: list[Command] = _elements("delete", "ports", [_dispatch(p) for p in gone])
+    for port in gone:
+        body.append({"flush": {"chain": {**table, "name": f"port_{port.ifname}"}}})
+        body.append({"delete": {"chain": {**table, "name": f"port_{port.ifname}"}}})
+    for port in changed:
+        body.append({"flush": {"chain": {**table, "name": f"port_{port.ifname}"}}})
+        body += _port_chain(new, port)[1:]
+    for name, was, now in (("known", _known(old), _known(new)), ("claimed", _claimed(old), _claimed(new))):
+        body += _elements("delete", name, sorted(was - now))
+        body += _elements("add", name, sorted(now - was))
+    for port in came:
+        body += _port_chain(new, port)
+    body += _elements("add", "ports", [_dispatch(p) for p in came])
     return body
 
 
@@ -171,8 +216,20 @@ def drop_counters(sandbox: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def sync_port_guard(sandbox: str, guard: PortGuard) -> None:
-    """Make the sandbox's guard table exactly `guard`, in one transaction, keeping the counts."""
+def sync_port_guard(sandbox: str, guard: PortGuard, programmed: PortGuard | None = None) -> None:
+    """Make the sandbox's guard table exactly `guard`, in one transaction, keeping the counts.
+
+    With `programmed` (what the caller last made it), only the difference is applied; if the
+    kernel disagrees (the table vanished, or someone changed it) the whole table is refilled.
+    """
+    delta = changes(programmed, guard) if programmed is not None else None
+    if delta is not None:
+        try:
+            if delta:
+                run(sandbox, delta)
+            return
+        except KernelError:
+            pass
     now = list_table(sandbox, FAMILY, TABLE)
     chains = frozenset(obj["chain"]["name"] for obj in now if "chain" in obj)
     run(sandbox, ruleset(guard, chains, fresh=not now))

@@ -8,10 +8,12 @@ checks that the first-hop guard counted the drops under the right reason.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
+from overlaynet.agent.config import DEFAULT_METRICS_ADDRESS
 from overlaynet.lab import Lab, wait_until
 from overlaynet.model import gateway_mac
 from tests.adversarial.frames import Counter, arp, send, udp
@@ -109,6 +111,18 @@ def test_a_container_cannot_speak_with_another_containers_mac_or_ip(lab, mode):
     drops = port_drops(lab, h1, vni)
     assert drops.get("mac_spoof", 0) >= 90 and drops.get("ip_spoof", 0) >= 45, drops  # 100 and 50 sent
     assert f"port drops prey (vni {vni}): " in lab.overlayctl(h1, "stats").stdout
+    metrics = lab.http_get(h1.netns, f"http://{DEFAULT_METRICS_ADDRESS}/metrics")[1]
+    assert f'overlaynet_dataplane_drops_total{{network="prey",reason="guard_mac_spoof",vni="{vni}"}} ' \
+        f'{drops["mac_spoof"]}' in metrics, metrics
+    # Reprogramming the guard (a new endpoint on the attacker's host) keeps the counts.
+    lab.overlayctl_json(h1, "attach", lab.add_container("late"), "--network", "prey")
+    assert port_drops(lab, h1, vni)["mac_spoof"] >= drops["mac_spoof"]
+    # A guard removed behind overlayd's back comes back with the next reconciliation (every 5 s here).
+    nft = ["nsenter", f"--net={h1.state_dir}/netns/vni-{vni}", "nft"]
+    subprocess.run([*nft, "delete", "table", "bridge", "overlaynet_ports"], check=True)
+    wait_until(lambda: "port_ove" in subprocess.run([*nft, "list", "table", "bridge", "overlaynet_ports"],
+                                                    capture_output=True, text=True).stdout,
+               what="the guard programmed again")
     # The impersonated container itself still works.
     lab.wait_ping(other, ep_victim["ip"])
 
