@@ -27,9 +27,13 @@ log = logging.getLogger("overlaynet.dns")
 DNS_PORT = 53
 IP_FREEBIND = 15  # bind even if the address is not (yet) on the bridge; not exported by `socket`
 TCP_IDLE_TIMEOUT = 10.0
+# TCP clients served at once per server, and per source address: a resolver needs one or two. Over
+# either, a connection is closed at accept (`tcp_refused`), so a container cannot make overlayd hold
+# thousands of sockets (its file descriptors are shared with the API and gossip).
 TCP_MAX_CLIENTS = 64
+TCP_MAX_PER_SOURCE = 8
 COUNTERS = ("queries", "answered", "nxdomain", "refused", "malformed", "errors", "tcp_connections",
-            "rate_limited")
+            "tcp_refused", "rate_limited")
 DEFAULT_RATE = 100  # queries per second per source address (burst: twice that); see docs/dns.md
 
 ZoneFor = Callable[[str], Zone | None]
@@ -88,6 +92,7 @@ class Server:
     udp: asyncio.DatagramTransport | None = None
     tcp: asyncio.Server | None = None
     clients: set[asyncio.Task[Any]] = field(default_factory=set)
+    client_sources: dict[str, int] = field(default_factory=dict)  # source address -> open connections
 
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -114,12 +119,17 @@ class Server:
         self.tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if peer else "?"
+        if len(self.clients) >= TCP_MAX_CLIENTS or self.client_sources.get(source, 0) >= TCP_MAX_PER_SOURCE:
+            self.count("tcp_refused")
+            writer.close()
+            return
         self.count("tcp_connections")
         task = asyncio.current_task()
         if task is not None:
             self.clients.add(task)
-        peer = writer.get_extra_info("peername")
-        source = peer[0] if peer else "?"
+        self.client_sources[source] = self.client_sources.get(source, 0) + 1
         try:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
@@ -135,6 +145,9 @@ class Server:
         finally:
             if task is not None:
                 self.clients.discard(task)
+            left = self.client_sources.pop(source) - 1
+            if left:
+                self.client_sources[source] = left
             writer.close()
 
     def close(self) -> None:

@@ -10,7 +10,9 @@ when something was left out, so resolvers retry over TCP), and each source addre
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import pytest
 
@@ -109,3 +111,49 @@ def test_answers_are_capped_and_floods_are_rate_limited(lab):
     # Counted as they are dropped (a loaded machine may also lose some in the socket buffer).
     assert limited > 0 and replies + limited <= 3000, after
     assert lab.resolve(victim, gw, "web") is not None  # the server itself is fine
+
+
+# Inside a container: open N TCP connections to the DNS server and hold them for the seconds given.
+_HOLD = """
+import resource, socket, sys, time
+server, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
+held = []
+for _ in range(count):
+    s = socket.socket(); s.setblocking(False)
+    try: s.connect((server, 53))
+    except BlockingIOError: pass
+    held.append(s)
+print("holding", flush=True)
+time.sleep(seconds)
+"""
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_tcp_connection_flood_cannot_take_the_daemons_file_descriptors(lab):
+    h1 = lab.add_host("h1")
+    lab.start_daemon(h1, "--plaintext", *FAST)
+    gw = lab.overlayctl_json(h1, "network", "create", "fds", "--subnet", "198.19.77.0/24")["gateway"]
+    attacker, victim = lab.add_container("evil"), lab.add_container("good")
+    for ns in (attacker, victim):
+        lab.overlayctl_json(h1, "attach", ns, "--network", "fds", "--name", ns.rsplit("-", 1)[-1])
+    wait_until(lambda: lab.resolve(victim, gw, "good", tcp=True), what="DNS over TCP answers")
+    assert h1.process is not None
+    before = open_fds(h1.process.pid)
+    hold = lab.popen(attacker, [sys.executable, "-u", "-c", _HOLD, gw, "3000", "20"], stdout=-1, text=True)
+    try:
+        assert hold.stdout is not None and hold.stdout.readline().strip() == "holding"
+        time.sleep(2)  # let overlayd accept what it will
+        grown = open_fds(h1.process.pid) - before
+        answer = lab.resolve(victim, gw, "good", tcp=True)  # another container, over TCP, meanwhile
+        status = lab.overlayctl(h1, "status", "--json", check=False)
+    finally:
+        hold.kill()
+        hold.wait()
+    assert grown < 200, f"overlayd holds {grown} more file descriptors for one container's connections"
+    assert answer is not None and answer["rcode"] == "NOERROR", answer
+    assert status.returncode == 0, status.stderr
+    assert lab.overlayctl_json(h1, "status")["dns"]["tcp_refused"] > 0
