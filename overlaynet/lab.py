@@ -196,9 +196,12 @@ class Lab:
     # ---- daemons ---------------------------------------------------------------------------
 
     def start_daemon(self, host: Host, *extra_args: str, wait: bool = True, timeout: float = 30.0,
-                     env: dict[str, str] | None = None) -> None:
+                     env: dict[str, str] | None = None, ip_netns_exec: bool = False) -> None:
+        """Start overlayd in the host's network namespace. ip_netns_exec: the way an operator would,
+        with `ip netns exec HOST overlayd …`, which also gives it a private mount namespace."""
+        launcher = ["ip", "netns", "exec", host.netns] if ip_netns_exec else []
         args = [
-            sys.executable, "-m", "overlaynet.agent.daemon",
+            *launcher, sys.executable, "-m", "overlaynet.agent.daemon",
             "--config", os.devnull,
             "--name", host.label, "--advertise", host.address,
             "--state-dir", host.state_dir, "--socket", host.socket,
@@ -207,7 +210,7 @@ class Lab:
         host.extra_args = list(extra_args or host.extra_args)
         log = open(host.log_path, "ab")
         host.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=enter_netns(host.netns),
+            args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=None if launcher else enter_netns(host.netns),
             env={**os.environ, **env} if env else None,
         )
         log.close()

@@ -105,6 +105,10 @@ class Agent:
                 "pass --advertise with one of this host's IPv4 addresses"
             )
         self.underlay_mtu = await self._kernel(kernel.underlay_mtu, self.advertise)
+        home = await self._kernel(kernel.pin_sandboxes_outside_private_mounts)
+        if home is not None:
+            # e.g. started by `ip netns exec`: our mounts would die with us, and every sandbox with them
+            log.warning("event=private-mount-namespace action=pin-sandbox-mounts mount_ns=\"%s\"", home)
         self.mode = self._make_mode()
         await self._kernel(self.dataplane.start)
         cached_networks = self._load_state()

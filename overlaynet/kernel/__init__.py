@@ -11,6 +11,7 @@ from .egress import EgressSpec, sync_egress
 from .errors import KernelError
 from .fdb import BRIDGE_LOCAL, FLOOD_MAC, FdbEntry, delete_fdb, list_fdb, set_fdb, set_flood_list, sync_fdb
 from .links import device_exists, ensure_bridge, ensure_port
+from .mount_home import find_home as pin_sandboxes_outside_private_mounts
 from .names import (
     BRIDGE_NAME,
     container_veth_name,
@@ -82,6 +83,7 @@ __all__ = [
     "list_neigh",
     "list_sandboxes",
     "netns_identity",
+    "pin_sandboxes_outside_private_mounts",
     "netns_matching",
     "probe_endpoint",
     "remove_sandbox",

@@ -174,8 +174,11 @@ def ensure_sandbox(path: str) -> bool:
     A live one is kept untouched (adopted after a restart). A leftover file that is no longer a
     netns (e.g. after a reboot) is replaced.
     """
+    from . import mount_home  # it builds on this module
+
     if is_netns(path):
         call_in_netns(path, _loopback_up)
+        mount_home.pin(path)  # a no-op unless we run in a private mount namespace
         return False
     try:
         if os.path.lexists(path):
@@ -190,6 +193,7 @@ def ensure_sandbox(path: str) -> bool:
     except OSError as exc:
         remove_sandbox(path)
         raise KernelError(f"cannot create sandbox namespace at {path}: {exc}") from None
+    mount_home.pin(path)
     return True
 
 
@@ -211,9 +215,12 @@ def remove_sandbox(path: str) -> None:
     Devices are deleted explicitly first because the kernel frees an unmounted netns lazily: until
     then the VXLAN device would keep its VNI and UDP port busy in the host namespace.
     """
+    from . import mount_home
+
     try:
         if is_netns(path):
             call_in_netns(path, _delete_all_links)
+        mount_home.unpin(path)
         _umount(path)
         os.unlink(path)
     except FileNotFoundError:

@@ -11,7 +11,7 @@ import pytest
 
 from overlaynet import kernel as knames
 from tests.as_nobody import run_as_nobody
-from tests.lab_helpers import pair_on_one_host, start_pinging
+from tests.lab_helpers import finish_ping, pair_on_one_host, start_pinging
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,32 @@ def test_kill_9_during_ping_loses_nothing_and_state_comes_back(lab):
     assert lab.overlayctl_json(host, "attach", c, "--network", "crash")["ip"] not in (ep_a["ip"], ep_b["ip"])
     log = lab.daemon_log(host)
     assert "event=state-loaded networks=1 endpoints=2" in log
+
+
+@pytest.mark.parametrize("dataplane", ["userspace", "kernel"])
+def test_kill_9_of_an_overlayd_in_a_private_mount_namespace_loses_nothing(lab, dataplane):
+    """`ip netns exec` gives overlayd a private mount namespace: its sandbox mounts must outlive it."""
+    host = lab.add_host("h1")
+    lab.start_daemon(host, "--dataplane", dataplane, ip_netns_exec=True)
+    assert "event=private-mount-namespace action=pin-sandbox-mounts" in lab.daemon_log(host)
+    lab.overlayctl(host, "network", "create", "priv", "--subnet", "198.19.46.0/24", "--vni", "4646")
+    a, b = lab.add_container("a"), lab.add_container("b")
+    ep_a = lab.overlayctl_json(host, "attach", a, "--network", "priv")
+    ep_b = lab.overlayctl_json(host, "attach", b, "--network", "priv")
+    ping = start_pinging(lab, a, ep_b["ip"], count=160)
+    try:
+        time.sleep(1.0)
+        lab.stop_daemon(host, signal.SIGKILL)
+        time.sleep(1.0)
+        lab.start_daemon(host, ip_netns_exec=True)
+    finally:
+        out = finish_ping(ping)
+    assert " 0% packet loss" in out, out
+    assert {e["id"] for e in lab.overlayctl_json(host, "endpoint", "ls")} == {ep_a["id"], ep_b["id"]}
+    assert lab.ping(b, ep_a["ip"])
+    # Removing the network removes its sandbox everywhere it was mounted.
+    lab.overlayctl(host, "network", "rm", "priv", "--force")
+    assert knames.sandbox_path(host.state_dir, 4646) not in open("/proc/self/mountinfo").read()
 
 
 def test_stale_objects_are_adopted_or_removed(lab):
