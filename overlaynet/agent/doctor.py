@@ -33,7 +33,7 @@ IP_HEADER, ICMP_HEADER, UDP_HEADER, VXLAN_HEADER = 20, 8, 8, 8
 IP_MTU_DISCOVER = 10  # <linux/in.h> (not in Python's socket module on every build)
 IP_PMTUDISC_PROBE = 3  # set DF, ignore the cached path MTU
 MIN_PROBE = 576  # every IPv4 path carries this
-PROBE_TIMEOUT = 0.5
+PROBE_TIMEOUT = 1.0  # a loaded host answers late; a lost answer would understate the path MTU
 CONNECT_TIMEOUT = 2.0
 
 
