@@ -101,16 +101,23 @@ def lab(prefix: str) -> Iterator[Lab]:
 def busybox_tar(prefix: str) -> bytes:
     """A busybox-static root filesystem as a tar stream, for `docker import` / `podman import`.
 
-    Installs the container engines' Debian packages first; skips (saying why) if that fails.
+    Installs the container engines' Debian packages first; skips (saying why) if that fails, or
+    fails under CI=true (tests/engines.py: engine_unavailable).
     """
     import shutil
 
-    from tests.engines import EngineUnavailable, build_busybox_rootfs, ensure_packages, rootfs_tar
+    from tests.engines import (
+        EngineUnavailable,
+        build_busybox_rootfs,
+        engine_unavailable,
+        ensure_packages,
+        rootfs_tar,
+    )
 
     try:
         ensure_packages()
     except EngineUnavailable as e:
-        pytest.skip(f"container engines unavailable: {e}")
+        engine_unavailable(f"container engines unavailable: {e}")
     rootfs = f"/tmp/{prefix}-rootfs"
     try:
         return rootfs_tar(build_busybox_rootfs(rootfs))

@@ -13,6 +13,7 @@ import pytest
 from overlaynet.lab import Host, Lab
 from tests.engines import (
     PodmanEngine,
+    engine_unavailable,
     start_hosts,
 )
 
@@ -50,7 +51,7 @@ def podman_cluster(prefix: str, busybox_tar: bytes) -> Iterator[PodmanCluster]:
             try:
                 engine.import_image(busybox_tar)
             except AssertionError as e:
-                pytest.skip(f"podman cannot run here: {e}")
+                engine_unavailable(f"podman cannot run here: {e}")
             hosts[label] = PodmanHost(host, engine, plugin)
         yield PodmanCluster(lab, hosts["a"], hosts["b"])
     finally:

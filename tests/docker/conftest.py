@@ -14,6 +14,7 @@ from overlaynet.lab import Host, Lab
 from tests.engines import (
     DockerEngine,
     EngineUnavailable,
+    engine_unavailable,
     start_hosts,
 )
 
@@ -48,7 +49,7 @@ def docker_cluster(prefix: str, busybox_tar: bytes) -> Iterator[DockerCluster]:
             try:
                 engine.start()
             except EngineUnavailable as e:
-                pytest.skip(f"dockerd cannot start here: {e}")
+                engine_unavailable(f"dockerd cannot start here: {e}")
             engine.start_plugin()
             engine.import_image(busybox_tar)
             hosts[label] = DockerHost(host, engine)

@@ -22,7 +22,14 @@ import pytest
 
 from overlaynet.api.client import Client
 from overlaynet.lab import Lab, wait_until
-from tests.engines import DockerEngine, EngineUnavailable, build_busybox_rootfs, rootfs_tar, unmount_under
+from tests.engines import (
+    DockerEngine,
+    EngineUnavailable,
+    build_busybox_rootfs,
+    engine_unavailable,
+    rootfs_tar,
+    unmount_under,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -51,7 +58,7 @@ def _copy_into(rootfs: str, path: str) -> None:
 
 def build_python_rootfs(dest: str) -> str:
     if not os.path.exists(PYTHON) or not os.path.exists("/usr/lib/x86_64-linux-gnu/libnftables.so.1"):
-        pytest.skip("needs Debian's python3.11 and libnftables1 to make a base image offline")
+        engine_unavailable("needs Debian's python3.11 and libnftables1 to make a base image offline")
     build_busybox_rootfs(dest)
     os.symlink("usr/lib", os.path.join(dest, "lib"))
     shutil.copytree("/usr/lib/python3.11", os.path.join(dest, "usr/lib/python3.11"), symlinks=True,
@@ -87,7 +94,7 @@ def engine(prefix: str, tmp_path_factory) -> Iterator[tuple[Lab, DockerEngine]]:
         try:
             engine.start()
         except EngineUnavailable as e:
-            pytest.skip(str(e))
+            engine_unavailable(str(e))
         try:
             yield lab, engine
         finally:
