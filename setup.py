@@ -1,7 +1,27 @@
 """Build the Cython fast path in dataplane/ into overlaynet.dataplane.* extension modules."""
 
+import shlex
+import subprocess
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+
+def libcrypto_flags() -> tuple[list[str], list[str]]:
+    """Compile and link flags for OpenSSL's libcrypto (Debian: libssl-dev), from pkg-config if it
+    knows it, else plain -lcrypto."""
+    try:
+        cflags = subprocess.run(["pkg-config", "--cflags", "libcrypto"], check=True, capture_output=True,
+                                text=True).stdout
+        libs = subprocess.run(["pkg-config", "--libs", "libcrypto"], check=True, capture_output=True,
+                              text=True).stdout
+        return shlex.split(cflags), shlex.split(libs)
+    except (OSError, subprocess.CalledProcessError):
+        return [], ["-lcrypto"]
+
+
+CRYPTO_CFLAGS, CRYPTO_LIBS = libcrypto_flags()
+COMPILE_ARGS = ["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function"]
 
 extensions = [
     Extension(
@@ -19,8 +39,17 @@ extensions = [
         ],
         include_dirs=["dataplane/csrc"],
         depends=["dataplane/csrc/fp.h", "dataplane/csrc/fp_engine.h"],
-        extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+        extra_compile_args=COMPILE_ARGS,
         extra_link_args=["-pthread"],
+    ),
+    # The ESP codec for encrypted networks (docs/encryption.md); not yet used by the engine above.
+    Extension(
+        "overlaynet.dataplane.esp",
+        sources=["dataplane/esp.pyx", "dataplane/csrc/fp_esp.c"],
+        include_dirs=["dataplane/csrc"],
+        depends=["dataplane/csrc/fp.h"],
+        extra_compile_args=COMPILE_ARGS + CRYPTO_CFLAGS,
+        extra_link_args=CRYPTO_LIBS,
     ),
 ]
 

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 iputils-ping procps nftables iperf3 tcpdump tshark netsniff-ng busybox-static)
+APT_PACKAGES=(iproute2 iputils-ping procps nftables iperf3 tcpdump tshark netsniff-ng busybox-static
+              libssl-dev pkg-config)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

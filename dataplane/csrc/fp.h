@@ -4,6 +4,7 @@
  *   fp_frame.c  - pure frame logic (checksums, VXLAN decap, TSO split, GRO coalescing, ARP reply,
  *                 flow hash). No I/O; unit-tested through the Cython wrapper.
  *   fp_tables.c - immutable lookup tables (FDB, ARP, IPv4 sets) built by the control side.
+ *   fp_esp.c    - ESP codec (AES-GCM, anti-replay window) for encrypted networks. No I/O.
  *   the engine  - fp_engine.c (object, control, RCU-style swaps), fp_tap.c (TAP), fp_udp.c (sockets),
  *                 fp_tx.c / fp_rx.c (forwarding each way), fp_worker.c (threads); see fp_engine.h.
  */
@@ -181,6 +182,70 @@ enum { FP_FWD_DROP = 0, FP_FWD_UNICAST = 1, FP_FWD_FLOOD = 2, FP_FWD_ARP_REPLY =
 #define FP_ARP_REPLY_LEN (FP_ETH_HLEN + 28) /* Ethernet + an IPv4 ARP reply */
 int fp_classify(const struct fp_tables *t, const uint8_t *frame, size_t len, uint32_t *vtep,
                 uint8_t *reply, size_t *reply_len);
+
+/* ---- ESP (RFC 4303) with AES-GCM-128 (RFC 4106) in UDP encapsulation (RFC 3948): fp_esp.c ----
+ * Transport mode around the VXLAN UDP datagram (next header 17). Codec only, no I/O. On the wire:
+ *   outer IP | UDP (dport FP_ESP_PORT) | SPI(4) seq(4) | IV(8) | enc(inner UDP + VXLAN + frame, pad,
+ *   pad length, next header) | ICV(16)
+ * nonce = salt(4) || IV(8); AAD = SPI || seq (32-bit sequence numbers, no ESN); IV = 64-bit seq. */
+#define FP_ESP_PORT 4500
+#define FP_ESP_KEYLEN 16
+#define FP_ESP_SALTLEN 4
+#define FP_ESP_HLEN 8   /* SPI + sequence number */
+#define FP_ESP_IVLEN 8  /* explicit IV */
+#define FP_ESP_ICVLEN 16
+#define FP_ESP_TRAILER 2 /* pad length + next header */
+#define FP_ESP_NEXT_UDP 17
+#define FP_ESP_MIN_SPI 256 /* 0 is the RFC 3948 non-ESP marker, 1-255 are reserved by IANA */
+/* Bytes an encrypted datagram adds to plain VXLAN (whose own overhead is 50 over IPv4): the UDP
+ * encapsulation header (8) + ESP header (8) + IV (8) + trailer (2) + ICV (16) = 42, plus 0-3 bytes of
+ * padding so that the ESP payload + trailer is a multiple of 4. Reserve the worst case. */
+#define FP_ESP_OVERHEAD_FIXED 42
+#define FP_ESP_OVERHEAD_MAX 45
+#define FP_ESP_REPLAY_WINDOW 1024 /* packets; sized for GSO bursts reordered across workers */
+#define FP_ESP_REPLAY_WORDS (FP_ESP_REPLAY_WINDOW / 64 + 1) /* ring of bits, one spare word */
+
+enum {
+    FP_ESP_OK = 0,
+    FP_ESP_ERR_MALFORMED = -1,   /* too short, not ESP (SPI < 256), or a bad trailer after decrypt */
+    FP_ESP_ERR_UNKNOWN_SPI = -2, /* no inbound SA with this SPI */
+    FP_ESP_ERR_REPLAY = -3,      /* sequence number already seen in the window (or 0) */
+    FP_ESP_ERR_TOO_OLD = -4,     /* sequence number left of the window */
+    FP_ESP_ERR_BAD_ICV = -5,     /* authentication failed: forged, corrupted or wrong key */
+    FP_ESP_ERR_NO_ROOM = -6,     /* output buffer too small (caller's bug, not the packet's) */
+    FP_ESP_ERR_CRYPTO = -7,      /* libcrypto failed (allocation) */
+};
+
+/* One unidirectional SA. Both cipher contexts are initialised with the key once, so per packet only
+ * the nonce is set. Not thread-safe: one SA is used by one thread at a time. */
+struct fp_esp_sa {
+    uint32_t spi;
+    uint8_t salt[FP_ESP_SALTLEN];
+    void *enc; /* EVP_CIPHER_CTX * (opaque here so fp.h needs no OpenSSL headers) */
+    void *dec;
+    uint32_t replay_top; /* highest sequence number accepted (0: none yet) */
+    uint64_t replay_bits[FP_ESP_REPLAY_WORDS];
+};
+int fp_esp_sa_init(struct fp_esp_sa *sa, uint32_t spi, const uint8_t key[FP_ESP_KEYLEN],
+                   const uint8_t salt[FP_ESP_SALTLEN]);
+void fp_esp_sa_clear(struct fp_esp_sa *sa); /* frees the contexts and wipes the key material */
+/* Length of the ESP payload (header to ICV) that carries a `len`-byte UDP datagram. */
+size_t fp_esp_sealed_len(size_t len);
+/* Largest inner (container) MTU whose encrypted packets fit an IPv4 underlay MTU. */
+uint32_t fp_esp_inner_mtu(uint32_t underlay_mtu);
+/* Encrypt the UDP datagram `in` with sequence number `seq` (never 0, never reused with this key) into
+ * `out` (>= fp_esp_sealed_len(len); must not overlap `in`). Returns the ESP length or FP_ESP_ERR_*. */
+long fp_esp_encrypt(struct fp_esp_sa *sa, uint32_t seq, const uint8_t *in, size_t len, uint8_t *out,
+                    size_t outcap);
+/* The SPI of an ESP-in-UDP payload, or FP_ESP_ERR_MALFORMED (too short, or the non-ESP marker). */
+int fp_esp_spi(const uint8_t *in, size_t len, uint32_t *spi);
+/* Replay check (before decrypting) and window update (after the ICV verified), RFC 4303 3.4.3. */
+int fp_esp_replay_check(const struct fp_esp_sa *sa, uint32_t seq);
+void fp_esp_replay_update(struct fp_esp_sa *sa, uint32_t seq);
+/* Verify and decrypt one ESP payload for this SA into `out` (>= len bytes, must not overlap `in`):
+ * the inner UDP datagram, its length in *outlen. Returns FP_ESP_OK or FP_ESP_ERR_*. */
+int fp_esp_decrypt(struct fp_esp_sa *sa, const uint8_t *in, size_t len, uint8_t *out, size_t outcap,
+                   size_t *outlen);
 
 /* ---- the engine (fp_engine.c and the files fp_engine.h lists) ---- */
 enum {
