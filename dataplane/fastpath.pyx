@@ -69,6 +69,7 @@ cdef extern from "fp.h" nogil:
 
     struct fp_ipset:
         uint32_t n
+        uint32_t bum_rate
 
     struct fp_engine:
         pass
@@ -599,13 +600,15 @@ cdef class Engine:
         """Replace network `vni`'s ARP suppression table: {ip: mac}."""
         self._update(vni, None, None, dict(mapping))
 
-    def set_peers(self, vteps):
-        """Replace the set of VTEPs whose packets are accepted."""
+    def set_peers(self, vteps, unsigned int bum_rate=0):
+        """Replace the set of VTEPs whose packets are accepted; each may send at most `bum_rate`
+        broadcast/multicast frames per second (0: no limit). The count restarts with the set."""
         cdef fp_engine *e = self._e()
         vteps = list(dict.fromkeys(vteps))
         cdef fp_ipset *s = fp_ipset_new(len(vteps))
         if s == NULL:
             raise MemoryError()
+        s.bum_rate = bum_rate
         try:
             for v in vteps:
                 fp_ipset_put(s, _ip4(v))

@@ -153,9 +153,18 @@ struct fp_tables {
     uint32_t nflood;
     uint32_t *flood;
 };
+/* Broadcast/multicast frames one peer sent in the current second (a fixed window: cheap, and only
+ * touched for such frames). Shared by the receive workers, hence atomics. */
+struct fp_peer_window {
+    _Atomic uint32_t second;
+    _Atomic uint32_t count;
+};
+
 struct fp_ipset {
     uint32_t mask, n;
-    uint32_t *slots; /* 0 = empty (0.0.0.0 is never a VTEP) */
+    uint32_t *slots;               /* 0 = empty (0.0.0.0 is never a VTEP) */
+    uint32_t bum_rate;             /* per peer and second; 0 = unlimited */
+    struct fp_peer_window *window; /* one per slot */
 };
 
 struct fp_tables *fp_tables_new(uint32_t nfdb, uint32_t narp, uint32_t nflood);
@@ -171,7 +180,10 @@ int fp_fdb_is_local(const struct fp_tables *t, const uint8_t mac[6]);
 int fp_arp_lookup(const struct fp_tables *t, uint32_t ip, uint8_t mac[6]);
 struct fp_ipset *fp_ipset_new(uint32_t n);
 int fp_ipset_put(struct fp_ipset *s, uint32_t ip);
-int fp_ipset_has(const struct fp_ipset *s, uint32_t ip);
+int fp_ipset_has(const struct fp_ipset *s, uint32_t ip); /* 0: not a member; else its slot + 1 */
+/* Whether the member at `slot1` (fp_ipset_has's answer) may send one more broadcast/multicast frame
+ * in the current second `now_s`; counts it. */
+int fp_ipset_bum_ok(const struct fp_ipset *s, int slot1, uint32_t now_s);
 void fp_ipset_free(struct fp_ipset *s);
 
 /* ---- forwarding decision for one frame read from a TAP ---- */
@@ -253,7 +265,7 @@ enum {
     FP_NC_RX_DROP_BAD_SENDER, FP_NC_RX_DROP_MALFORMED, FP_NC_RX_CSUM_BAD, FP_NC_RX_TAP_ERRORS,
     FP_NC_TX_PACKETS, FP_NC_TX_BYTES, FP_NC_TX_TAP_READS, FP_NC_TX_TSO_FRAMES, FP_NC_TX_FLOODED,
     FP_NC_TX_ARP_SUPPRESSED, FP_NC_TX_DROP_NO_DEST, FP_NC_TX_DROP_MALFORMED, FP_NC_TX_ERRORS,
-    FP_NC_TX_LOCAL, FP_NC_RX_DROP_LOCAL_SOURCE, FP_NC_MAX
+    FP_NC_TX_LOCAL, FP_NC_RX_DROP_LOCAL_SOURCE, FP_NC_RX_DROP_PEER_BUM, FP_NC_MAX
 };
 enum {
     FP_GC_RX_DATAGRAMS, FP_GC_RX_SEGMENTS, FP_GC_RX_DROP_UNKNOWN_VNI, FP_GC_RX_DROP_MALFORMED,

@@ -30,7 +30,7 @@ const char *const fp_net_counter_names[FP_NC_MAX] = {
     "rx_drop_bad_sender", "rx_drop_malformed", "rx_csum_bad", "rx_tap_errors",
     "tx_packets", "tx_bytes", "tx_tap_reads", "tx_tso_frames", "tx_flooded",
     "tx_arp_suppressed", "tx_drop_no_dest", "tx_drop_malformed", "tx_errors",
-    "tx_local", "rx_drop_local_source",
+    "tx_local", "rx_drop_local_source", "rx_drop_peer_bum",
 };
 const char *const fp_global_counter_names[FP_GC_MAX] = {
     "rx_datagrams", "rx_segments", "rx_drop_unknown_vni", "rx_drop_malformed",

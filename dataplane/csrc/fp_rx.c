@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include "fp_engine.h"
 
@@ -49,9 +50,9 @@ void fp_rx_free(struct fp_rx *r)
     free(r);
 }
 
-/* One VXLAN packet of a datagram from `src` (allowed: a cluster member). */
+/* One VXLAN packet of a datagram from `src` (allowed: a cluster member, its slot in `peers` + 1). */
 static void rx_packet(struct fp_engine *e, struct fp_gro *gro, const struct fp_cfg *cfg, const uint8_t *pk,
-                      size_t seg, int allowed)
+                      size_t seg, const struct fp_ipset *peers, int allowed, uint32_t now_s)
 {
     uint32_t vni;
     size_t ioff;
@@ -79,6 +80,10 @@ static void rx_packet(struct fp_engine *e, struct fp_gro *gro, const struct fp_c
             cnt(&net->c[FP_NC_RX_DROP_LOCAL_SOURCE], 1);
             return;
         }
+        if (!fp_ipset_bum_ok(peers, allowed, now_s)) { /* the peer's broadcasts this second */
+            cnt(&net->c[FP_NC_RX_DROP_PEER_BUM], 1);
+            return;
+        }
     }
     cnt(&net->c[FP_NC_RX_PACKETS], 1);
     cnt(&net->c[FP_NC_RX_BYTES], seg - ioff);
@@ -102,6 +107,8 @@ int fp_rx_socket(struct fp_engine *e, struct fp_rx *r, int fd)
     gro->covered = e->rxzfd >= 0 && fd == e->rxfd;
     if (e->rxzfd >= 0 && !gro->covered)
         cnt(&e->g[FP_GC_RX_OUTER_CSUM_ZERO], (uint64_t)n);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now); /* vDSO, once per batch */
     for (int i = 0; i < n; i++) {
         cnt(&e->g[FP_GC_RX_DATAGRAMS], 1);
         if (d[i].truncated) {
@@ -111,7 +118,7 @@ int fp_rx_socket(struct fp_engine *e, struct fp_rx *r, int fd)
         int allowed = fp_ipset_has(peers, d[i].src);
         for (size_t off = 0; off < d[i].len; off += d[i].seg) {
             size_t seg = d[i].len - off < d[i].seg ? d[i].len - off : d[i].seg;
-            rx_packet(e, gro, cfg, d[i].data + off, seg, allowed);
+            rx_packet(e, gro, cfg, d[i].data + off, seg, peers, allowed, (uint32_t)now.tv_sec);
         }
     }
     fp_gro_flush(gro, rx_emit, e);

@@ -1,5 +1,6 @@
 /* Lookup tables of one network (FDB, ARP, flood list) and IPv4 sets. Built by the control thread,
  * never modified once published: readers need no lock, updates swap a whole new table in. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -166,7 +167,10 @@ struct fp_ipset *fp_ipset_new(uint32_t n)
         return NULL;
     uint32_t c = capacity_for(n);
     s->slots = calloc(c, sizeof(uint32_t));
-    if (!s->slots) {
+    s->window = calloc(c, sizeof(*s->window));
+    if (!s->slots || !s->window) {
+        free(s->slots);
+        free(s->window);
         free(s);
         return NULL;
     }
@@ -195,10 +199,21 @@ int fp_ipset_has(const struct fp_ipset *s, uint32_t ip)
         return 0;
     for (uint32_t i = mix32(ip) & s->mask;; i = (i + 1) & s->mask) {
         if (s->slots[i] == ip)
-            return 1;
+            return (int)i + 1;
         if (!s->slots[i])
             return 0;
     }
+}
+
+int fp_ipset_bum_ok(const struct fp_ipset *s, int slot1, uint32_t now_s)
+{
+    if (!s || !s->bum_rate || slot1 <= 0)
+        return 1;
+    struct fp_peer_window *w = &s->window[slot1 - 1];
+    uint32_t second = atomic_load_explicit(&w->second, memory_order_relaxed);
+    if (second != now_s && atomic_compare_exchange_strong(&w->second, &second, now_s))
+        atomic_store_explicit(&w->count, 0, memory_order_relaxed); /* a new second: a new budget */
+    return atomic_fetch_add_explicit(&w->count, 1, memory_order_relaxed) < s->bum_rate;
 }
 
 void fp_ipset_free(struct fp_ipset *s)
@@ -206,5 +221,6 @@ void fp_ipset_free(struct fp_ipset *s)
     if (!s)
         return;
     free(s->slots);
+    free(s->window);
     free(s);
 }

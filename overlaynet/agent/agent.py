@@ -148,7 +148,8 @@ class Agent:
     def _make_mode(self) -> KernelMode | UserspaceMode:
         if self.config.dataplane == "userspace":
             return UserspaceMode(self.config.state_dir, self.advertise, self.config.vxlan_port,
-                                 spin_us=self.config.fastpath_spin_us, log_format=self.config.log_format)
+                                 spin_us=self.config.fastpath_spin_us, log_format=self.config.log_format,
+                                 peer_bum_rate=self.config.peer_bum_rate)
         return KernelMode(self.advertise, self.config.vxlan_port)
 
     @property

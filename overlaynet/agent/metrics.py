@@ -45,7 +45,7 @@ RECONCILE_ERRORS = Counter("overlaynet_reconcile_errors", "Errors met by reconci
 _NET_TRAFFIC = {"rx_packets": ("packets", "rx"), "tx_packets": ("packets", "tx"),
                 "rx_bytes": ("bytes", "rx"), "tx_bytes": ("bytes", "tx")}
 _NET_DROPS = {"rx_drop_bad_sender": "bad_sender", "rx_drop_malformed": "rx_malformed",
-              "rx_drop_local_source": "local_source", "rx_csum_bad": "bad_checksum",
+              "rx_drop_local_source": "local_source", "rx_drop_peer_bum": "peer_bum_limit", "rx_csum_bad": "bad_checksum",
               "rx_tap_errors": "tap_write_error", "tx_drop_no_dest": "no_destination",
               "tx_drop_malformed": "tx_malformed", "tx_errors": "send_error"}
 _GLOBAL_DROPS = {"rx_drop_unknown_vni": "unknown_vni", "rx_drop_malformed": "rx_malformed",

@@ -28,8 +28,9 @@ class UserspaceMode:
     name = "userspace"
 
     def __init__(self, state_dir: str, advertise: str, vxlan_port: int, spin_us: int = 0,
-                 log_format: str = "logfmt") -> None:
+                 log_format: str = "logfmt", peer_bum_rate: int = 0) -> None:
         self.log_format = log_format
+        self.peer_bum_rate = peer_bum_rate
         self.advertise = advertise
         self.vxlan_port = vxlan_port
         self.spin_us = spin_us
@@ -120,8 +121,9 @@ class UserspaceMode:
         return changed + len(set(before.get("flood") or []) ^ fwd.flood)
 
     def sync_peers(self, vteps: set[str]) -> None:
-        """Only these VTEPs (live cluster members) may send us VXLAN packets."""
-        self._call(lambda: self.client.sync_peers(sorted(vteps)))
+        """Only these VTEPs (live cluster members) may send us VXLAN packets, each at most
+        `peer_bum_rate` broadcast/multicast frames per second."""
+        self._call(lambda: self.client.sync_peers(sorted(vteps), self.peer_bum_rate))
 
     def remove_network(self, net: Network, sandbox: str) -> None:
         self._call(lambda: self.client.remove_network(net.vni))

@@ -108,8 +108,8 @@ class FastpathClient:
     def sync_arp(self, vni: int, arp: Mapping[str, str]) -> int:
         return self.call("sync_arp", vni=vni, arp=dict(arp))
 
-    def sync_peers(self, vteps: Iterable[str]) -> int:
-        return self.call("sync_peers", vteps=list(vteps))
+    def sync_peers(self, vteps: Iterable[str], bum_rate: int = 0) -> int:
+        return self.call("sync_peers", vteps=list(vteps), bum_rate=bum_rate)
 
     def stats(self) -> dict[str, Any]:
         return self.call("stats")

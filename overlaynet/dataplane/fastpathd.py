@@ -69,6 +69,7 @@ class Fastpathd:
         self.state_path = state_path
         self.nets: dict[int, dict[str, Any]] = {}
         self.peers: list[str] = []
+        self.peer_bum_rate = 0  # broadcast/multicast frames per second per peer; 0: no limit
         self.save_error: str | None = None  # why the state file is behind, while it is
 
     # ---- state file
@@ -81,7 +82,8 @@ class Fastpathd:
         """
         if not self.state_path:
             return
-        data = protocol.pack({"v": protocol.VERSION, "networks": self.nets, "peers": self.peers})
+        data = protocol.pack({"v": protocol.VERSION, "networks": self.nets, "peers": self.peers,
+                              "peer_bum_rate": self.peer_bum_rate})
         try:
             write_atomic(self.state_path, data)
         except OSError as e:
@@ -102,10 +104,11 @@ class Fastpathd:
                 state = msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
             nets = dict(state.get("networks") or {})
             peers = list(state.get("peers") or [])
+            peer_bum_rate = int(state.get("peer_bum_rate") or 0)
         except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, AttributeError, TypeError) as e:
             log.warning("event=state-unreadable path=%s error=%s action=ignored", self.state_path, e)
             return
-        self.op_sync_peers({"vteps": peers})
+        self.op_sync_peers({"vteps": peers, "bum_rate": peer_bum_rate})
         for vni, net in nets.items():
             try:
                 self.op_add_network({"vni": vni, "netns": net["netns"], "tap": net["tap"], "mtu": net["mtu"]})
@@ -196,8 +199,11 @@ class Fastpathd:
         if not isinstance(vteps, list):
             raise RequestError("vteps must be a list of IPv4 addresses")
         clean = list(dict.fromkeys(_ipv4(v, "vtep") for v in vteps))
-        self.engine.set_peers(clean)
-        self.peers = clean
+        bum_rate = args.get("bum_rate", 0)
+        if isinstance(bum_rate, bool) or not isinstance(bum_rate, int) or not 0 <= bum_rate < 1 << 32:
+            raise RequestError("bum_rate must be a whole number of frames per second (0: no limit)")
+        self.engine.set_peers(clean, bum_rate)
+        self.peers, self.peer_bum_rate = clean, bum_rate
         self.save()
         return len(clean)
 

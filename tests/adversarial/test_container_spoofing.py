@@ -151,24 +151,39 @@ def test_a_broadcast_flood_is_limited_at_the_first_hop(lab, mode):
 
 
 # A hostile peer host: VXLAN straight from h1's host namespace (a member's address, so both
-# dataplanes take it), one inner source MAC, broadcast, as fast as Python sends.
+# dataplanes take it), broadcast from `sources` inner source MACs in turn, as fast as Python sends.
 _PEER_FLOOD = """
 import socket, sys, time
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
-vni, dst, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-inner = bytes(Ether(src="02:aa:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / IP(src=sys.argv[4], dst=sys.argv[5])
-              / UDP(sport=40000, dport=9) / b"PEERFLOOD")
-packet = bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\\x00" + inner
+vni, dst, seconds, sources = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[6])
+packets = [bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\\x00"
+           + bytes(Ether(src=f"02:aa:00:00:{i >> 8:02x}:{i & 255:02x}", dst="ff:ff:ff:ff:ff:ff")
+                   / IP(src=sys.argv[4], dst=sys.argv[5]) / UDP(sport=40000, dport=9) / b"PEERFLOOD")
+           for i in range(sources)]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sent, end = 0, time.time() + seconds
 while time.time() < end:
     try:
-        s.sendto(packet, (dst, 4789)); sent += 1
+        s.sendto(packets[sent % sources], (dst, 4789)); sent += 1
     except OSError:
         time.sleep(0.0005)
 print(sent)
 """
+
+
+def peer_flood(lab: Lab, flooder, victim_host, victim: str, vni: int, seconds: float, sources: int) -> tuple[int, int]:
+    """(frames sent, frames the victim container received) for a flood from another host."""
+    counter = Counter(lab, victim, seconds + 2.0, "PEERFLOOD")
+    try:
+        flood = lab.run(flooder.netns, [sys.executable, "-c", _PEER_FLOOD, str(vni), victim_host.address,
+                                        str(seconds), "198.19.74.200", "198.19.74.255", str(sources)],
+                        timeout=seconds + 30)
+        seen = counter.result()
+    finally:
+        counter.kill()
+    assert flood.returncode == 0, flood.stderr
+    return int(flood.stdout), seen["PEERFLOOD"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -180,16 +195,27 @@ def test_a_broadcast_flood_from_another_host_is_limited_per_source(lab, mode):
     ep_victim = lab.overlayctl_json(h2, "attach", victim, "--network", "prey")
     lab.wait_ping(near, ep_victim["ip"])
 
-    counter = Counter(lab, victim, seconds + 2.0, "PEERFLOOD")
-    try:
-        flood = lab.run(h1.netns, [sys.executable, "-c", _PEER_FLOOD, str(net["vni"]), h2.address, str(seconds),
-                                   "198.19.74.200", "198.19.74.255"], timeout=seconds + 30)
-        seen = counter.result()
-    finally:
-        counter.kill()
-    assert flood.returncode == 0, flood.stderr
-    sent = int(flood.stdout)
+    sent, seen = peer_flood(lab, h1, h2, victim, net["vni"], seconds, sources=1)
     allowed = rate * (seconds + 2.0) + burst
     assert sent > 4 * allowed, f"the flood was too slow to test anything: {sent} packets"
-    assert 0 < seen["PEERFLOOD"] <= 1.5 * allowed, (seen, sent)
+    assert 0 < seen <= 1.5 * allowed, (seen, sent)
     assert port_drops(lab, h2, net["vni"]).get("overlay_bum_limit", 0) >= allowed
+
+
+def test_a_peer_host_rotating_source_macs_is_limited_in_total(lab):
+    """Userspace mode: the fast path caps all broadcasts from one peer host, whatever their inner
+    source MACs (a host that does not guard its ports gets a fresh per-source bucket per MAC)."""
+    peer_rate, seconds = 300, 3.0
+    h1, h2, net = two_hosts(lab, "userspace", "198.19.74.0/24", "--peer-bum-rate", str(peer_rate))
+    near, victim = lab.add_container("near"), lab.add_container("victim")
+    lab.overlayctl_json(h1, "attach", near, "--network", "prey")
+    ep_victim = lab.overlayctl_json(h2, "attach", victim, "--network", "prey")
+    lab.wait_ping(near, ep_victim["ip"])
+
+    sent, seen = peer_flood(lab, h1, h2, victim, net["vni"], seconds, sources=1000)
+    allowed = peer_rate * (seconds + 2.0 + 1)  # the counter's window, plus one second's edge
+    assert sent > 4 * allowed, f"the flood was too slow to test anything: {sent} packets"
+    assert 0 < seen <= 1.5 * allowed, (seen, sent)
+    stats = lab.overlayctl_json(h2, "stats")["networks"][str(net["vni"])]
+    assert stats["rx_drop_peer_bum"] >= allowed, stats
+    lab.wait_ping(near, ep_victim["ip"])  # the peer's unicast still flows
