@@ -21,6 +21,11 @@ test: setup lint typecheck
 unit: setup
 	$(PY) -m pytest -m unit
 
+# 30 minutes, 8 hosts; writes its measured table into docs/reliability.md (make test runs a short one)
+soak: setup
+	OVERLAYNET_SOAK_SECONDS=1800 OVERLAYNET_SOAK_HOSTS=8 OVERLAYNET_SOAK_PUBLISH=1 \
+	OVERLAYNET_SOAK_RESULTS=$(CURDIR)/soak-results.json $(PY) -m pytest -m soak tests/soak -o timeout=3000 -s
+
 bench: setup
 	$(PY) -m benchmarks
 

@@ -27,7 +27,7 @@ def is_root() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    needs_root = {"integration", "cluster", "docker", "cni"}
+    needs_root = {"integration", "cluster", "docker", "cni", "soak"}
     for item in items:
         markers = {m.name for m in item.iter_markers()}
         if markers & needs_root and not is_root():
