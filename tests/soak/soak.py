@@ -82,6 +82,7 @@ class Results:
     pings_sent: int = 0
     pings_lost: int = 0
     pings_lost_unexplained: int = 0
+    lost_pings: list[dict[str, Any]] = field(default_factory=list)  # each: pair, when, the fault blamed
     invariant_checks: list[dict[str, Any]] = field(default_factory=list)
     false_deaths: list[str] = field(default_factory=list)
     rss_kb: dict[str, list[int]] = field(default_factory=dict)
@@ -401,6 +402,8 @@ class Soak:
                 faults = [f for f in self.faults if f.covers(when, pair)]
                 key = faults[0].kind if faults else "unexplained"
                 table.setdefault(key, {"lost": 0})["lost"] += 1
+                self.results.lost_pings.append({"pair": f"{pair[0]}->{pair[1]}", "at": when, "fault": key,
+                                                "fault_hosts": faults[0].hosts if faults else []})
                 if not faults:
                     self.results.pings_lost_unexplained += 1
         for fault in self.faults:
