@@ -316,6 +316,15 @@ class Soak:
                 veths = len(kernel.list_endpoint_links(sandbox))
                 if veths != count:
                     found.append(f"{host.label}: {veths} veths for {count} endpoints in {net}")
+                device = (kernel.tap_name if self.kind[host.label] == "userspace" else kernel.vxlan_name)(vnis[net])
+                if not kernel.device_exists(sandbox, device):
+                    found.append(f"{host.label}: {device} missing in the sandbox of {net}")
+            with open("/proc/self/mountinfo") as f:
+                mounts = {line.split()[4] for line in f if line.split()[4].startswith(host.state_dir + "/")}
+            found += [f"{host.label}: mount {m}" for m in sorted(mounts - wanted)]
+            for dirpath, dirs, names in os.walk(host.state_dir):
+                dirs[:] = [d for d in dirs if d != "netns"]
+                found += [f"{host.label}: temp file {os.path.join(dirpath, n)}" for n in names if n.endswith(".tmp")]
             files = os.listdir(os.path.join(host.state_dir, "endpoints"))
             if len([f for f in files if f.endswith(".json")]) != len(eps) or any(
                     not f.endswith(".json") for f in files):
