@@ -150,7 +150,7 @@ class Agent:
             return UserspaceMode(self.config.state_dir, self.advertise, self.config.vxlan_port,
                                  spin_us=self.config.fastpath_spin_us, log_format=self.config.log_format,
                                  peer_bum_rate=self.config.peer_bum_rate)
-        return KernelMode(self.advertise, self.config.vxlan_port)
+        return KernelMode(self.advertise, self.config.vxlan_port, peer_bum_rate=self.config.peer_bum_rate)
 
     @property
     def dataplane(self) -> KernelMode | UserspaceMode:

@@ -100,10 +100,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "broadcast/multicast/unknown-unicast frames per second per container port and per remote "
         "container (default 1000)")] = 1000
     bum_burst: Annotated[FrameCount, _help("burst allowed above --bum-rate, in frames (default 2000)")] = 2000
-    # userspace dataplane: all broadcast/multicast frames one peer host may send us per second, in
-    # total (its containers are each capped at their first hop; this bounds a host that is not).
+    # All broadcast/multicast frames one peer host may send us per second, in total (its containers
+    # are each capped at their first hop; this bounds a host that is not). Userspace: the fast path;
+    # kernel: an nftables meter per peer address in the host namespace (kernel/vxlan_filter.py).
     peer_bum_rate: Annotated[FrameCount, _help(
-        "userspace dataplane: broadcast/multicast frames per second one peer host may send in total "
+        "broadcast/multicast frames per second one peer host may send in total "
         "(default 20000)")] = 20000
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _help("default info")] = "info"
     dns_rate_limit: Annotated[QueryRate, _help("DNS queries per second per container address (burst: twice "

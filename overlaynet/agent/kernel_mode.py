@@ -18,9 +18,10 @@ from overlaynet.model import Network
 class KernelMode:
     name = "kernel"
 
-    def __init__(self, advertise: str, vxlan_port: int) -> None:
+    def __init__(self, advertise: str, vxlan_port: int, peer_bum_rate: int = 0) -> None:
         self.advertise = advertise
         self.vxlan_port = vxlan_port
+        self.peer_bum_rate = peer_bum_rate
 
     def ensure_network(self, net: Network, sandbox: str) -> list[str]:
         """Make the network's sandbox, bridge and VXLAN device exist; returns the devices re-made."""
@@ -57,11 +58,13 @@ class KernelMode:
 
     def sync_peers(self, vteps: set[str]) -> None:
         """Only these VTEPs (live cluster members) may send us VXLAN: the kernel's VXLAN device takes
-        packets from any sender, so an nftables set in the host namespace admits only them."""
-        kernel.sync_vxlan_members(self.vxlan_port, vteps)
+        packets from any sender, so an nftables set in the host namespace admits only them. Each may
+        send at most `peer_bum_rate` broadcast/multicast frames per second."""
+        kernel.sync_vxlan_members(self.vxlan_port, vteps, peer_bum_rate=self.peer_bum_rate)
 
     def stats(self) -> dict[str, Any]:
-        return {"vxlan_non_member_drops": kernel.vxlan_non_member_drops()}
+        return {"vxlan_non_member_drops": kernel.vxlan_non_member_drops(),
+                "vxlan_peer_bum_drops": kernel.vxlan_peer_bum_drops()}
 
     def remove_network(self, net: Network, sandbox: str) -> None:
         kernel.remove_sandbox(sandbox)

@@ -52,7 +52,8 @@ _GLOBAL_DROPS = {"rx_drop_unknown_vni": "unknown_vni", "rx_drop_malformed": "rx_
                  "rx_drop_truncated": "truncated", "rx_errors": "receive_error", "tx_errors": "send_error"}
 _DEVICE_DROPS = {"rx_dropped": "device_rx_dropped", "tx_dropped": "device_tx_dropped",
                  "rx_errors": "receive_error", "tx_errors": "send_error"}  # the kernel VXLAN device's
-_KERNEL_DROPS = {"vxlan_non_member_drops": "bad_sender"}  # same reason as the fast path's for the same drop
+# Same reasons as the fast path's for the same drops.
+_KERNEL_DROPS = {"vxlan_non_member_drops": "bad_sender", "vxlan_peer_bum_drops": "peer_bum_limit"}
 _GOSSIP_DROPS = ("malformed", "oversize", "unknown_version", "unknown_type", "misdirected", "internal_errors")
 _GOSSIP_EVENTS = ("probes", "probe_failures", "indirect_probes", "suspects", "deaths", "refutes",
                   "key_ops_applied", "key_ops_rejected", "tombstones_expired", "reaped")

@@ -217,6 +217,7 @@ def stats_text(d: dict[str, Any]) -> str:
     glob = {k: v for k, v in (d.get("global") or {}).items() if v}
     if kernel_mode:  # the rows are the VXLAN devices' own counters; the filter's drops are host-wide
         glob["vxlan_non_member_drops"] = d.get("vxlan_non_member_drops", 0)
+        glob["vxlan_peer_bum_drops"] = d.get("vxlan_peer_bum_drops", 0)
     text += "\n" + "global: " + (", ".join(f"{k}={human_count(v)}" for k, v in sorted(glob.items())) or "-")
     return text + ("\n" + guard if guard else "")
 

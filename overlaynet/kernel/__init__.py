@@ -44,7 +44,12 @@ from .underlay import (
 )
 from .veth import VethInfo, VethSpec, ensure_veth, list_endpoint_links, remove_veth
 from .vxlan import VxlanSpec, ensure_vxlan, remove_vxlan, vxlan_counters
-from .vxlan_filter import remove_vxlan_filter, sync_vxlan_members, vxlan_non_member_drops
+from .vxlan_filter import (
+    remove_vxlan_filter,
+    sync_vxlan_members,
+    vxlan_non_member_drops,
+    vxlan_peer_bum_drops,
+)
 
 __all__ = [
     "BRIDGE_LOCAL",
@@ -101,6 +106,7 @@ __all__ = [
     "sync_fdb",
     "sync_neigh",
     "sync_vxlan_members",
+    "vxlan_peer_bum_drops",
     "tap_name",
     "underlay_device",
     "underlay_mtu",

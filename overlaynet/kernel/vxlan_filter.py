@@ -7,8 +7,16 @@ and drops the rest before the VXLAN socket sees it:
     table ip overlaynet_vxlan {
         set members { type ipv4_addr; }
         chain input { type filter hook input priority 0; policy accept;
-                      udp dport 4789 ip saddr != @members counter drop }
+                      udp dport 4789 ip saddr != @members counter drop
+                      udp dport 4789 @th,135,1 1 meter peer_bum { ip saddr limit rate over R/second
+                                                                  burst R packets } counter drop }
     }
+
+The second rule is the per-peer cap on broadcast/multicast frames (`peer_bum_rate`, the same
+budget the userspace fast path applies per peer): `@th,135,1` is the group bit of the inner
+destination MAC (UDP header 8 bytes + VXLAN header 8 bytes = byte 16 of the transport header, its
+lowest bit). One token bucket per peer address, whatever inner source MACs it uses. GRO does not
+blur the count: the kernel merges no broadcast frames (ARP and inner UDP are not aggregated).
 
 The agent's programming pass calls `sync_vxlan_members` whenever membership changes; the set is
 swapped in one transaction (flush + add), so there is no instant without a filter or with a half
@@ -25,6 +33,7 @@ from . import nftables
 TABLE = "overlaynet_vxlan"
 FAMILY = "ip"
 SET = "members"
+PEER_BUM_SET = "peer_bum"
 CHAIN = "input"
 
 
@@ -34,7 +43,24 @@ def _elements(vteps: set[str]) -> list[nftables.Command]:
     return [{"add": {"element": {"family": FAMILY, "table": TABLE, "name": SET, "elem": sorted(vteps)}}}]
 
 
-def _body(port: int, vteps: set[str]) -> list[nftables.Command]:
+def _peer_bum_rule(port: int, peer_bum_rate: int) -> list[nftables.Command]:
+    if not peer_bum_rate:
+        return []  # 0: no per-peer cap
+    table = {"family": FAMILY, "table": TABLE}
+    over = {"limit": {"rate": peer_bum_rate, "per": "second", "burst": peer_bum_rate, "inv": True}}
+    return [
+        {"add": {"rule": {**table, "chain": CHAIN, "comment": "peer_bum", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": port}},
+            {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 135, "len": 1}}, "right": 1}},
+            {"meter": {"name": PEER_BUM_SET, "key": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "stmt": over}},
+            {"counter": None},
+            {"drop": None},
+        ]}}},
+    ]
+
+
+def _body(port: int, vteps: set[str], peer_bum_rate: int) -> list[nftables.Command]:
     table = {"family": FAMILY, "table": TABLE}
     return [
         {"add": {"set": {**table, "name": SET, "type": "ipv4_addr"}}},
@@ -46,16 +72,42 @@ def _body(port: int, vteps: set[str]) -> list[nftables.Command]:
             {"counter": None},
             {"drop": None},
         ]}}},
+        *_peer_bum_rule(port, peer_bum_rate),
         *_elements(vteps),
     ]
 
 
+def _rules(objects: list[nftables.Command]) -> list[dict[str, Any]]:
+    return [dict(obj["rule"]) for obj in objects if obj.get("rule", {}).get("chain") == CHAIN]
+
+
 def _filter_rule(objects: list[nftables.Command]) -> dict[str, Any] | None:
-    for obj in objects:
-        rule = obj.get("rule")
-        if rule and rule.get("chain") == CHAIN:
-            return dict(rule)
+    """The members-only rule (the first one of the chain)."""
+    rules = _rules(objects)
+    return rules[0] if rules else None
+
+
+def _peer_bum_limit(objects: list[nftables.Command]) -> dict[str, Any] | None:
+    for rule in _rules(objects):
+        if rule.get("comment") == "peer_bum":
+            return rule
     return None
+
+
+def _rule_rate(rule: dict[str, Any] | None) -> int:
+    for expr in (rule or {}).get("expr", []):
+        if isinstance(expr, dict) and "meter" in expr:
+            stmt = expr["meter"].get("stmt", {})
+            if isinstance(stmt, dict) and "limit" in stmt:
+                return int(stmt["limit"]["rate"])
+    return 0
+
+
+def _counted(rule: dict[str, Any] | None) -> int:
+    for expr in (rule or {}).get("expr", []):
+        if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+            return int(expr["counter"].get("packets", 0))
+    return 0
 
 
 def _rule_port(rule: dict[str, Any]) -> int | None:
@@ -66,11 +118,13 @@ def _rule_port(rule: dict[str, Any]) -> int | None:
     return None
 
 
-def sync_vxlan_members(port: int, vteps: set[str], netns: str | None = None) -> None:
-    """Admit VXLAN on `port` only from `vteps` (in the calling thread's netns, or `netns`)."""
-    rule = _filter_rule(nftables.list_table(netns, FAMILY, TABLE))
-    if rule is None or _rule_port(rule) != port:
-        nftables.replace_table(netns, FAMILY, TABLE, _body(port, vteps))
+def sync_vxlan_members(port: int, vteps: set[str], netns: str | None = None, peer_bum_rate: int = 0) -> None:
+    """Admit VXLAN on `port` only from `vteps` (in the calling thread's netns, or `netns`), and at most
+    `peer_bum_rate` broadcast/multicast frames per second from each of them (0: no cap)."""
+    objects = nftables.list_table(netns, FAMILY, TABLE)
+    rule = _filter_rule(objects)
+    if rule is None or _rule_port(rule) != port or _rule_rate(_peer_bum_limit(objects)) != peer_bum_rate:
+        nftables.replace_table(netns, FAMILY, TABLE, _body(port, vteps, peer_bum_rate))
         return
     flush = {"flush": {"set": {"family": FAMILY, "table": TABLE, "name": SET}}}
     nftables.run(netns, [flush, *_elements(vteps)])
@@ -78,11 +132,12 @@ def sync_vxlan_members(port: int, vteps: set[str], netns: str | None = None) -> 
 
 def vxlan_non_member_drops(netns: str | None = None) -> int:
     """Packets the filter dropped since the table was made (0 if there is none)."""
-    rule = _filter_rule(nftables.list_table(netns, FAMILY, TABLE))
-    for expr in (rule or {}).get("expr", []):
-        if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
-            return int(expr["counter"].get("packets", 0))
-    return 0
+    return _counted(_filter_rule(nftables.list_table(netns, FAMILY, TABLE)))
+
+
+def vxlan_peer_bum_drops(netns: str | None = None) -> int:
+    """Broadcast/multicast frames from members dropped by the per-peer cap since the table was made."""
+    return _counted(_peer_bum_limit(nftables.list_table(netns, FAMILY, TABLE)))
 
 
 def remove_vxlan_filter(netns: str | None = None) -> None:
