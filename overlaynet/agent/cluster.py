@@ -16,6 +16,7 @@ and a live host re-asserts a network whose writer died (see `orphaned_networks`)
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,11 @@ from overlaynet.model import Endpoint, Network
 NETWORKS = "networks"
 ENDPOINTS = "endpoints"
 IPAM = "ipam"
+
+
+def in_network(records: Iterable[dict[str, Any]], network: str) -> list[dict[str, Any]]:
+    """The endpoint records (as in the `endpoints` table) of one network."""
+    return [ep for ep in records if ep.get("network") == network]
 
 
 @dataclass(frozen=True)
