@@ -1,0 +1,129 @@
+"""Reconcile: make the kernel match the desired state, level-triggered and idempotent.
+
+Runs at start (adoption after a restart or crash), every `resync_interval` seconds (repairs drift)
+and on demand; `program_on_change` pushes gossip's changes into the dataplane in between (coalesced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from overlaynet import kernel
+from overlaynet.agent.endpoints import Endpoints
+from overlaynet.agent.host import Host
+from overlaynet.agent.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS
+from overlaynet.agent.programmer import Programmer
+from overlaynet.kernel import KernelError
+
+log = logging.getLogger("overlaynet.agent")
+
+
+class Reconciler:
+    def __init__(self, host: Host, local: Endpoints, programmer: Programmer) -> None:
+        self.host = host
+        self.local = local
+        self.programmer = programmer
+        self.last_reconcile: dict[str, Any] = {}
+        self._resync_wakeup = asyncio.Event()  # the resync interval changed (config reload)
+
+    async def reconcile(self) -> dict[str, Any]:
+        """Make the kernel match the desired state; forget endpoints whose container is gone."""
+        summary: dict[str, Any] = {"repaired": 0, "forgotten": 0, "stale_removed": 0, "errors": [],
+                                   "devices_repaired": []}
+        started = time.monotonic()
+        async with self.host.lock:
+            for net in self.host.cluster.orphaned_networks():
+                self.host.cluster.put_network(net)
+                log.info("event=network-adopted name=%s previous_writer=%s", net.name, net.owner)
+            networks = self.host.networks
+            for ep in [e for e in self.local.endpoints.values() if e.network not in networks]:
+                # The network was removed cluster-wide (maybe while we were away).
+                await self.local.unplug(None, ep)
+                summary["forgotten"] += 1
+            wanted_sandboxes = set()
+            for net in networks.values():
+                local = self.local.on_network(net.name)
+                if not local and not any(u.network == net.name for u in self.local.unknown.values()):
+                    continue
+                sandbox = self.host.sandbox(net)
+                wanted_sandboxes.add(sandbox)
+                try:
+                    for device in await self.host.kernel(self.host.dataplane.ensure_network, net, sandbox):
+                        # A fast-path or VXLAN device that had gone missing: traffic of this network
+                        # was cut until now. Say so loudly (status, the reconcile answer, the log).
+                        summary["devices_repaired"].append(f"{net.name}: {device}")
+                        summary["repaired"] += 1
+                        self.programmer.forwarding_changed(net.name)
+                        log.warning("event=device-repaired network=%s device=%s", net.name, device)
+                    await self.programmer.sync_guard(net, force=True)  # before any port is repaired
+                    present = await self.host.kernel(kernel.list_endpoint_links, sandbox)
+                    for ep in local:
+                        if kernel.endpoint_prefix(ep.id) in present:
+                            continue
+                        if ep.netns is not None and not os.path.exists(ep.netns):
+                            # The container's namespace is gone, and its veth with it.
+                            self.host.forget_endpoint(ep.id)
+                            del self.local.endpoints[ep.id]
+                            self.host.cluster.delete_endpoint(ep.id)
+                            summary["forgotten"] += 1
+                            log.info("event=endpoint-gone endpoint=%s network=%s ip=%s", ep.id[:12], net.name, ep.ip)
+                            continue
+                        await self.host.kernel(kernel.ensure_veth, sandbox, self.programmer.veth_spec(ep))
+                        summary["repaired"] += 1
+                        log.info("event=endpoint-repaired endpoint=%s network=%s", ep.id[:12], net.name)
+                    known = {kernel.endpoint_prefix(ep.id) for ep in self.local.on_network(net.name)}
+                    known |= self.local.kept_prefixes()
+                    for key in present - known:
+                        await self.host.kernel(kernel.remove_veth, sandbox, key)
+                        summary["stale_removed"] += 1
+                        log.info("event=stale-veth-removed key=%s network=%s", key, net.name)
+                    self.local.release_empty_blocks(net)
+                except (KernelError, OSError) as e:
+                    summary["errors"].append(f"{net.name}: {e}")
+                    log.error("event=reconcile-failed network=%s error=%s", net.name, e)
+            for sandbox in await self.host.kernel(kernel.list_sandboxes, self.host.config.state_dir):
+                if sandbox not in wanted_sandboxes and not (
+                        await self.host.kernel(kernel.list_endpoint_links, sandbox) & self.local.kept_prefixes()):
+                    await self.host.kernel(kernel.remove_sandbox, sandbox)
+                    summary["stale_removed"] += 1
+                    log.info("event=stale-sandbox-removed path=%s", sandbox)
+        summary["programmed_changes"] = await self.programmer.program(force=True)
+        RECONCILE_SECONDS.observe(time.monotonic() - started)
+        RECONCILE_ERRORS.inc(len(summary["errors"]))
+        summary["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        summary["at"] = time.time()
+        self.last_reconcile = summary
+        return summary
+
+
+    async def program_on_change(self) -> None:
+        while True:
+            await self.host.dirty.wait()
+            await asyncio.sleep(0.002)  # coalesce a burst of table changes into one pass
+            self.host.dirty.clear()
+            try:
+                await self.programmer.program()
+            except Exception:
+                self.programmer.counters["program_errors"] += 1
+                log.exception("event=program-failed")
+
+    def resync_interval_changed(self) -> None:
+        """Start the next wait with the new interval instead of finishing the old one."""
+        self._resync_wakeup.set()
+
+    async def resync_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._resync_wakeup.wait(), self.host.config.resync_interval)
+                self._resync_wakeup.clear()
+                continue
+            except TimeoutError:
+                pass
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("event=resync-failed")
