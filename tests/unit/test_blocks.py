@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -17,19 +16,12 @@ from overlaynet.agent.cluster import Cluster
 from overlaynet.errors import Conflict
 from overlaynet.gossip.transport import GossipNode
 from overlaynet.model import Network
+from tests.unit.test_gossip_transport import wait_for
 
 pytestmark = pytest.mark.unit
 
 SETTLE = 0.3
 NET = Network(name="blue", vni=4242, subnet="198.19.7.0/26", mtu=1450)  # 4 blocks of /28
-
-
-async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager
