@@ -64,7 +64,7 @@ def dataplane_pids(pair: Pair) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read()
-            if b"overlaynet.dataplane.fastpathd" not in cmdline and b"overlaynet.agent.daemon" not in cmdline:
+            if b"overlaynet.dataplane.fastpathd" not in cmdline and b"overlaynet.daemon" not in cmdline:
                 continue
             named = any(f"/run/netns/{h.netns}".encode() + b"\0" in cmdline for h in pair.lab.hosts.values())
             if named or os.stat(f"/proc/{entry}/ns/net").st_ino in hosts:

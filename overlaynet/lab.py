@@ -201,7 +201,7 @@ class Lab:
         with `ip netns exec HOST overlayd …`, which also gives it a private mount namespace."""
         launcher = ["ip", "netns", "exec", host.netns] if ip_netns_exec else []
         args = [
-            *launcher, sys.executable, "-m", "overlaynet.agent.daemon",
+            *launcher, sys.executable, "-m", "overlaynet.daemon",
             "--config", os.devnull,
             "--name", host.label, "--advertise", host.address,
             "--state-dir", host.state_dir, "--socket", host.socket,

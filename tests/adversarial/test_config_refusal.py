@@ -35,7 +35,7 @@ def run_overlayd(netns: str, tmp_path, toml: str, *flags: str) -> subprocess.Com
     config = tmp_path / "overlayd.toml"
     config.write_text(f'advertise = "127.0.0.1"\nbind = "127.0.0.1"\nstate_dir = "{tmp_path}/state"\n'
                       f'socket = "{tmp_path}/overlayd.sock"\n{toml}\n')
-    argv = [sys.executable, "-m", "overlaynet.agent.daemon", "--config", str(config), *flags]
+    argv = [sys.executable, "-m", "overlaynet.daemon", "--config", str(config), *flags]
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=20, preexec_fn=enter_netns(netns))
     except subprocess.TimeoutExpired:

@@ -142,7 +142,7 @@ def test_corrupt_node_identity_refuses_to_start_unless_reset(lab):
     lab.stop_daemon(host)
     with open(os.path.join(host.state_dir, "node.json"), "w") as f:
         f.write('{"id": "12')
-    args = [sys.executable, "-m", "overlaynet.agent.daemon", "--config", os.devnull, "--name", "h1",
+    args = [sys.executable, "-m", "overlaynet.daemon", "--config", os.devnull, "--name", "h1",
             "--advertise", host.address, "--state-dir", host.state_dir, "--socket", host.socket]
     for _attempt in range(2):  # the second start (file already moved aside) must refuse too
         proc = lab.run(host.netns, args, timeout=30)

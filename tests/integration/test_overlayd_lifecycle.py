@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def start_failure(lab, host, *args):
-    proc = lab.run(host.netns, [sys.executable, "-m", "overlaynet.agent.daemon", "--config", os.devnull,
+    proc = lab.run(host.netns, [sys.executable, "-m", "overlaynet.daemon", "--config", os.devnull,
                                 "--name", host.label, "--state-dir", host.state_dir, "--socket", host.socket,
                                 *args], timeout=30)
     assert proc.returncode != 0
@@ -33,7 +33,7 @@ def test_refuses_to_start_with_clear_reasons(lab):
     assert "--advertise must be an IPv4 address" in start_failure(lab, host, "--advertise", "banana")
     lab.start_daemon(host)
     assert "already running" in start_failure(lab, host, "--advertise", host.address)
-    from overlaynet.agent.daemon import main
+    from overlaynet.daemon import main
 
     code, err = run_as_nobody(lambda: main(["--config", os.devnull, "--advertise", host.address]))
     assert code == 1 and "overlayd: must run as root" in err, err

@@ -83,7 +83,7 @@ def test_second_daemon_on_the_same_state_dir_is_refused_naming_the_holder(lab):
     host = lab.add_host("h1")
     lab.start_daemon(host)
     other_socket = os.path.join(lab.workdir, "second.sock")
-    second = lab.popen(host.netns, [sys.executable, "-m", "overlaynet.agent.daemon", "--config", os.devnull,
+    second = lab.popen(host.netns, [sys.executable, "-m", "overlaynet.daemon", "--config", os.devnull,
                                     "--name", "h1b", "--advertise", host.address, "--gossip-port", "7950",
                                     "--vxlan-port", "4790", "--state-dir", host.state_dir,
                                     "--socket", other_socket],

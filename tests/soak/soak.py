@@ -331,7 +331,7 @@ class Soak:
                 found.append(f"{host.label}: state files {sorted(files)} for {len(eps)} endpoints")
         commands = command_lines()
         for host in self.hosts:
-            daemons = [c for c in commands if "overlaynet.agent.daemon" in c and host.state_dir in c.split()]
+            daemons = [c for c in commands if "overlaynet.daemon" in c and host.state_dir in c.split()]
             if len(daemons) != 1:
                 found.append(f"{host.label}: {len(daemons)} overlayd processes")
             control = os.path.join(host.state_dir, "fastpath.sock")

@@ -13,7 +13,7 @@ from overlaynet import __version__
 pytestmark = pytest.mark.unit
 
 ENTRY_POINTS = {  # the name a user types -> the module pyproject's [project.scripts] runs
-    "overlayd": "overlaynet.agent.daemon",
+    "overlayd": "overlaynet.daemon",
     "overlayctl": "overlaynet.cli.main",
     "overlaynet-docker": "overlaynet.plugins.docker",
     "overlaynet-cni": "overlaynet.plugins.cni",
