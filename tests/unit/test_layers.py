@@ -1,0 +1,48 @@
+"""Imports point downwards: agent/ never reaches up into api/ or the daemon, and inside agent/ the
+parts of the split Agent import one way only (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "overlaynet"
+
+# Each part may import only the parts listed before it.
+PART_ORDER = ["host", "programmer", "endpoints", "networks", "reconciler", "agent"]
+
+
+def imported_modules(path: pathlib.Path) -> set[str]:
+    """Every overlaynet module a file imports (`from overlaynet.x import y` counts x and x.y)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.startswith("overlaynet")}
+
+
+def upward_imports(package: pathlib.Path) -> list[str]:
+    return sorted(f"{path.relative_to(package)} imports {name}"
+                  for path in (package / "agent").glob("*.py")
+                  for name in imported_modules(path)
+                  if name.startswith(("overlaynet.api", "overlaynet.daemon")))
+
+
+def test_agent_never_imports_the_api_or_the_daemon() -> None:
+    assert upward_imports(PACKAGE) == []
+
+
+def test_the_parts_of_the_agent_import_one_way() -> None:
+    backwards = []
+    for i, part in enumerate(PART_ORDER):
+        later = {f"overlaynet.agent.{p}" for p in PART_ORDER[i + 1:]}
+        backwards += [f"{part}.py imports {name}"
+                      for name in imported_modules(PACKAGE / "agent" / f"{part}.py") if name in later]
+    assert backwards == []
