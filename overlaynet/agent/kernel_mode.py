@@ -37,6 +37,10 @@ class KernelMode:
         """The sandbox bridge's port that frames from other hosts enter by."""
         return kernel.vxlan_name(net.vni)
 
+    def fdb_to_program(self, net: Network, fwd: Forwarding) -> dict[str, str]:
+        """The FDB entries `programmed` shows when all is in step (the bridge-local ones are hidden)."""
+        return dict(fwd.fdb)
+
     def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
         """Make the device's entries equal to `fwd`; returns how many entries changed."""
         changed = 0

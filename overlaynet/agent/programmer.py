@@ -257,7 +257,8 @@ class Programmer:
         return {
             "network": name, "vni": net.vni, "local_endpoints": local,
             "programmed": actual,
-            "desired": {"fdb": [{"mac": m, "vtep": v} for m, v in sorted(fwd.fdb.items())],
+            "desired": {"fdb": [{"mac": m, "vtep": v}
+                                for m, v in sorted(self.host.dataplane.fdb_to_program(net, fwd).items())],
                         "flood": sorted(fwd.flood),
                         "neigh": [{"ip": i, "mac": m} for i, m in sorted(fwd.neigh.items())]}
             if local else {"fdb": [], "flood": [], "neigh": []},

@@ -106,14 +106,19 @@ class UserspaceMode:
         """The sandbox bridge's port that frames from other hosts enter by."""
         return kernel.tap_name(net.vni)
 
-    def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
-        before = self._call(self.client.networks)["networks"].get(net.vni) or {}
+    def fdb_to_program(self, net: Network, fwd: Forwarding) -> dict[str, str]:
+        """The fast path's FDB for `fwd`: what `programmed` shows when all is in step."""
         fdb = dict(fwd.fdb)
         if net.gateway_mac:
             # The gateway (in fwd.neigh) is the bridge itself: marked local, the fast path neither
             # answers ARP for it (the bridge does; a second answer would enter the bridge with the
             # bridge's own MAC as source) nor sends frames for it across the underlay.
             fdb[net.gateway_mac] = protocol.LOCAL_VTEP
+        return fdb
+
+    def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
+        before = self._call(self.client.networks)["networks"].get(net.vni) or {}
+        fdb = self.fdb_to_program(net, fwd)
         self._call(lambda: self.client.sync_fdb(net.vni, fdb))
         self._call(lambda: self.client.sync_arp(net.vni, fwd.neigh))
         self._call(lambda: self.client.sync_flood(net.vni, sorted(fwd.flood)))

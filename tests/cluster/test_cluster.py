@@ -327,10 +327,12 @@ def test_userspace_dataplane_across_hosts(lab, modes):
     vni = lab.overlayctl_json(h1, "network", "inspect", "fast")["vni"]
     counters = stats["networks"][str(vni)]
     assert counters["tx_packets"] > 0 and counters["rx_packets"] > 0
-    fdb = lab.overlayctl_json(h1, "fdb", "fast")["programmed"]
+    view = lab.overlayctl_json(h1, "fdb", "fast")
+    fdb = view["programmed"]
     # the remote endpoint, and the anycast gateway's MAC as local to this host's bridge
     assert sorted(fdb["fdb"], key=lambda e: e["vtep"]) == [
         {"mac": gateway_mac(vni), "vtep": "0.0.0.0"}, {"mac": ep_b["mac"], "vtep": h2.address}]
+    assert view["desired"] == fdb, "in step, so `overlayctl fdb` must not claim a difference"
     assert fdb["flood"] == [h2.address]
 
     # overlayd restarts (even kill -9) do not stop the fast path: a ping running across keeps answering.
