@@ -102,11 +102,11 @@ def busybox_tar(prefix: str) -> bytes:
     """A busybox-static root filesystem as a tar stream, for `docker import` / `podman import`.
 
     Installs the container engines' Debian packages first; skips (saying why) if that fails, or
-    fails under CI=true (tests/engines.py: engine_unavailable).
+    fails under CI=true (tests/support/engines.py: engine_unavailable).
     """
     import shutil
 
-    from tests.engines import (
+    from tests.support.engines import (
         EngineUnavailable,
         build_busybox_rootfs,
         engine_unavailable,

@@ -17,7 +17,7 @@ from overlaynet.agent.config import DEFAULT_METRICS_ADDRESS
 from overlaynet.lab import Lab, wait_until
 from overlaynet.model import gateway_mac
 from tests.adversarial.frames import Counter, arp, send, udp
-from tests.cluster.test_cluster import FAST, alive_count
+from tests.support.cluster import FAST, alive_count
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.cluster]
 

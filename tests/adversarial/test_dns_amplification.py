@@ -17,7 +17,7 @@ import time
 import pytest
 
 from overlaynet.lab import wait_until
-from tests.cluster.test_cluster import FAST
+from tests.support.cluster import FAST
 
 pytestmark = pytest.mark.adversarial
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from overlaynet.lab import Lab, wait_until
-from tests.engines import http_unix
+from tests.support.engines import http_unix
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(300)]
 

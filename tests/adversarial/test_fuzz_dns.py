@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from overlaynet.agent.dns import COUNTERS, Binding, Server
 from overlaynet.dns_answer import MAX_UDP_SIZE, UDP_SIZE, Zone
-from tests.loop_thread import LoopThread
+from tests.support.loop_thread import LoopThread
 
 pytestmark = pytest.mark.adversarial
 

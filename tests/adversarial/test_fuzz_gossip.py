@@ -19,7 +19,7 @@ from overlaynet.gossip import codec
 from overlaynet.gossip.keyring import Keyring, generate_key
 from overlaynet.gossip.stream import encode
 from overlaynet.gossip.transport import GossipNode
-from tests.loop_thread import LoopThread
+from tests.support.loop_thread import LoopThread
 
 pytestmark = pytest.mark.adversarial
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from overlaynet.api.routes import ROUTES, Route
 from overlaynet.lab import Host, Lab
-from tests.engines import http_unix
+from tests.support.engines import http_unix
 
 pytestmark = pytest.mark.adversarial
 

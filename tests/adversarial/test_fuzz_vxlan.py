@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from overlaynet import kernel
 from overlaynet.lab import Lab, wait_until
-from tests.cluster.test_cluster import FAST, alive_count
-from tests.engines import http_unix
+from tests.support.cluster import FAST, alive_count
+from tests.support.engines import http_unix
 
 pytestmark = pytest.mark.adversarial
 

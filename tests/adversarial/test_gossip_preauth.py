@@ -17,7 +17,7 @@ import time
 import pytest
 
 from overlaynet.lab import wait_until
-from tests.cluster.test_cluster import FAST, alive_count, host_key_file, write_key
+from tests.support.cluster import FAST, alive_count, host_key_file, write_key
 
 pytestmark = pytest.mark.adversarial
 

@@ -18,28 +18,9 @@ import pytest
 
 from overlaynet.lab import Lab, wait_until
 from overlaynet.model import gateway_mac
+from tests.support.cluster import FAST, alive_count, host_key_file, write_key
 
 pytestmark = pytest.mark.cluster
-
-FAST = ["--resync-interval", "5", "--settle-time", "0.3", "--withdraw-delay", "4"]
-
-
-def write_key(lab: Lab, name: str = "cluster.key", key: bytes | None = None) -> str:
-    path = os.path.join(lab.workdir, name)
-    with open(path, "w") as f:
-        f.write(base64.b64encode(key or os.urandom(32)).decode() + "\n")
-    os.chmod(path, 0o600)
-    return path
-
-
-def host_key_file(lab: Lab, host, key_file: str) -> str:
-    """Each host keeps its own copy of the key file, as real hosts do."""
-    path = os.path.join(lab.workdir, f"{host.label}.key")
-    with open(key_file) as src, open(path, "w") as dst:
-        dst.write(src.read())
-    os.chmod(path, 0o600)
-    return path
-
 
 def start_cluster(lab: Lab, count: int, key_file: str) -> list:
     hosts = [lab.add_host(f"h{i + 1}") for i in range(count)]
@@ -51,10 +32,6 @@ def start_cluster(lab: Lab, count: int, key_file: str) -> list:
         lab.start_daemon(host, *args)
     wait_until(lambda: all(alive_count(lab, h) == count for h in hosts), what=f"{count} members alive everywhere")
     return hosts
-
-
-def alive_count(lab: Lab, host) -> int:
-    return sum(1 for m in lab.overlayctl_json(host, "members") if m["state"] == "alive")
 
 
 def member_state(lab: Lab, host, name: str) -> str | None:

@@ -14,7 +14,7 @@ import pytest
 
 from overlaynet.lab import Lab, wait_until
 from overlaynet.model import gateway_mac
-from tests.cluster.test_cluster import FAST, alive_count, host_key_file, write_key
+from tests.support.cluster import FAST, alive_count, host_key_file, write_key
 
 pytestmark = pytest.mark.cluster
 

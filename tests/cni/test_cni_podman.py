@@ -6,7 +6,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from tests.cni.conftest import NETWORK, PodmanCluster, PodmanHost
-from tests.engines import IMAGE, fetch_from, run_in, wait_until
+from tests.support.engines import IMAGE, fetch_from, run_in, wait_until
 
 # Generous: the first test also pays for installing (apt) and preparing two podman hosts.
 pytestmark = [pytest.mark.cni, pytest.mark.timeout(900)]

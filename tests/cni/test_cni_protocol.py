@@ -15,7 +15,7 @@ from pyroute2 import netns as pyroute2_netns
 from overlaynet.api.client import Client
 from overlaynet.lab import enter_netns
 from tests.cni.conftest import PodmanCluster, PodmanHost
-from tests.engines import run_in
+from tests.support.engines import run_in
 
 # Generous: the first test also pays for installing (apt) and preparing two podman hosts.
 pytestmark = [pytest.mark.cni, pytest.mark.timeout(900)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from overlaynet.lab import Host, Lab
-from tests.engines import (
+from tests.support.engines import (
     DockerEngine,
     EngineUnavailable,
     engine_unavailable,

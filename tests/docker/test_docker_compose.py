@@ -11,7 +11,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster, DockerHost
-from tests.engines import IMAGE, fetch_from, wait_until
+from tests.support.engines import IMAGE, fetch_from, wait_until
 
 # Generous: the first test also pays for installing (apt) and starting two engines.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

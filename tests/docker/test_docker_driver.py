@@ -12,7 +12,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster
-from tests.engines import IMAGE, TEST_DEFAULT_POOL, fetch_from, run_in, wait_until
+from tests.support.engines import IMAGE, TEST_DEFAULT_POOL, fetch_from, run_in, wait_until
 
 # Generous: the first test also pays for installing (apt) and starting two engines.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

@@ -22,7 +22,7 @@ import pytest
 
 from overlaynet.api.client import Client
 from overlaynet.lab import Lab, wait_until
-from tests.engines import (
+from tests.support.engines import (
     DockerEngine,
     EngineUnavailable,
     build_busybox_rootfs,

@@ -12,9 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from overlaynet.dataplane.control import FastpathClient, FastpathControlError
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fastpath_helpers import (  # noqa: E402
+from tests.support.fastpath import (
     Container,
     Lab,
     link_stats,

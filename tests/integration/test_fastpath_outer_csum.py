@@ -3,14 +3,11 @@ datagrams whose non-zero outer checksum the kernel verified do not (it covered e
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fastpath_helpers import Lab, nsexec, ping, ping_until, tcp_transfer, wait_until  # noqa: E402
+from tests.support.fastpath import Lab, nsexec, ping, ping_until, tcp_transfer, wait_until
 
 pytestmark = pytest.mark.integration
 

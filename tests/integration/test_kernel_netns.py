@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from overlaynet import kernel
-from tests.kernel_helpers import in_sandbox, open_fds
+from tests.support.kernel import in_sandbox, open_fds
 
 pytestmark = pytest.mark.integration
 

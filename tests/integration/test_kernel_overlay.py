@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from overlaynet import kernel
-from tests.kernel_helpers import (
+from tests.support.kernel import (
     OVERLAY_MTU,
     VNI,
     Container,

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from overlaynet.lab import Lab
-from tests.as_nobody import run_as_nobody
+from tests.support.as_nobody import run_as_nobody
 
 pytestmark = pytest.mark.integration
 

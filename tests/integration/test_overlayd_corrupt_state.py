@@ -13,7 +13,7 @@ import pytest
 from overlaynet import kernel
 from overlaynet.api.client import Client
 from overlaynet.lab import wait_until
-from tests.lab_helpers import finish_ping, pair_on_one_host, start_pinging
+from tests.support.lab import finish_ping, pair_on_one_host, start_pinging
 
 pytestmark = pytest.mark.integration
 

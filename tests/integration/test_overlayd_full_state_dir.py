@@ -16,7 +16,7 @@ import pytest
 from overlaynet import kernel
 from overlaynet.api.client import Client
 from overlaynet.dataplane.control import FastpathClient
-from tests.lab_helpers import pair_on_one_host
+from tests.support.lab import pair_on_one_host
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from overlaynet import kernel as knames
-from tests.as_nobody import run_as_nobody
-from tests.lab_helpers import finish_ping, pair_on_one_host, start_pinging
+from tests.support.as_nobody import run_as_nobody
+from tests.support.lab import finish_ping, pair_on_one_host, start_pinging
 
 pytestmark = pytest.mark.integration
 

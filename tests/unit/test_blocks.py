@@ -16,7 +16,7 @@ from overlaynet.agent.cluster import Cluster
 from overlaynet.errors import Conflict
 from overlaynet.gossip.transport import GossipNode
 from overlaynet.model import Network
-from tests.unit.test_gossip_transport import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.unit
 

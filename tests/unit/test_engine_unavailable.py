@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engines import engine_unavailable
+from tests.support.engines import engine_unavailable
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
-from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -15,16 +13,9 @@ import uvloop
 from overlaynet.gossip import GossipConfig, Keyring, KeyringChange, MemberChange, TableChange, codec
 from overlaynet.gossip.keyring import generate_key
 from overlaynet.gossip.transport import GossipNode
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.unit
-
-
-async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def alive_names(node: GossipNode) -> set[str]:
