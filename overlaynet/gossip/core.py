@@ -10,7 +10,7 @@ This class is the facade and the packet dispatcher; the work is done by
   runtime.py     clock, timers, counters, outgoing packets and events, dissemination
   membership.py  SWIM: members and their states, suspicion, refutation, reaping
   probe.py       SWIM's failure detector: direct and indirect probes, Lifeguard nacks
-  replica.py     the replicated tables: writes, merges, push-pull
+  replica.py     the replicated tables: writes, merges, push-pull and reconnect (anti-entropy)
   keyops.py      keyring changes spread by gossip
 Every message type has one handler, looked up in a table (as aioquic dispatches frames).
 
@@ -78,9 +78,9 @@ class GossipCore:
         c, rng = self.cfg, rt.rng
         rt.at(now + rng.uniform(0, c.probe_interval), self._prober.probe_tick)
         rt.at(now + rng.uniform(0, c.gossip_interval), rt.gossip_tick)
-        rt.at(now + rng.uniform(0, c.push_pull_interval), self._push_pull_tick)
+        rt.at(now + rng.uniform(0, c.push_pull_interval), self._replica.push_pull_tick)
         rt.at(now + c.reap_interval, self._reap_tick)
-        rt.at(now + rng.uniform(0, c.reconnect_interval), self._reconnect_tick)
+        rt.at(now + rng.uniform(0, c.reconnect_interval), self._replica.reconnect_tick)
         self._membership.announce()
 
     def join(self, seeds: list[Addr], now: float) -> None:
@@ -91,7 +91,7 @@ class GossipCore:
         for seed in seeds:
             if seed == (me.addr, me.port):
                 continue
-            self._sync(seed, codec.PP_JOIN, "join")
+            self._replica.sync(seed, codec.PP_JOIN, "join")
 
     def assume_members(self, members: list[tuple[str, str, int, dict[str, Any]]]) -> None:
         """Start out knowing these members as alive (incarnation 0) without gossiping about them.
@@ -198,10 +198,14 @@ class GossipCore:
     def set(self, table: str, key: str, value: dict[str, Any], now: float) -> None:
         if type(value) is not dict:
             raise TypeError("table values are dicts")
-        self._write(table, key, value, now)
+        self._rt.advance(now)
+        self._replica.write(table, key, value)
+        self._rt.after_input()
 
     def delete(self, table: str, key: str, now: float) -> None:
-        self._write(table, key, None, now)
+        self._rt.advance(now)
+        self._replica.write(table, key, None)
+        self._rt.after_input()
 
     def key_op(self, op: str, key: bytes, now: float, broadcast: bool = True) -> bool:
         """install/use/remove a key locally and (by default) ask every member to do the same.
@@ -272,27 +276,6 @@ class GossipCore:
         return reply, synced
 
     # ------------------------------------------------------------------ timers
-    def _sync(self, dest: Addr, flags: int, tag: str) -> None:
-        msg = codec.pack(self._replica.push_pull_msg(flags, None))
-        self._rt.stream(dest, [msg], expect_reply=True, tag=tag)
-
-    def _push_pull_tick(self) -> None:
-        rt = self._rt
-        rt.at(rt.now + self.cfg.push_pull_scaled(self._membership.num_live()), self._push_pull_tick)
-        dest = self._membership.random_live()
-        if dest is not None:
-            self.stats["push_pulls"] += 1
-            self._sync(dest, 0, "push-pull")
-
-    def _reconnect_tick(self) -> None:
-        """Serf's reconnect: full sync with one random dead member, so a healed partition (or a host
-        that came back without rejoining) is found again even after we stopped gossiping to it."""
-        rt = self._rt
-        rt.at(rt.now + self.cfg.reconnect_interval, self._reconnect_tick)
-        dest = self._membership.random_dead()
-        if dest is not None:
-            self._sync(dest, 0, "reconnect")
-
     def _reap_tick(self) -> None:
         rt = self._rt
         rt.at(rt.now + self.cfg.reap_interval, self._reap_tick)
@@ -300,9 +283,3 @@ class GossipCore:
         self._membership.reap()
         self._prober.reap()
         self._replica.reap()
-
-    # ------------------------------------------------------------------ tables
-    def _write(self, table: str, key: str, value: dict[str, Any] | None, now: float) -> None:
-        self._rt.advance(now)
-        self._replica.write(table, key, value)
-        self._rt.after_input()

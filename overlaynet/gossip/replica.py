@@ -1,5 +1,6 @@
 """The replicated tables as one host sees them: local writes, merging gossiped and pushed records,
-re-asserting our own entries after a restart, and the full-state exchange (push-pull).
+re-asserting our own entries after a restart, and anti-entropy: the full-state exchange (push-pull)
+with a random live member on a timer, and serf's reconnect with a random dead one.
 
 The CRDT itself is tables.py; which owners are live comes from membership.py.
 """
@@ -12,6 +13,7 @@ from . import codec
 from .broadcast import RecordKey
 from .membership import Membership
 from .runtime import Runtime
+from .state import Addr
 from .tables import Record, TableStore, newer
 
 
@@ -63,6 +65,28 @@ class Replica:
         self._merge(codec.record_from_wire(msg, self.rt.now, self.rt.cfg.tombstone_ttl), gossip=True)
 
     # ---- push-pull
+    def sync(self, dest: Addr, flags: int, tag: str) -> None:
+        """Ask dest for a full-state exchange over TCP; its reply comes back through on_push_pull."""
+        msg = codec.pack(self.push_pull_msg(flags, None))
+        self.rt.stream(dest, [msg], expect_reply=True, tag=tag)
+
+    def push_pull_tick(self) -> None:
+        rt = self.rt
+        rt.at(rt.now + rt.cfg.push_pull_scaled(self.membership.num_live()), self.push_pull_tick)
+        dest = self.membership.random_live()
+        if dest is not None:
+            rt.stats["push_pulls"] += 1
+            self.sync(dest, 0, "push-pull")
+
+    def reconnect_tick(self) -> None:
+        """Serf's reconnect: full sync with one random dead member, so a healed partition (or a host
+        that came back without rejoining) is found again even after we stopped gossiping to it."""
+        rt = self.rt
+        rt.at(rt.now + rt.cfg.reconnect_interval, self.reconnect_tick)
+        dest = self.membership.random_dead()
+        if dest is not None:
+            self.sync(dest, 0, "reconnect")
+
     def push_pull_msg(self, flags: int, their_digests: dict[str, Any] | None) -> codec.PushPull:
         digests = self.tables.digests()
         if their_digests is None:
