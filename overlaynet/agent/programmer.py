@@ -14,10 +14,10 @@ from typing import Any
 
 from overlaynet import kernel
 from overlaynet.agent.cluster import in_network
-from overlaynet.agent.dns import DnsService
 from overlaynet.agent.forwarding import Forwarding, forwarding_for
 from overlaynet.agent.host import Host
-from overlaynet.dns_answer import Zone
+from overlaynet.dns.answer import Zone
+from overlaynet.dns.server import DnsService
 from overlaynet.kernel import KernelError
 from overlaynet.model import Endpoint, Network
 

@@ -1,4 +1,4 @@
-"""Fuzzing overlayd's DNS server through its real sockets: the agent's `Server` (agent/dns.py) on
+"""Fuzzing overlayd's DNS server through its real sockets: overlayd's `Server` (dns/server.py) on
 loopback UDP and TCP gets hypothesis-made queries (garbage, mangled real queries, odd names and
 types, EDNS sizes, TCP length prefixes that lie). It must never crash, must count what it could
 not parse, must keep every UDP answer within 512 bytes (1232 with EDNS), and must keep answering.
@@ -15,8 +15,8 @@ from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overlaynet.agent.dns import COUNTERS, Binding, Server
-from overlaynet.dns_answer import MAX_UDP_SIZE, UDP_SIZE, Zone
+from overlaynet.dns.answer import MAX_UDP_SIZE, UDP_SIZE, Zone
+from overlaynet.dns.server import COUNTERS, Binding, Server
 from tests.support.loop_thread import LoopThread
 
 pytestmark = pytest.mark.adversarial

@@ -1,4 +1,4 @@
-"""The DNS answers of one network (overlaynet.dns_answer): pure, no sockets."""
+"""The DNS answers of one network (overlaynet.dns.answer): pure, no sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlaynet.dns_answer import MAX_UDP_ANSWERS, MAX_UDP_SIZE, TTL, Zone, answer
+from overlaynet.dns.answer import MAX_UDP_ANSWERS, MAX_UDP_SIZE, TTL, Zone, answer
 from overlaynet.errors import BadRequest
 from overlaynet.model import gateway_mac, validate_dns_name, validate_dns_names
 

@@ -4,7 +4,7 @@ gateway address *inside the network's sandbox*, answering from the cluster's end
 The sockets are made in the sandbox (a thread that entered it, `kernel.call_in_netns`) and then
 served by this process's event loop: a socket stays in the namespace it was born in. The gateway
 address is on the sandbox bridge on every host (anycast), so a container always reaches its own
-host's server. The answers themselves are `overlaynet.dns_answer` (pure).
+host's server. The answers themselves are `answer.py` (pure).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from overlaynet import kernel
-from overlaynet.dns_answer import Zone, answer
+from overlaynet.dns.answer import Zone, answer
 from overlaynet.ratelimit import TokenBuckets
 
 log = logging.getLogger("overlaynet.dns")
