@@ -273,6 +273,12 @@ class Endpoint:
     def address_cidr(self) -> str:
         return f"{self.ip}/{self.prefixlen}"
 
+    @property
+    def record(self) -> EndpointRecord:
+        """What the cluster learns about this endpoint (its row in the `endpoints` table)."""
+        return EndpointRecord(id=self.id, network=self.network, ip=self.ip, prefixlen=self.prefixlen,
+                              mac=self.mac, host=self.host, vtep=self.vtep, names=tuple(self.names))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -293,3 +299,39 @@ class Endpoint:
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             names=[str(n) for n in (data.get("names") or [])],
         )
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """One endpoint as every host sees it: its row in the replicated `endpoints` table, written by
+    the host it lives on. Hosts running other versions read and write the same record, so its wire
+    form (`to_record`, a dict in this key order) does not change; `from_record` also reads the
+    records of versions before DNS names (no `names`)."""
+
+    id: str
+    network: str
+    ip: str
+    prefixlen: int
+    mac: str
+    host: str
+    vtep: str
+    names: tuple[str, ...] = ()
+
+    def to_record(self) -> dict[str, Any]:
+        return {"id": self.id, "network": self.network, "ip": self.ip, "prefixlen": self.prefixlen,
+                "mac": self.mac, "host": self.host, "vtep": self.vtep, "names": list(self.names)}
+
+    @classmethod
+    def from_record(cls, value: dict[str, Any]) -> EndpointRecord:
+        """Raises ValueError for a record that is not one (a peer's bug must not reach the dataplane)."""
+        names = value.get("names", [])  # absent in the records of versions before DNS names
+        try:
+            record = cls(id=value["id"], network=value["network"], ip=value["ip"], prefixlen=value["prefixlen"],
+                         mac=value["mac"], host=value["host"], vtep=value["vtep"],
+                         names=tuple(names) if type(names) is list else ())
+        except KeyError as e:
+            raise ValueError(f"not an endpoint record: no {e}") from None
+        texts = (record.id, record.network, record.ip, record.mac, record.host, record.vtep, *record.names)
+        if type(names) is not list or type(record.prefixlen) is not int or any(type(t) is not str for t in texts):
+            raise ValueError(f"not an endpoint record: wrong types in {value!r:.200}")
+        return record

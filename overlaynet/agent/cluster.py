@@ -2,7 +2,7 @@
 
 Three replicated tables:
   networks  key = name                      value = Network.to_dict()
-  endpoints key = endpoint id               value = {network, ip, prefixlen, mac, host, vtep, names}
+  endpoints key = endpoint id               value = EndpointRecord.to_record()
   ipam      key = "<network>|<block>|<host>" value = {network, block, host, claimed_at}
             key = "<network>|addr|<ip>|<host>" value = {network, address, host, claimed_at}
             (an address reserved through the Docker IPAM driver before its endpoint exists)
@@ -15,6 +15,7 @@ and a live host re-asserts a network whose writer died (see `orphaned_networks`)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,16 +24,18 @@ from typing import Any
 from overlaynet.gossip.state import MemberInfo
 from overlaynet.gossip.tables import Record
 from overlaynet.gossip.transport import GossipNode
-from overlaynet.model import Endpoint, Network
+from overlaynet.model import Endpoint, EndpointRecord, Network
 
 NETWORKS = "networks"
 ENDPOINTS = "endpoints"
 IPAM = "ipam"
 
+log = logging.getLogger("overlaynet.agent")
 
-def in_network(records: Iterable[dict[str, Any]], network: str) -> list[dict[str, Any]]:
+
+def in_network(records: Iterable[EndpointRecord], network: str) -> list[EndpointRecord]:
     """The endpoint records (as in the `endpoints` table) of one network."""
-    return [ep for ep in records if ep.get("network") == network]
+    return [ep for ep in records if ep.network == network]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class Cluster:
     def __init__(self, node: GossipNode, name: str) -> None:
         self.node = node
         self.name = name
+        # endpoint id -> (the stored value, its decoding): a stored value is never changed in place
+        # (a new version is a new dict), so each one is decoded once however often it is read.
+        self._decoded: dict[str, tuple[dict[str, Any], EndpointRecord | None]] = {}
 
     # ---- members ---------------------------------------------------------------------------
 
@@ -98,22 +104,43 @@ class Cluster:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    def endpoints(self) -> dict[str, dict[str, Any]]:
-        """Every visible endpoint in the cluster (hosts that are alive), ours included."""
-        return self.node.table(ENDPOINTS)
+    def _endpoint(self, key: str, value: dict[str, Any]) -> EndpointRecord | None:
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        try:
+            record: EndpointRecord | None = EndpointRecord.from_record(value)
+        except ValueError as e:
+            record = None  # a peer's bug: left out of everything this host programs
+            log.warning("event=endpoint-record-ignored key=%s error=%s", key[:12], e)
+        self._decoded[key] = (value, record)
+        return record
 
-    def endpoints_of(self, hosts: set[str]) -> list[dict[str, Any]]:
+    def _endpoints(self, items: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, EndpointRecord]:
+        out = {}
+        for key, value in items:
+            record = self._endpoint(key, value)
+            if record is not None:
+                out[key] = record
+        return out
+
+    def endpoints(self) -> dict[str, EndpointRecord]:
+        """Every visible endpoint in the cluster (hosts that are alive), ours included."""
+        records = self.node.table(ENDPOINTS)
+        for key in [k for k in self._decoded if k not in records]:
+            del self._decoded[key]  # forget what was removed (hidden ones are decoded again on return)
+        return self._endpoints(records.items())
+
+    def endpoints_of(self, hosts: set[str]) -> list[EndpointRecord]:
         """Stored endpoints written by these hosts, even while the gossip layer hides them."""
-        return [dict(rec.value) for rec in self._records(ENDPOINTS) if rec.value is not None and rec.owner in hosts]
+        return list(self._endpoints((rec.key, rec.value) for rec in self._records(ENDPOINTS)
+                                    if rec.value is not None and rec.owner in hosts).values())
 
     def my_endpoint_ids(self) -> set[str]:
         return {rec.key for rec in self._records(ENDPOINTS) if rec.value is not None and rec.owner == self.name}
 
     def put_endpoint(self, ep: Endpoint) -> None:
-        self.node.set(ENDPOINTS, ep.id, {
-            "id": ep.id, "network": ep.network, "ip": ep.ip, "prefixlen": ep.prefixlen, "mac": ep.mac,
-            "host": ep.host, "vtep": ep.vtep, "names": list(ep.names),
-        })
+        self.node.set(ENDPOINTS, ep.id, ep.record.to_record())
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.node.delete(ENDPOINTS, endpoint_id)

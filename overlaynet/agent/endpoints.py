@@ -88,7 +88,7 @@ class Endpoints:
         records = self.host.cluster.endpoints()
         for endpoint_id, file in sorted(self._unreadable.items()):
             record = records.get(endpoint_id)
-            if record is not None and record.get("host") != self.host.config.name:
+            if record is not None and record.host != self.host.config.name:
                 record = None
             result = await self.host.kernel(rebuild, endpoint_id, file, record, networks,
                                             self.host.config.state_dir, self.host.name, self.host.advertise)
@@ -115,7 +115,7 @@ class Endpoints:
         return net.subnet if net else f"{ep.ip}/{ep.prefixlen}"
 
     def _used_ips(self, net: Network) -> set[str]:
-        used = {ep["ip"] for ep in in_network(self.host.cluster.endpoints().values(), net.name)}
+        used = {ep.ip for ep in in_network(self.host.cluster.endpoints().values(), net.name)}
         used |= {ep.ip for ep in self.on_network(net.name)}
         used |= self.host.cluster.reserved_addresses(net.name)
         return used | self.reservations.get(net.name, set())
@@ -188,8 +188,8 @@ class Endpoints:
                 ip = await self.blocks.allocate(net, lambda: self._used_ips(net), requested_ip)
             mac = model.validate_mac(request.mac) if request.mac else model.mac_for(endpoint_id)
             for other in in_network(self.host.cluster.endpoints().values(), net.name):
-                if other.get("mac") == mac:
-                    raise Conflict(f"MAC {mac} is already used in network {net.name!r} (host {other.get('host')})")
+                if other.mac == mac:
+                    raise Conflict(f"MAC {mac} is already used in network {net.name!r} (host {other.host})")
             ep = Endpoint(
                 id=endpoint_id, network=net.name, ip=ip, prefixlen=net.ip_network.prefixlen, mac=mac,
                 ifname=ifname, netns=netns_path, mtu=net.mtu, host=self.host.config.name,
@@ -245,9 +245,9 @@ class Endpoints:
             return
         await asyncio.sleep(self.host.config.settle_time)
         for other in in_network(self.host.cluster.endpoints().values(), ep.network):
-            if other.get("ip") == ep.ip and other.get("id") != ep.id:
+            if other.ip == ep.ip and other.id != ep.id:
                 await self.delete_endpoint(ep.id)
-                raise Conflict(f"IP {ep.ip} was handed out at the same moment on host {other.get('host')!r}; "
+                raise Conflict(f"IP {ep.ip} was handed out at the same moment on host {other.host!r}; "
                                "pick another or omit --ip")
 
     async def set_endpoint_names(self, endpoint_id: str, names: list[str]) -> Endpoint:

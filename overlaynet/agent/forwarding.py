@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+from overlaynet.model import EndpointRecord
 
 
 @dataclass
@@ -18,16 +19,16 @@ class Forwarding:
     flood: set[str] = field(default_factory=set)  # VTEPs of other hosts with endpoints here
 
 
-def forwarding_for(network: str, local_vtep: str, endpoints: Iterable[dict[str, Any]]) -> Forwarding:
+def forwarding_for(network: str, local_vtep: str, endpoints: Iterable[EndpointRecord]) -> Forwarding:
     """Entries for every endpoint of `network` that lives behind another VTEP."""
     fwd = Forwarding()
     for ep in endpoints:
-        if ep.get("network") != network:
+        if ep.network != network:
             continue
-        vtep = ep.get("vtep")
+        vtep = ep.vtep
         if not vtep or vtep == local_vtep:
             continue
-        fwd.fdb[ep["mac"]] = vtep
-        fwd.neigh[ep["ip"]] = ep["mac"]
+        fwd.fdb[ep.mac] = vtep
+        fwd.neigh[ep.ip] = ep.mac
         fwd.flood.add(vtep)
     return fwd

@@ -125,7 +125,7 @@ class Networks:
             net = self.host.get_network(name)
             attached = in_network(self.host.cluster.endpoints().values(), name)
             if attached and not force:
-                hosts = sorted({ep.get("host", "?") for ep in attached})
+                hosts = sorted({ep.host for ep in attached})
                 raise Conflict(
                     f"network {name!r} has {len(attached)} attached endpoint(s) (on {', '.join(hosts)}); "
                     "detach them first or use --force"
@@ -142,7 +142,7 @@ class Networks:
         everywhere = in_network(self.host.cluster.endpoints().values(), net.name)
         view["endpoints"] = len(self.local.on_network(net.name))
         view["endpoints_cluster"] = len(everywhere)
-        view["hosts"] = sorted({ep.get("host", "") for ep in everywhere})
+        view["hosts"] = sorted({ep.host for ep in everywhere})
         return view
 
     def cache_network(self, name: str) -> None:

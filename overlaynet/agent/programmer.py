@@ -19,7 +19,7 @@ from overlaynet.agent.host import Host
 from overlaynet.dns.answer import Zone
 from overlaynet.dns.server import DnsService
 from overlaynet.kernel import KernelError
-from overlaynet.model import Endpoint, Network
+from overlaynet.model import Endpoint, EndpointRecord, Network
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -81,7 +81,7 @@ class Programmer:
         now = time.monotonic()
         return {name for name, at in self._failed_at.items() if now - at < self.host.config.withdraw_delay}
 
-    def _visible_endpoints(self) -> list[dict[str, Any]]:
+    def _visible_endpoints(self) -> list[EndpointRecord]:
         endpoints = list(self.host.cluster.endpoints().values())
         lingering = self._lingering()
         if lingering:
@@ -103,8 +103,7 @@ class Programmer:
         return kernel.PortGuard(
             overlay_ifname=self.host.dataplane.overlay_port(net),
             ports=tuple(kernel.GuardedPort(kernel.host_veth_name(ep.id), ep.mac, ep.ip) for ep in local),
-            known_macs=frozenset(str(ep["mac"]) for ep in in_network(self._visible_endpoints(), net.name)
-                                 if ep.get("mac")),
+            known_macs=frozenset(ep.mac for ep in in_network(self._visible_endpoints(), net.name) if ep.mac),
             gateway_ip=net.gateway, gateway_mac=net.gateway_mac,
             bum_rate=self.host.config.bum_rate, bum_burst=self.host.config.bum_burst,
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlaynet import kernel
-from overlaynet.model import Endpoint, Network
+from overlaynet.model import Endpoint, EndpointRecord, Network
 
 log = logging.getLogger("overlaynet.agent")
 CORRUPT_SUFFIX = ".json.corrupt"
@@ -57,26 +57,26 @@ def unreadable_endpoint_ids(state_dir: str, loaded: Iterable[str]) -> dict[str, 
             if name.endswith(CORRUPT_SUFFIX) and name[: -len(CORRUPT_SUFFIX)] not in have}
 
 
-def rebuild(endpoint_id: str, file: str, record: dict[str, Any] | None, networks: dict[str, Network],
+def rebuild(endpoint_id: str, file: str, record: EndpointRecord | None, networks: dict[str, Network],
             state_dir: str, host: str, vtep: str) -> Endpoint | UnknownEndpoint:
     """Blocking (netlink): call from the kernel thread."""
     by_vni = {net.vni: net for net in networks.values()}
     candidates: list[Network] = []
-    if record is not None and record.get("network") in networks:
-        candidates.append(networks[record["network"]])
+    if record is not None and record.network in networks:
+        candidates.append(networks[record.network])
     candidates += [by_vni[vni] for vni in sorted(by_vni) if by_vni[vni] not in candidates]
     for net in candidates:
         sandbox = kernel.sandbox_path(state_dir, net.vni)
         probed = kernel.probe_endpoint(sandbox, endpoint_id, skip_under=state_dir)
         if probed is None:
             continue
-        ip = (record or {}).get("ip") or probed.ip
-        mac = (record or {}).get("mac") or probed.mac
+        ip = (record.ip if record else None) or probed.ip
+        mac = (record.mac if record else None) or probed.mac
         if not ip or not mac or (record is None and probed.netns is None):
             return UnknownEndpoint(endpoint_id, file, net.name, sandbox)
         return Endpoint(
             id=endpoint_id, network=net.name, ip=ip, prefixlen=net.ip_network.prefixlen, mac=mac,
             ifname=probed.ifname or "eth0", netns=probed.netns, mtu=probed.mtu or net.mtu, host=host,
-            vtep=vtep, names=list((record or {}).get("names") or []),
+            vtep=vtep, names=list(record.names) if record else [],
         )
-    return UnknownEndpoint(endpoint_id, file, (record or {}).get("network"))
+    return UnknownEndpoint(endpoint_id, file, record.network if record else None)

@@ -161,9 +161,9 @@ async def list_endpoints(call: Call) -> Any:
     if network is not None:
         agent.get_network(network)  # 404 for an unknown network rather than an empty list
     if call.query.all:
-        everywhere = [e for e in agent.cluster.endpoints().values() if network is None or e.get("network") == network]
-        everywhere.sort(key=lambda e: (e.get("network", ""), e.get("host", ""), e.get("ip", "")))
-        return everywhere
+        everywhere = [e for e in agent.cluster.endpoints().values() if network is None or e.network == network]
+        everywhere.sort(key=lambda e: (e.network, e.host, e.ip))
+        return [e.to_record() for e in everywhere]
     eps = [e for e in agent.endpoints.values() if network is None or e.network == network]
     eps.sort(key=lambda e: (e.network, e.created_at))
     return [agent.endpoint_view(e) for e in eps]

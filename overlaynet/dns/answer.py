@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from dnslib import PTR, QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
+from overlaynet.model import EndpointRecord
+
 TTL = 5  # seconds: names follow containers coming and going quickly
 # Records per UDP answer: with more, the first ones come back with TC set and resolvers that can
 # retry over TCP get them all (up to MAX_TCP_ANSWERS). Keeps a ~30-byte query from buying a large
@@ -39,18 +41,15 @@ class Zone:
     reverse: dict[str, list[str]] = field(default_factory=dict)  # IP -> sorted names
 
     @classmethod
-    def build(cls, network: str, subnet: str, endpoints: Iterable[dict[str, object]]) -> Zone:
-        """From replicated endpoint records ({network, ip, names, ...}) of the whole cluster."""
+    def build(cls, network: str, subnet: str, endpoints: Iterable[EndpointRecord]) -> Zone:
+        """From the replicated endpoint records of the whole cluster."""
         zone = cls(network.lower(), ipaddress.IPv4Network(subnet))
         for ep in endpoints:
-            if ep.get("network") != network or not isinstance(ep.get("ip"), str):
+            if ep.network != network:
                 continue
-            names = ep.get("names") or []
-            if not isinstance(names, list):
-                continue
-            ip = str(ep["ip"])
-            for name in names:
-                if isinstance(name, str) and name:
+            ip = ep.ip
+            for name in ep.names:
+                if name:
                     key = name.lower()
                     zone.names.setdefault(key, [])
                     if ip not in zone.names[key]:

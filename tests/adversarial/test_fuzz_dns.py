@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from overlaynet.dns.answer import MAX_UDP_SIZE, UDP_SIZE, Zone
 from overlaynet.dns.server import COUNTERS, Binding, Server
 from tests.support.loop_thread import LoopThread
+from tests.support.records import endpoint_record
 
 pytestmark = pytest.mark.adversarial
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ZONE = Zone.build("fz", "198.19.73.0/24",
-                  [{"network": "fz", "ip": f"198.19.73.{i}", "names": ["many", f"host{i}"]} for i in range(2, 60)])
+                  [endpoint_record("fz", f"198.19.73.{i}", ["many", f"host{i}"]) for i in range(2, 60)])
 
 
 class Running(LoopThread):

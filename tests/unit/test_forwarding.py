@@ -6,17 +6,16 @@ import pytest
 
 from overlaynet.agent.cluster import in_network
 from overlaynet.agent.forwarding import Forwarding, forwarding_for
+from overlaynet.model import EndpointRecord
+from tests.support.records import endpoint_record
 
 pytestmark = pytest.mark.unit
 
 LOCAL = "198.18.0.1"
 
 
-def record(ep_id: str, network: str, ip: str, mac: str, vtep: str | None) -> dict[str, object]:
-    rec: dict[str, object] = {"id": ep_id, "network": network, "ip": ip, "mac": mac, "host": f"h-{vtep}"}
-    if vtep is not None:
-        rec["vtep"] = vtep
-    return rec
+def record(ep_id: str, network: str, ip: str, mac: str, vtep: str) -> EndpointRecord:
+    return endpoint_record(network, ip, vtep=vtep, ep_id=ep_id, mac=mac)
 
 
 def test_remote_endpoints_of_the_network_become_fdb_neigh_and_flood_entries() -> None:
@@ -37,8 +36,7 @@ def test_local_endpoints_other_networks_and_vtepless_records_are_left_out() -> N
     records = [
         record("local", "blue", "198.19.0.2", "02:00:00:00:00:02", LOCAL),  # the bridge delivers these
         record("red", "red", "198.19.1.2", "02:00:00:00:01:02", "198.18.0.2"),
-        record("novtep", "blue", "198.19.0.5", "02:00:00:00:00:05", None),
-        record("empty", "blue", "198.19.0.6", "02:00:00:00:00:06", ""),
+        record("novtep", "blue", "198.19.0.6", "02:00:00:00:00:06", ""),
     ]
     assert forwarding_for("blue", LOCAL, records) == Forwarding()
 
@@ -50,7 +48,6 @@ def test_nothing_to_program_without_remote_endpoints() -> None:
 
 def test_in_network_keeps_only_that_networks_records() -> None:
     records = [record("a", "blue", "198.19.0.2", "02:00:00:00:00:02", "198.18.0.2"),
-               record("b", "red", "198.19.1.2", "02:00:00:00:01:02", "198.18.0.2"),
-               {"id": "broken"}]
-    assert [r["id"] for r in in_network(records, "blue")] == ["a"]
+               record("b", "red", "198.19.1.2", "02:00:00:00:01:02", "198.18.0.2")]
+    assert [r.id for r in in_network(records, "blue")] == ["a"]
     assert in_network(records, "green") == []
