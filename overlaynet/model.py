@@ -240,17 +240,26 @@ class Network:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Network:
-        return cls(
-            name=data["name"],
-            vni=int(data["vni"]),
-            subnet=data["subnet"],
-            mtu=int(data["mtu"]),
-            gateway=data.get("gateway"),
-            options=dict(data.get("options") or {}),
-            created_at=float(data.get("created_at") or 0.0),
-            owner=data.get("owner") or "",
-            egress=data.get("egress") is True,
-        )
+        """From a state file or a `networks` table row (the same form). Raises ValueError for what
+        is not a network record (a peer's bug must not reach the dataplane)."""
+        try:
+            net = cls(
+                name=data["name"],
+                vni=int(data["vni"]),
+                subnet=data["subnet"],
+                mtu=int(data["mtu"]),
+                gateway=data.get("gateway"),
+                options=dict(data.get("options") or {}),
+                created_at=float(data.get("created_at") or 0.0),
+                owner=data.get("owner") or "",
+                egress=data.get("egress") is True,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a network record: {type(e).__name__} {e}") from None
+        if type(net.name) is not str or type(net.subnet) is not str or type(net.owner) is not str \
+                or not (net.gateway is None or type(net.gateway) is str):
+            raise ValueError(f"not a network record: wrong types in {data!r:.200}")
+        return net
 
 
 @dataclass

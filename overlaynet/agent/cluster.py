@@ -55,6 +55,7 @@ class Cluster:
         # endpoint id -> (the stored value, its decoding): a stored value is never changed in place
         # (a new version is a new dict), so each one is decoded once however often it is read.
         self._decoded: dict[str, tuple[dict[str, Any], EndpointRecord | None]] = {}
+        self._ignored: dict[tuple[str, str], dict[str, Any]] = {}  # (table, key) -> a row logged as unreadable
 
     # ---- members ---------------------------------------------------------------------------
 
@@ -72,11 +73,22 @@ class Cluster:
     def _records(self, table: str) -> list[Record]:
         return self.node.records(table)
 
+    def _network(self, rec: Record) -> Network | None:
+        assert rec.value is not None
+        try:
+            return Network.from_dict(rec.value)
+        except ValueError as e:
+            if self._ignored.get((NETWORKS, rec.key)) is not rec.value:  # say it once per version
+                self._ignored[(NETWORKS, rec.key)] = rec.value
+                log.warning("event=network-record-ignored key=%s owner=%s error=%s", rec.key, rec.owner, e)
+            return None
+
     def networks(self) -> dict[str, Network]:
         out = {}
         for rec in self._records(NETWORKS):
-            if rec.value is not None:
-                out[rec.key] = Network.from_dict(rec.value)
+            net = self._network(rec) if rec.value is not None else None
+            if net is not None:
+                out[rec.key] = net
         return out
 
     def network_deleted(self, name: str) -> bool:
@@ -93,8 +105,8 @@ class Cluster:
         live = {m.name for m in self.live_members()}
         if not live or min(live) != self.name:
             return []
-        return [Network.from_dict(rec.value) for rec in self._records(NETWORKS)
-                if rec.value is not None and rec.owner not in live]
+        nets = [self._network(rec) for rec in self._records(NETWORKS) if rec.value is not None and rec.owner not in live]
+        return [net for net in nets if net is not None]
 
     def put_network(self, net: Network) -> None:
         self.node.set(NETWORKS, net.name, net.to_dict())

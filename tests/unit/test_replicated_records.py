@@ -1,16 +1,19 @@
-"""The endpoint record of the replicated `endpoints` table (model.EndpointRecord): its wire form is
-what hosts running other versions write and read, and what is already stored, so it must not change;
-what is not a record is left out rather than programmed."""
+"""The records of the replicated tables as the agent reads them: the endpoint record
+(model.EndpointRecord) and the network record (model.Network). Their wire form is what hosts
+running other versions write and read, and what is already stored, so it must not change; a
+peer's row that is not a record is left out rather than programmed or raised on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
 import uvloop
 
-from overlaynet.agent.cluster import ENDPOINTS, Cluster
+from overlaynet.agent.cluster import ENDPOINTS, NETWORKS, Cluster
 from overlaynet.agent.state import StateStore
 from overlaynet.gossip.transport import GossipNode
 from overlaynet.model import Endpoint, EndpointRecord, Network
@@ -105,30 +108,49 @@ def test_a_state_dir_written_before_the_change_loads_and_is_written_back_unchang
     assert json.loads(NETWORK_FILE) == networks[0].to_dict()
 
 
+@contextlib.asynccontextmanager
+async def two_hosts() -> AsyncIterator[tuple[Cluster, GossipNode]]:
+    """h0's view of the cluster (what its agent reads) and a peer h1 that writes rows into it."""
+    nodes = [GossipNode(f"h{i}", "127.0.0.1", "127.0.0.1", 0, None, {}) for i in range(2)]
+    try:
+        for n in nodes:
+            await n.start()
+        assert await nodes[1].join([("127.0.0.1", nodes[0].port)]) == 1
+        yield Cluster(nodes[0], "h0"), nodes[1]
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
 def test_peers_records_old_new_and_broken_over_real_gossip() -> None:
     """A peer of an older version (no names) is read; a peer's broken record is left out, the rest
     of the table is still read."""
     async def main() -> None:
-        nodes = [GossipNode(f"h{i}", "127.0.0.1", "127.0.0.1", 0, None, {}) for i in range(2)]
-        try:
-            for n in nodes:
-                await n.start()
-            assert await nodes[1].join([("127.0.0.1", nodes[0].port)]) == 1
+        async with two_hosts() as (cluster, peer):
             old = {k: v for k, v in PUBLISHED.items() if k != "names"}
-            nodes[1].set(ENDPOINTS, "old", {**old, "id": "old"})
-            nodes[1].set(ENDPOINTS, "new", {**PUBLISHED, "id": "new"})
-            nodes[1].set(ENDPOINTS, "broken", {"id": "broken", "network": "blue", "ip": 7})
-            await wait_for(lambda: len(nodes[0].table(ENDPOINTS)) == 3)
-            cluster = Cluster(nodes[0], "h0")
+            peer.set(ENDPOINTS, "old", {**old, "id": "old"})
+            peer.set(ENDPOINTS, "new", {**PUBLISHED, "id": "new"})
+            peer.set(ENDPOINTS, "broken", {"id": "broken", "network": "blue", "ip": 7})
+            await wait_for(lambda: len(cluster.node.table(ENDPOINTS)) == 3)
             seen = cluster.endpoints()
             assert sorted(seen) == ["new", "old"]
             assert seen["old"].names == () and seen["new"].names == ("web", "front")
             assert cluster.endpoints() == seen  # read again: the same, from the decoded cache
             assert sorted(r.id for r in cluster.endpoints_of({"h1"})) == ["new", "old"]
-            nodes[1].delete(ENDPOINTS, "new")
+            peer.delete(ENDPOINTS, "new")
             await wait_for(lambda: sorted(cluster.endpoints()) == ["old"])
-        finally:
-            for n in nodes:
-                await n.stop()
 
     uvloop.run(main())  # the transport runs on uvloop, as in overlayd
+
+
+def test_a_peers_broken_network_row_is_left_out_and_the_rest_still_read() -> None:
+    async def main() -> None:
+        async with two_hosts() as (cluster, peer):
+            good = json.loads(NETWORK_FILE)
+            peer.set(NETWORKS, "blue", good)
+            peer.set(NETWORKS, "nameless", {k: v for k, v in good.items() if k != "name"})
+            peer.set(NETWORKS, "odd", {**good, "name": "odd", "subnet": 24})
+            await wait_for(lambda: len(cluster.node.table(NETWORKS)) == 3)
+            assert cluster.networks() == {"blue": Network.from_dict(good)}
+
+    uvloop.run(main())
