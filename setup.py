@@ -36,13 +36,15 @@ extensions = [
             "dataplane/csrc/fp_tx.c",
             "dataplane/csrc/fp_rx.c",
             "dataplane/csrc/fp_worker.c",
+            "dataplane/csrc/fp_sa.c",
+            "dataplane/csrc/fp_esp.c",
         ],
         include_dirs=["dataplane/csrc"],
         depends=["dataplane/csrc/fp.h", "dataplane/csrc/fp_engine.h"],
-        extra_compile_args=COMPILE_ARGS,
-        extra_link_args=["-pthread"],
+        extra_compile_args=COMPILE_ARGS + CRYPTO_CFLAGS,
+        extra_link_args=["-pthread"] + CRYPTO_LIBS,
     ),
-    # The ESP codec for encrypted networks (docs/encryption.md); not yet used by the engine above.
+    # The ESP codec alone (docs/encryption.md): for tests, the control side and measurements.
     Extension(
         "overlaynet.dataplane.esp",
         sources=["dataplane/esp.pyx", "dataplane/csrc/fp_esp.c"],

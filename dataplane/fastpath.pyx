@@ -41,6 +41,11 @@ cdef extern from "fp.h" nogil:
         FP_GC_MAX
         FP_MAX_TX_SOCKETS
         FP_ARP_REPLY_LEN
+        FP_ESP_KEYLEN
+        FP_ESP_SALTLEN
+        FP_ESP_MIN_SPI
+        FP_SA_OUT
+        FP_SA_IN
 
     struct fp_vnet_hdr:
         uint8_t flags
@@ -91,6 +96,26 @@ cdef extern from "fp.h" nogil:
         int spin_yield
         int rcvbuf
         int gro_flows
+        uint16_t esp_port
+
+    struct fp_sa_spec:
+        uint32_t peer
+        int dir
+        uint32_t epoch
+        uint32_t spi
+        uint8_t key[FP_ESP_KEYLEN]
+        uint8_t salt[FP_ESP_SALTLEN]
+        uint32_t seq
+        uint32_t seq_limit
+
+    struct fp_sa_info:
+        uint64_t id
+        uint32_t peer
+        uint32_t epoch
+        uint32_t spi
+        uint32_t seq
+        uint32_t seq_limit
+        int dir
 
     struct fp_offloads:
         int udp_gso
@@ -145,7 +170,10 @@ cdef extern from "fp.h" nogil:
                     char *err, size_t errlen)
     int fp_tap_delete(int fd)
     int fp_setns_path(const char *path, char *err, size_t errlen)
-    int fp_engine_add_net(fp_engine *e, uint32_t vni, const fp_tap_info *tap, int persist)
+    int fp_engine_add_net(fp_engine *e, uint32_t vni, const fp_tap_info *tap, int persist, int encrypted)
+    int fp_engine_sync_sas(fp_engine *e, uint32_t vni, const fp_sa_spec *specs, uint32_t n, char *err, size_t errlen)
+    int fp_engine_sa_info(fp_engine *e, uint32_t vni, fp_sa_info *out, uint32_t cap)
+    int fp_engine_sa_set_limit(fp_engine *e, uint64_t id, uint32_t limit)
     int fp_engine_remove_net(fp_engine *e, uint32_t vni)
     int fp_engine_has_net(fp_engine *e, uint32_t vni)
     int fp_engine_set_tables(fp_engine *e, uint32_t vni, fp_tables *t)
@@ -453,7 +481,7 @@ cdef class Engine:
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
                   bint verify_csum=True, int spin_us=0, int rt_prio=0, int nice=0, int cpu_tx=-1,
                   int cpu_rx=-1, int workers=1, bint spin_yield=True, bint trust_outer_csum=True,
-                  int rcvbuf=0, int gro_flows=0):
+                  int rcvbuf=0, int gro_flows=0, int esp_port=4500):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))
@@ -474,6 +502,7 @@ cdef class Engine:
         o.spin_yield = spin_yield
         o.rcvbuf = rcvbuf
         o.gro_flows = gro_flows
+        o.esp_port = esp_port
         err[0] = 0
         self.e = fp_engine_create(&o, err, sizeof(err))
         if self.e == NULL:
@@ -525,9 +554,10 @@ cdef class Engine:
                      for vni, n in self.networks.items()},
         }
 
-    def add_network(self, unsigned int vni, str netns, str tap, int mtu, bint persist=False):
+    def add_network(self, unsigned int vni, str netns, str tap, int mtu, bint persist=False, bint encrypted=False):
         """Create (or re-attach to a persistent) TAP `tap` inside the namespace at `netns` and start
-        forwarding it as network `vni`."""
+        forwarding it as network `vni`. An encrypted network sends and accepts only ESP: until
+        sync_sas gives it SAs, everything it would send is dropped."""
         cdef fp_engine *e = self._e()
         cdef fp_tap_info info
         cdef char err[256]
@@ -548,12 +578,13 @@ cdef class Engine:
             if rc:
                 raise FastpathError(f"TAP {tap} in {netns or 'own namespace'}: {err.decode(errors='replace')}")
             with nogil:
-                rc = fp_engine_add_net(e, vni, &info, persist)
+                rc = fp_engine_add_net(e, vni, &info, persist, encrypted)
             if rc:
                 fp_tap_delete(info.fd) if persist else None
                 raise FastpathError(f"add network {vni}: error {rc}")
             self.networks[vni] = {"vni": vni, "netns": netns, "tap": tap, "mtu": info.mtu, "ifindex": info.ifindex,
-                                  "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload, "persist": persist}
+                                  "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload, "persist": persist,
+                                  "encrypted": encrypted}
             return dict(self.networks[vni])
 
     def remove_network(self, unsigned int vni):
@@ -618,6 +649,71 @@ cdef class Engine:
         with self.lock:
             with nogil:
                 fp_engine_set_peers(e, s)
+
+    def sync_sas(self, unsigned int vni, sas):
+        """Replace the SAs of encrypted network `vni`: a list of dicts {peer, dir ("out"|"in"), epoch,
+        spi, key (16 bytes), salt (4 bytes), seq, seq_limit} (seq/seq_limit: see fp_sa_spec; ignored
+        for an SA that is already installed, which keeps its state). Returns how many are installed."""
+        cdef fp_engine *e = self._e()
+        cdef list items = list(sas)
+        cdef fp_sa_spec *specs = <fp_sa_spec *>malloc(sizeof(fp_sa_spec) * (len(items) + 1))
+        cdef char err[256]
+        cdef int rc
+        cdef uint32_t n = len(items)
+        cdef bytes key, salt
+        if specs == NULL:
+            raise MemoryError()
+        try:
+            memset(specs, 0, sizeof(fp_sa_spec) * (len(items) + 1))
+            for i, sa in enumerate(items):
+                key, salt = bytes(sa["key"]), bytes(sa["salt"])
+                if len(key) != FP_ESP_KEYLEN or len(salt) != FP_ESP_SALTLEN:
+                    raise ValueError(f"an SA needs a {FP_ESP_KEYLEN}-byte key and a {FP_ESP_SALTLEN}-byte salt")
+                if not FP_ESP_MIN_SPI <= sa["spi"] <= 0xFFFFFFFF:
+                    raise ValueError(f"SPI {sa['spi']} out of range {FP_ESP_MIN_SPI}..2**32-1")
+                if sa["dir"] not in ("out", "in"):
+                    raise ValueError(f"dir must be 'out' or 'in', got {sa['dir']!r}")
+                specs[i].peer = _ip4(sa["peer"])
+                specs[i].dir = FP_SA_OUT if sa["dir"] == "out" else FP_SA_IN
+                specs[i].epoch = sa["epoch"]
+                specs[i].spi = sa["spi"]
+                memcpy(specs[i].key, <const char *>key, FP_ESP_KEYLEN)
+                memcpy(specs[i].salt, <const char *>salt, FP_ESP_SALTLEN)
+                specs[i].seq = sa.get("seq", 0)
+                specs[i].seq_limit = sa.get("seq_limit", 0)
+            err[0] = 0
+            with self.lock:
+                with nogil:
+                    rc = fp_engine_sync_sas(e, vni, specs, n, err, sizeof(err))
+            if rc < 0:
+                raise FastpathError(err.decode(errors="replace") or f"sync_sas {vni}: error {rc}")
+            return rc
+        finally:
+            memset(specs, 0, sizeof(fp_sa_spec) * (len(items) + 1))  # no key material left behind
+            free(specs)
+
+    def sas(self, unsigned int vni):
+        """The SAs of network `vni`, without keys: [{id, peer, dir, epoch, spi, seq, seq_limit}]
+        (seq: the last sequence number sent, or the highest received)."""
+        cdef fp_engine *e = self._e()
+        cdef int n = fp_engine_sa_info(e, vni, NULL, 0)
+        cdef fp_sa_info *info
+        if n < 0:
+            raise KeyError(f"unknown network {vni}")
+        info = <fp_sa_info *>malloc(sizeof(fp_sa_info) * (n + 1))
+        if info == NULL:
+            raise MemoryError()
+        try:
+            n = min(n, fp_engine_sa_info(e, vni, info, n))
+            return [{"id": info[i].id, "peer": _ip4_str(info[i].peer), "dir": "out" if info[i].dir == FP_SA_OUT else "in",
+                     "epoch": info[i].epoch, "spi": info[i].spi, "seq": info[i].seq, "seq_limit": info[i].seq_limit}
+                    for i in range(max(n, 0))]
+        finally:
+            free(info)
+
+    def set_sa_limit(self, uint64_t sa_id, uint32_t limit):
+        """Let outbound SA `sa_id` send up to sequence number `limit` (only ever raised). False if it is gone."""
+        return fp_engine_sa_set_limit(self._e(), sa_id, limit) == 0
 
     def global_counters(self):
         cdef uint64_t c[FP_GC_MAX]

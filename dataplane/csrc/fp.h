@@ -249,12 +249,16 @@ uint32_t fp_esp_inner_mtu(uint32_t underlay_mtu);
  * `out` (>= fp_esp_sealed_len(len); must not overlap `in`). Returns the ESP length or FP_ESP_ERR_*. */
 long fp_esp_encrypt(struct fp_esp_sa *sa, uint32_t seq, const uint8_t *in, size_t len, uint8_t *out,
                     size_t outcap);
+/* The same for a datagram in pieces (the fast path's entry point: headers and payload need no copy). */
+long fp_esp_encrypt_iov(struct fp_esp_sa *sa, uint32_t seq, const struct iovec *iov, int niov, uint8_t *out,
+                        size_t outcap);
 /* The SPI of an ESP-in-UDP payload, or FP_ESP_ERR_MALFORMED (too short, or the non-ESP marker). */
 int fp_esp_spi(const uint8_t *in, size_t len, uint32_t *spi);
 /* Replay check (before decrypting) and window update (after the ICV verified), RFC 4303 3.4.3. */
 int fp_esp_replay_check(const struct fp_esp_sa *sa, uint32_t seq);
 void fp_esp_replay_update(struct fp_esp_sa *sa, uint32_t seq);
-/* Verify and decrypt one ESP payload for this SA into `out` (>= len bytes, must not overlap `in`):
+/* Verify and decrypt one ESP payload for this SA into `out` (>= len bytes; either not overlapping `in`,
+ * or exactly in + FP_ESP_HLEN + FP_ESP_IVLEN: in place, as the receive path does):
  * the inner UDP datagram, its length in *outlen. Returns FP_ESP_OK or FP_ESP_ERR_*. */
 int fp_esp_decrypt(struct fp_esp_sa *sa, const uint8_t *in, size_t len, uint8_t *out, size_t outcap,
                    size_t *outlen);
@@ -265,12 +269,38 @@ enum {
     FP_NC_RX_DROP_BAD_SENDER, FP_NC_RX_DROP_MALFORMED, FP_NC_RX_CSUM_BAD, FP_NC_RX_TAP_ERRORS,
     FP_NC_TX_PACKETS, FP_NC_TX_BYTES, FP_NC_TX_TAP_READS, FP_NC_TX_TSO_FRAMES, FP_NC_TX_FLOODED,
     FP_NC_TX_ARP_SUPPRESSED, FP_NC_TX_DROP_NO_DEST, FP_NC_TX_DROP_MALFORMED, FP_NC_TX_ERRORS,
-    FP_NC_TX_LOCAL, FP_NC_RX_DROP_LOCAL_SOURCE, FP_NC_RX_DROP_PEER_BUM, FP_NC_MAX
+    FP_NC_TX_LOCAL, FP_NC_RX_DROP_LOCAL_SOURCE, FP_NC_RX_DROP_PEER_BUM,
+    /* encrypted networks */
+    FP_NC_TX_ESP, FP_NC_TX_DROP_NO_SA, FP_NC_TX_DROP_SEQ_EXHAUSTED, FP_NC_TX_DROP_SEQ_UNRESERVED,
+    FP_NC_RX_ESP, FP_NC_RX_DROP_CLEARTEXT, FP_NC_RX_DROP_REPLAY, FP_NC_RX_DROP_AUTH,
+    FP_NC_RX_DROP_ESP_MISMATCH, FP_NC_MAX
 };
 enum {
     FP_GC_RX_DATAGRAMS, FP_GC_RX_SEGMENTS, FP_GC_RX_DROP_UNKNOWN_VNI, FP_GC_RX_DROP_MALFORMED,
     FP_GC_RX_DROP_TRUNCATED, FP_GC_RX_ERRORS, FP_GC_RECVMMSG_CALLS, FP_GC_SENDMMSG_CALLS,
-    FP_GC_TX_GSO_SENDS, FP_GC_TX_ERRORS, FP_GC_RX_OUTER_CSUM_ZERO, FP_GC_MAX
+    FP_GC_TX_GSO_SENDS, FP_GC_TX_ERRORS, FP_GC_RX_OUTER_CSUM_ZERO,
+    FP_GC_RX_ESP_DATAGRAMS, FP_GC_RX_DROP_NO_SA, FP_GC_RX_DROP_ESP_MALFORMED, FP_GC_MAX
+};
+
+/* ---- SAs of encrypted networks (fp_sa.c), as the control side installs them ---- */
+enum { FP_SA_OUT = 0, FP_SA_IN = 1 };
+struct fp_sa_spec {
+    uint32_t peer;   /* the remote VTEP, network byte order */
+    int dir;         /* FP_SA_OUT: what we send to peer; FP_SA_IN: what peer sends us */
+    uint32_t epoch;
+    uint32_t spi;
+    uint8_t key[FP_ESP_KEYLEN];
+    uint8_t salt[FP_ESP_SALTLEN];
+    /* Only for an SA that is new to the engine (an SA already installed keeps its state):
+     * out: the last sequence number already used (the next packet carries seq + 1) and the highest
+     * one the control side has durably reserved; in: the highest sequence number already seen
+     * (everything up to it counts as a replay). */
+    uint32_t seq, seq_limit;
+};
+struct fp_sa_info { /* what `networks` shows: never key material */
+    uint64_t id;    /* names the SA for fp_engine_sa_set_limit */
+    uint32_t peer, epoch, spi, seq, seq_limit;
+    int dir;
 };
 extern const char *const fp_net_counter_names[FP_NC_MAX];
 extern const char *const fp_global_counter_names[FP_GC_MAX];
@@ -294,6 +324,7 @@ struct fp_engine_opts {
     int workers;        /* 1: one thread serves both directions (cpu_rx pins it); 2: a tx and an rx thread */
     int rcvbuf;         /* VXLAN receive socket buffer in bytes (0: FP_RCVBUF_DEFAULT) */
     int gro_flows;      /* flows coalesced at once on receive, 1..FP_GRO_FLOWS (0: all) */
+    uint16_t esp_port;  /* ESP-in-UDP port of encrypted networks (RFC 3948), host byte order */
 };
 struct fp_offloads {
     int udp_gso, udp_gro, ntx;
@@ -320,7 +351,15 @@ int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, 
 int fp_tap_delete(int fd); /* clear persistence and close */
 int fp_setns_path(const char *path, char *err, size_t errlen);
 
-int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_info *tap, int persist);
+int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_info *tap, int persist, int encrypted);
+/* Replace the SAs of encrypted network `vni` (a full set); SAs with the same (dir, peer, spi, key,
+ * salt) as before keep their sequence number / replay window. 0 or -errno with a line in err. */
+int fp_engine_sync_sas(struct fp_engine *e, uint32_t vni, const struct fp_sa_spec *specs, uint32_t n, char *err,
+                       size_t errlen);
+/* The SAs of `vni` (up to cap); returns how many there are, -ENOENT for an unknown network. */
+int fp_engine_sa_info(struct fp_engine *e, uint32_t vni, struct fp_sa_info *out, uint32_t cap);
+/* Let out SA `id` use sequence numbers up to `limit` (only ever raised). 0, or -ENOENT. */
+int fp_engine_sa_set_limit(struct fp_engine *e, uint64_t id, uint32_t limit);
 int fp_engine_remove_net(struct fp_engine *e, uint32_t vni);
 int fp_engine_has_net(struct fp_engine *e, uint32_t vni);
 /* Takes ownership of t (frees the old tables after a grace period). */

@@ -31,11 +31,14 @@ const char *const fp_net_counter_names[FP_NC_MAX] = {
     "tx_packets", "tx_bytes", "tx_tap_reads", "tx_tso_frames", "tx_flooded",
     "tx_arp_suppressed", "tx_drop_no_dest", "tx_drop_malformed", "tx_errors",
     "tx_local", "rx_drop_local_source", "rx_drop_peer_bum",
+    "tx_esp", "tx_drop_no_sa", "tx_drop_seq_exhausted", "tx_drop_seq_unreserved",
+    "rx_esp", "rx_drop_cleartext", "rx_drop_replay", "rx_drop_auth", "rx_drop_esp_mismatch",
 };
 const char *const fp_global_counter_names[FP_GC_MAX] = {
     "rx_datagrams", "rx_segments", "rx_drop_unknown_vni", "rx_drop_malformed",
     "rx_drop_truncated", "rx_errors", "recvmmsg_calls", "sendmmsg_calls",
     "tx_gso_sends", "tx_errors", "rx_outer_csum_zero",
+    "rx_esp_datagrams", "rx_drop_no_sa", "rx_drop_esp_malformed",
 };
 
 void fp_seterr(char *err, size_t errlen, const char *what)
@@ -102,6 +105,9 @@ static struct fp_cfg *cfg_build(const struct fp_cfg *old, struct fp_net *add, in
 
 /* ------------------------------------------------------------------ engine */
 
+static int spi_map_build(const struct fp_cfg *c, uint32_t vni, const struct fp_sa_set *set, struct fp_spi_map **out,
+                         char *err, size_t errlen);
+
 struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, size_t errlen)
 {
     struct fp_engine *e;
@@ -109,14 +115,15 @@ struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, si
         return NULL;
     memset(e, 0, sizeof(*e));
     e->o = *o;
-    e->rxfd = e->rxzfd = e->tap_epfd = e->rx_epfd = e->evfd = -1;
+    e->rxfd = e->rxzfd = e->espfd = e->tap_epfd = e->rx_epfd = e->evfd = -1;
+    e->txfd[FP_SOCK_ESP] = -1;
     pthread_mutex_init(&e->ctl, NULL);
     if (e->o.ntx < 1)
         e->o.ntx = 1;
     if (e->o.ntx > FP_MAX_TX_SOCKETS)
         e->o.ntx = FP_MAX_TX_SOCKETS;
 
-    if (fp_udp_open_rx(e, err, errlen) || fp_udp_open_tx(e, err, errlen))
+    if (fp_udp_open_rx(e, err, errlen) || fp_udp_open_tx(e, err, errlen) || fp_udp_open_esp(e, err, errlen))
         goto fail;
     e->tap_epfd = epoll_create1(EPOLL_CLOEXEC);
     e->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -128,6 +135,7 @@ struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, si
     epoll_ctl(e->tap_epfd, EPOLL_CTL_ADD, e->evfd, &ev);
     atomic_store(&e->cfg, cfg_build(NULL, NULL, 0, 0));
     atomic_store(&e->peers, fp_ipset_new(0));
+    atomic_store(&e->spis, fp_spi_map_new(0));
     return e;
 fail:
     fp_engine_destroy(e);
@@ -146,6 +154,15 @@ void fp_engine_offloads(struct fp_engine *e, struct fp_offloads *out)
         out->tx_ports[i] = e->txport[i];
 }
 
+/* The SAs of `old` that `keep` does not hold any more, then the set itself. */
+static void sa_set_release(struct fp_sa_set *old, const struct fp_sa_set *keep)
+{
+    for (uint32_t i = 0; old && i < old->n; i++)
+        if (!fp_sa_in_set(keep, old->all[i]))
+            fp_sa_free(old->all[i]);
+    fp_sa_set_free(old);
+}
+
 static void net_free(struct fp_net *n, int delete_tap)
 {
     if (n->fd >= 0) {
@@ -155,6 +172,7 @@ static void net_free(struct fp_net *n, int delete_tap)
             close(n->fd);
     }
     fp_tables_free(atomic_load(&n->tables));
+    sa_set_release(atomic_load(&n->sas), NULL);
     free(n);
 }
 
@@ -169,6 +187,9 @@ void fp_engine_destroy(struct fp_engine *e)
             net_free(c->list[i], 0); /* persistent TAPs stay for the next fastpathd */
     cfg_free(c);
     fp_ipset_free(atomic_load(&e->peers));
+    fp_spi_map_free(atomic_load(&e->spis));
+    if (e->espfd >= 0)
+        close(e->espfd);
     if (e->rxfd >= 0)
         close(e->rxfd);
     if (e->rxzfd >= 0)
@@ -183,7 +204,7 @@ void fp_engine_destroy(struct fp_engine *e)
     free(e);
 }
 
-int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_info *tap, int persist)
+int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_info *tap, int persist, int encrypted)
 {
     pthread_mutex_lock(&e->ctl);
     struct fp_cfg *old = atomic_load(&e->cfg);
@@ -205,6 +226,7 @@ int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_inf
     n->mtu = (uint32_t)tap->mtu;
     n->offload = tap->offload;
     n->persist = persist;
+    n->encrypted = encrypted; /* before it is published: no frame of it is ever forwarded in the clear */
     fp_vxlan_header(n->vxhdr, vni);
     atomic_store(&n->tables, fp_tables_new(0, 0, 0));
     struct fp_cfg *c = cfg_build(old, n, 0, 0);
@@ -237,13 +259,169 @@ int fp_engine_remove_net(struct fp_engine *e, uint32_t vni)
         pthread_mutex_unlock(&e->ctl);
         return -ENOMEM;
     }
+    struct fp_spi_map *spis = NULL;
+    if (n->encrypted && spi_map_build(c, 0, NULL, &spis, NULL, 0)) {
+        cfg_free(c);
+        pthread_mutex_unlock(&e->ctl);
+        return -ENOMEM;
+    }
     epoll_ctl(e->tap_epfd, EPOLL_CTL_DEL, n->fd, NULL);
     atomic_store(&e->cfg, c);
+    struct fp_spi_map *old_spis = spis ? atomic_exchange(&e->spis, spis) : NULL;
     synchronize(e);
     cfg_free(old);
+    fp_spi_map_free(old_spis);
     net_free(n, 1);
     pthread_mutex_unlock(&e->ctl);
     return 0;
+}
+
+/* ------------------------------------------------------------------ SAs of encrypted networks */
+
+static int spec_same(const struct fp_sa_spec *a, const struct fp_sa_spec *b)
+{
+    return a->dir == b->dir && a->peer == b->peer && a->spi == b->spi && !memcmp(a->key, b->key, FP_ESP_KEYLEN) &&
+           !memcmp(a->salt, b->salt, FP_ESP_SALTLEN);
+}
+
+/* The inbound SPI map of every network in `c`, with network `vni`'s SAs taken from `set` (when set is
+ * not NULL). 0, -ENOMEM, or -EEXIST with the collision described in err. */
+static int spi_map_build(const struct fp_cfg *c, uint32_t vni, const struct fp_sa_set *set, struct fp_spi_map **out,
+                         char *err, size_t errlen)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->n; i++) {
+        const struct fp_sa_set *s = set && c->list[i]->vni == vni ? set : atomic_load(&c->list[i]->sas);
+        n += s ? s->n : 0;
+    }
+    struct fp_spi_map *m = fp_spi_map_new(n);
+    if (!m)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < c->n; i++) {
+        const struct fp_sa_set *s = set && c->list[i]->vni == vni ? set : atomic_load(&c->list[i]->sas);
+        for (uint32_t k = 0; s && k < s->n; k++) {
+            struct fp_sa *sa = s->all[k];
+            if (sa->dir == FP_SA_IN && fp_spi_map_put(m, sa)) {
+                struct fp_sa *other = fp_spi_map_get(m, sa->esp.spi);
+                if (err && errlen)
+                    snprintf(err, errlen,
+                             "SPI 0x%08x of an inbound SA of network %u collides with an inbound SA of network %u "
+                             "(epoch %u); rotate the network key",
+                             sa->esp.spi, sa->vni, other->vni, other->epoch);
+                fp_spi_map_free(m);
+                return -EEXIST;
+            }
+        }
+    }
+    *out = m;
+    return 0;
+}
+
+int fp_engine_sync_sas(struct fp_engine *e, uint32_t vni, const struct fp_sa_spec *specs, uint32_t n, char *err,
+                       size_t errlen)
+{
+    pthread_mutex_lock(&e->ctl);
+    const struct fp_cfg *c = atomic_load(&e->cfg);
+    struct fp_net *net = fp_cfg_lookup(c, vni);
+    int rc = 0;
+    struct fp_sa **sas = calloc(n ? n : 1, sizeof(*sas));
+    struct fp_sa_set *set = NULL;
+    struct fp_spi_map *spis = NULL;
+    const struct fp_sa_set *cur = net ? atomic_load(&net->sas) : NULL;
+    if (!net || !net->encrypted) {
+        snprintf(err, errlen, "network %u is %s", vni, net ? "not encrypted" : "unknown");
+        rc = net ? -EINVAL : -ENOENT;
+        goto out;
+    }
+    if (!sas) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        int dup = 0;
+        for (uint32_t k = 0; k < i && !dup; k++)
+            dup = spec_same(&specs[k], &specs[i]); /* listed twice: one SA */
+        if (dup)
+            continue;
+        for (uint32_t k = 0; cur && k < cur->n && !sas[i]; k++)
+            if (fp_sa_same(cur->all[k], &specs[i]))
+                sas[i] = cur->all[k]; /* the same SA: keeps its sequence number / replay window */
+        if (!sas[i]) {
+            sas[i] = fp_sa_new(vni, &specs[i], ++e->sa_ids);
+            if (!sas[i]) {
+                snprintf(err, errlen, "cannot set up SA 0x%08x (libcrypto)", specs[i].spi);
+                rc = -ENOMEM;
+                goto out;
+            }
+        }
+    }
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (sas[i])
+            sas[m++] = sas[i];
+    for (uint32_t i = m; i < n; i++)
+        sas[i] = NULL;
+    set = fp_sa_set_new(sas, m);
+    if (!set) {
+        rc = errno == EEXIST ? -EEXIST : -ENOMEM;
+        if (rc == -EEXIST)
+            snprintf(err, errlen, "more than one outbound SA for a peer of network %u", vni);
+        goto out;
+    }
+    rc = spi_map_build(c, vni, set, &spis, err, errlen);
+    if (rc)
+        goto out;
+    struct fp_sa_set *old = atomic_exchange(&net->sas, set);
+    struct fp_spi_map *old_spis = atomic_exchange(&e->spis, spis);
+    synchronize(e);
+    fp_spi_map_free(old_spis);
+    sa_set_release(old, set);
+    free(sas);
+    pthread_mutex_unlock(&e->ctl);
+    return (int)m;
+out:
+    /* undo: free the SAs made for this call (not the ones the current set holds) */
+    for (uint32_t i = 0; sas && i < n; i++)
+        if (sas[i] && !fp_sa_in_set(cur, sas[i]))
+            fp_sa_free(sas[i]);
+    fp_sa_set_free(set);
+    free(sas);
+    pthread_mutex_unlock(&e->ctl);
+    return rc;
+}
+
+int fp_engine_sa_info(struct fp_engine *e, uint32_t vni, struct fp_sa_info *out, uint32_t cap)
+{
+    pthread_mutex_lock(&e->ctl);
+    struct fp_net *net = fp_cfg_lookup(atomic_load(&e->cfg), vni);
+    const struct fp_sa_set *s = net ? atomic_load(&net->sas) : NULL;
+    int n = s ? (int)s->n : 0;
+    for (uint32_t i = 0; s && i < s->n && i < cap; i++) {
+        const struct fp_sa *sa = s->all[i];
+        out[i] = (struct fp_sa_info){sa->id, sa->peer, sa->epoch, sa->esp.spi, atomic_load(&sa->seq),
+                                     atomic_load(&sa->seq_limit), sa->dir};
+    }
+    pthread_mutex_unlock(&e->ctl);
+    return net ? n : -ENOENT;
+}
+
+int fp_engine_sa_set_limit(struct fp_engine *e, uint64_t id, uint32_t limit)
+{
+    pthread_mutex_lock(&e->ctl);
+    const struct fp_cfg *c = atomic_load(&e->cfg);
+    int rc = -ENOENT;
+    for (uint32_t i = 0; i < c->n && rc; i++) {
+        const struct fp_sa_set *s = atomic_load(&c->list[i]->sas);
+        for (uint32_t k = 0; s && k < s->n; k++)
+            if (s->all[k]->id == id && s->all[k]->dir == FP_SA_OUT) {
+                if (limit > atomic_load(&s->all[k]->seq_limit))
+                    atomic_store(&s->all[k]->seq_limit, limit);
+                rc = 0;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&e->ctl);
+    return rc;
 }
 
 int fp_engine_has_net(struct fp_engine *e, uint32_t vni)

@@ -7,6 +7,8 @@
  *   fp_tx.c      forwarding TAP -> UDP: classify, TSO/USO split, VXLAN, group into GSO sends
  *   fp_rx.c      forwarding UDP -> TAP: decap, sender and VNI checks, coalescing, TAP writes
  *   fp_worker.c  the worker threads: one loop, parameterised by its poll set
+ *   fp_sa.c      SA objects of encrypted networks, a network's SA set, the inbound SPI map
+ *   fp_esp.c     the ESP transform itself (fp.h)
  *
  * Only fp_tap.c and fp_udp.c make I/O system calls on the data fds; fp_tx.c and fp_rx.c see batches
  * (struct fp_udp_rx, struct fp_txmsg) and frames.
@@ -52,6 +54,45 @@ enum { FP_WORKER_RX = 0, FP_WORKER_TX = 1, FP_MAX_WORKERS = 2 };
 #define EV_EVENTFD UINT64_MAX
 #define EV_RXSOCK (UINT64_MAX - 1)
 #define EV_RXZSOCK (UINT64_MAX - 2)
+#define EV_ESPSOCK (UINT64_MAX - 3)
+
+/* The transmit "socket" index of ESP packets: e->txfd[FP_SOCK_ESP] is the ESP socket (RFC 3948). */
+#define FP_SOCK_ESP FP_MAX_TX_SOCKETS
+
+/* One SA of an encrypted network. The transmit worker alone moves `seq` of an outbound SA, the
+ * receive worker alone the replay window of an inbound one; the control side reads them. */
+struct fp_sa {
+    struct fp_esp_sa esp; /* SPI, salt, cipher contexts, replay window */
+    uint64_t id;
+    uint32_t vni, peer, epoch; /* peer: network byte order */
+    int dir;                   /* FP_SA_OUT / FP_SA_IN */
+    uint8_t key[FP_ESP_KEYLEN]; /* recognises the same SA in a resync */
+    _Atomic uint32_t seq;       /* out: last sequence number used; in: highest accepted */
+    _Atomic uint32_t seq_limit; /* out: the highest sequence number durably reserved */
+};
+/* One network's SAs, immutable once published. */
+struct fp_sa_set {
+    uint32_t n;
+    struct fp_sa **all;
+    uint32_t out_mask;
+    struct fp_sa **out; /* outbound SAs, open addressing by peer */
+};
+/* Inbound SAs of every network by SPI, immutable once published. */
+struct fp_spi_map {
+    uint32_t mask, n;
+    struct fp_sa **slots;
+};
+struct fp_sa *fp_sa_new(uint32_t vni, const struct fp_sa_spec *s, uint64_t id);
+void fp_sa_free(struct fp_sa *sa);
+int fp_sa_same(const struct fp_sa *sa, const struct fp_sa_spec *s);
+struct fp_sa_set *fp_sa_set_new(struct fp_sa *const *sas, uint32_t n); /* NULL, errno EEXIST: 2 out SAs for a peer */
+void fp_sa_set_free(struct fp_sa_set *t); /* the set, not its SAs */
+struct fp_sa *fp_sa_out(const struct fp_sa_set *t, uint32_t peer);
+int fp_sa_in_set(const struct fp_sa_set *t, const struct fp_sa *sa);
+struct fp_spi_map *fp_spi_map_new(uint32_t n);
+int fp_spi_map_put(struct fp_spi_map *m, struct fp_sa *sa); /* -EEXIST: the SPI is taken */
+struct fp_sa *fp_spi_map_get(const struct fp_spi_map *m, uint32_t spi);
+void fp_spi_map_free(struct fp_spi_map *m);
 
 struct fp_net {
     _Atomic uint64_t c[FP_NC_SLOTS] __attribute__((aligned(64)));
@@ -62,7 +103,9 @@ struct fp_net {
     uint32_t mtu;
     unsigned offload;
     uint8_t vxhdr[8];
+    int encrypted; /* fixed for the network's life: never a cleartext VXLAN packet, either way */
     _Atomic(struct fp_tables *) tables;
+    _Atomic(struct fp_sa_set *) sas; /* encrypted networks */
 };
 
 struct fp_cfg {
@@ -90,8 +133,9 @@ struct fp_engine {
     struct fp_engine_opts o;
     int rxfd;   /* datagrams with a non-zero outer UDP checksum (with steering), else all of them */
     int rxzfd;  /* with steering: datagrams without an outer UDP checksum; -1 without steering */
+    int espfd;  /* ESP in UDP (encrypted networks): receives, and sends as txfd[FP_SOCK_ESP] */
     int ntx;
-    int txfd[FP_MAX_TX_SOCKETS];
+    int txfd[FP_MAX_TX_SOCKETS + 1];
     uint16_t txport[FP_MAX_TX_SOCKETS];
     int udp_gso, udp_gro;
     int tap_epfd; /* every network's TAP; the transmit worker's poll set */
@@ -99,6 +143,8 @@ struct fp_engine {
     int evfd;     /* written once to stop the workers */
     _Atomic(struct fp_cfg *) cfg;
     _Atomic(struct fp_ipset *) peers;
+    _Atomic(struct fp_spi_map *) spis; /* inbound SAs of all encrypted networks */
+    uint64_t sa_ids;                   /* the last SA id handed out */
     _Atomic int stop;
     int started;
     int nworkers;
@@ -143,6 +189,7 @@ int fp_tap_writev(const struct fp_net *net, const struct iovec *iov, int niov); 
 /* ---- fp_udp.c: sockets and batches ---- */
 int fp_udp_open_rx(struct fp_engine *e, char *err, size_t errlen);
 int fp_udp_open_tx(struct fp_engine *e, char *err, size_t errlen);
+int fp_udp_open_esp(struct fp_engine *e, char *err, size_t errlen); /* the ESP-in-UDP socket */
 
 #define FP_RX_BATCH 64     /* datagrams per recvmmsg */
 #define FP_RX_BUFSZ 65536  /* one datagram, or one UDP GRO train */
@@ -167,6 +214,7 @@ struct fp_txmsg {
     uint32_t segsize, lastlen, nseg, bytes;
     int mergeable;
     int iov_end;
+    int segiov; /* iovecs per segment (a failed GSO send is resent segment by segment) */
 };
 /* sendmmsg the batch, per run of messages on one socket; a failed GSO send is resent segment by
  * segment (EIO: the route cannot offload UDP checksums, so GSO is switched off). */

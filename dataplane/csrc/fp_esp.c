@@ -2,6 +2,7 @@
  * transport mode around the VXLAN UDP datagram. Pure: no sockets, no threads; the caller owns the
  * buffers and the SA table. The byte layout is in fp.h and docs/encryption.md. */
 #include <string.h>
+#include <sys/uio.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -75,9 +76,12 @@ uint32_t fp_esp_inner_mtu(uint32_t underlay_mtu)
     return mtu;
 }
 
-long fp_esp_encrypt(struct fp_esp_sa *sa, uint32_t seq, const uint8_t *in, size_t len, uint8_t *out,
-                    size_t outcap)
+long fp_esp_encrypt_iov(struct fp_esp_sa *sa, uint32_t seq, const struct iovec *iov, int niov, uint8_t *out,
+                        size_t outcap)
 {
+    size_t len = 0;
+    for (int i = 0; i < niov; i++)
+        len += iov[i].iov_len;
     if (seq == 0 || len > MAX_DATAGRAM)
         return FP_ESP_ERR_MALFORMED;
     size_t pad = pad_len(len), need = fp_esp_sealed_len(len);
@@ -100,13 +104,25 @@ long fp_esp_encrypt(struct fp_esp_sa *sa, uint32_t seq, const uint8_t *in, size_
     uint8_t *ct = out + FP_ESP_HLEN + FP_ESP_IVLEN;
     int n;
     if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
-        EVP_EncryptUpdate(ctx, NULL, &n, out, FP_ESP_HLEN) != 1 || /* AAD = SPI || seq */
-        EVP_EncryptUpdate(ctx, ct, &n, in, (int)len) != 1 ||
-        EVP_EncryptUpdate(ctx, ct + len, &n, trailer, (int)(pad + FP_ESP_TRAILER)) != 1 ||
-        EVP_EncryptFinal_ex(ctx, ct + len + pad + FP_ESP_TRAILER, &n) != 1 ||
+        EVP_EncryptUpdate(ctx, NULL, &n, out, FP_ESP_HLEN) != 1) /* AAD = SPI || seq */
+        return FP_ESP_ERR_CRYPTO;
+    for (int i = 0; i < niov; i++) { /* GCM is a stream mode: pieces need no block alignment */
+        if (iov[i].iov_len && EVP_EncryptUpdate(ctx, ct, &n, iov[i].iov_base, (int)iov[i].iov_len) != 1)
+            return FP_ESP_ERR_CRYPTO;
+        ct += iov[i].iov_len;
+    }
+    if (EVP_EncryptUpdate(ctx, ct, &n, trailer, (int)(pad + FP_ESP_TRAILER)) != 1 ||
+        EVP_EncryptFinal_ex(ctx, ct + pad + FP_ESP_TRAILER, &n) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, FP_ESP_ICVLEN, out + need - FP_ESP_ICVLEN) != 1)
         return FP_ESP_ERR_CRYPTO;
     return (long)need;
+}
+
+long fp_esp_encrypt(struct fp_esp_sa *sa, uint32_t seq, const uint8_t *in, size_t len, uint8_t *out,
+                    size_t outcap)
+{
+    struct iovec iov = {(void *)in, len};
+    return fp_esp_encrypt_iov(sa, seq, &iov, 1, out, outcap);
 }
 
 int fp_esp_spi(const uint8_t *in, size_t len, uint32_t *spi)

@@ -1,6 +1,11 @@
 /* Forwarding TAP -> UDP: each frame read from a network's TAP is classified (ARP suppression, FDB,
  * flood list), TSO/USO frames are split into segments with their checksums, every packet gets its
- * VXLAN header, and the batch goes out as UDP GSO sends grouped by (socket, VTEP). */
+ * VXLAN header, and the batch goes out as UDP GSO sends grouped by (socket, VTEP).
+ *
+ * Encrypted networks: every VXLAN datagram is sealed (fp_esp.c) with the peer's outbound SA into the
+ * ESP arena, one ESP packet per segment, and leaves on the ESP socket; a GSO train of sealed segments
+ * is still one send. There is no other way out for them: q_small and tx_tso branch to the sealing
+ * code on net->encrypted, and without an SA or a reserved sequence number nothing is sent. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -21,6 +26,8 @@
 #define TX_MAXMSG 256
 #define TX_MAXIOV 4096
 #define TX_SCRATCH (256 * 1024)
+#define TX_ESP_ARENA (4 << 20) /* sealed packets of one batch (about the size of its frames) */
+#define TX_ESP_ALIGN(n) (((n) + 63) & ~(size_t)63)
 
 struct txq {
     struct mmsghdr mm[TX_MAXMSG];
@@ -34,6 +41,8 @@ struct txq {
     int niov, nmsg;
     uint8_t scratch[TX_SCRATCH];
     size_t sused;
+    uint8_t *esp; /* TX_ESP_ARENA bytes: sealed ESP packets the queued messages point into */
+    size_t eused;
     /* Small unicast frames wait here until the batch is sent, so that frames of many interleaved
      * flows still leave as one UDP GSO send per (socket, VTEP) instead of one syscall each.
      * Frames of one group are chained in arrival order (next), groups in order of first arrival. */
@@ -71,13 +80,15 @@ static void q_flush(struct fp_engine *e, struct txq *q)
     q->nmsg = 0;
 }
 
-/* Make room for `iovs` iovecs and `scratch` header bytes; may send everything pending. */
-static void q_reserve(struct fp_engine *e, struct txq *q, int iovs, size_t scratch)
+/* Make room for `iovs` iovecs, `scratch` header bytes and `esp` sealed bytes; may send everything
+ * pending. */
+static void q_reserve(struct fp_engine *e, struct txq *q, int iovs, size_t scratch, size_t esp)
 {
-    if (q->niov + iovs > TX_MAXIOV || q->sused + scratch > TX_SCRATCH) {
+    if (q->niov + iovs > TX_MAXIOV || q->sused + scratch > TX_SCRATCH || q->eused + esp > TX_ESP_ARENA) {
         q_flush(e, q);
         q->niov = 0;
         q->sused = 0;
+        q->eused = 0;
     }
 }
 
@@ -107,7 +118,7 @@ static void q_msg(struct fp_engine *e, struct txq *q, struct fp_net *net, int so
     int i = q->nmsg++;
     struct msghdr *h = &q->mm[i].msg_hdr;
     q->sa[i].sin_family = AF_INET;
-    q->sa[i].sin_port = htons(e->o.port);
+    q->sa[i].sin_port = htons(sock == FP_SOCK_ESP ? e->o.esp_port : e->o.port);
     q->sa[i].sin_addr.s_addr = vtep;
     h->msg_name = &q->sa[i];
     h->msg_namelen = sizeof(q->sa[i]);
@@ -126,16 +137,72 @@ static void q_msg(struct fp_engine *e, struct txq *q, struct fp_net *net, int so
     m->bytes = bytes;
     m->mergeable = mergeable;
     m->iov_end = first + niov;
+    m->segiov = sock == FP_SOCK_ESP ? 1 : 2;
     if (nseg > 1) {
         set_gso(q, i, (uint16_t)segsize);
         cnt(&e->g[FP_GC_TX_GSO_SENDS], 1);
     }
 }
 
+/* Seal one VXLAN datagram for the peer of `sa` into `out` (cap bytes): inner UDP header (source port
+ * the flow's, like a plain send) + `pieces` (VXLAN header, frame). Returns the ESP length, or 0 when
+ * it must not be sent (counted). The sequence number is taken before sealing and never given back. */
+static size_t seal(struct fp_engine *e, struct fp_net *net, struct fp_sa *sa, int sock, const struct iovec *pieces,
+                   size_t len, uint8_t *out, size_t cap)
+{
+    uint32_t seq = atomic_load_explicit(&sa->seq, memory_order_relaxed);
+    if (seq == UINT32_MAX) { /* 32-bit space used up: only a new SA (key rotation) may send again */
+        cnt(&net->c[FP_NC_TX_DROP_SEQ_EXHAUSTED], 1);
+        return 0;
+    }
+    if (seq >= atomic_load_explicit(&sa->seq_limit, memory_order_acquire)) { /* not durably reserved yet */
+        cnt(&net->c[FP_NC_TX_DROP_SEQ_UNRESERVED], 1);
+        return 0;
+    }
+    atomic_store_explicit(&sa->seq, ++seq, memory_order_relaxed);
+    uint16_t sport = e->txport[sock < e->ntx ? sock : 0], dport = e->o.port, ulen = (uint16_t)(8 + len);
+    uint8_t udp[8] = {sport >> 8, sport & 0xff, dport >> 8, dport & 0xff, ulen >> 8, ulen & 0xff, 0, 0};
+    struct iovec iov[3] = {{udp, sizeof(udp)}, pieces[0], pieces[1]};
+    long r = fp_esp_encrypt_iov(&sa->esp, seq, iov, 3, out, cap);
+    if (r <= 0) {
+        cnt(&net->c[FP_NC_TX_ERRORS], 1);
+        return 0;
+    }
+    cnt(&net->c[FP_NC_TX_ESP], 1);
+    return (size_t)r;
+}
+
+/* A small frame of an encrypted network: one sealed ESP packet to `vtep`. */
+static void q_small_esp(struct fp_engine *e, struct txq *q, struct fp_net *net, int sock, uint32_t vtep,
+                        const uint8_t *f, size_t len, int mergeable)
+{
+    struct fp_sa *sa = fp_sa_out(atomic_load_explicit(&net->sas, memory_order_acquire), vtep);
+    if (!sa) {
+        cnt(&net->c[FP_NC_TX_DROP_NO_SA], 1);
+        return;
+    }
+    size_t need = fp_esp_sealed_len(8 + FP_VXLAN_HLEN + len);
+    q_reserve(e, q, 1, 0, TX_ESP_ALIGN(need));
+    uint8_t *out = q->esp + q->eused;
+    const struct iovec pieces[2] = {{net->vxhdr, FP_VXLAN_HLEN}, {(void *)f, len}};
+    size_t n = seal(e, net, sa, sock, pieces, FP_VXLAN_HLEN + len, out, need);
+    if (!n)
+        return;
+    q->eused += TX_ESP_ALIGN(n);
+    int first = q->niov;
+    q->iov[q->niov].iov_base = out;
+    q->iov[q->niov++].iov_len = n;
+    q_msg(e, q, net, FP_SOCK_ESP, vtep, first, 1, 1, (uint32_t)n, (uint32_t)n, (uint32_t)n, mergeable);
+}
+
 static void q_small(struct fp_engine *e, struct txq *q, struct fp_net *net, int sock, uint32_t vtep,
                     const uint8_t *f, size_t len, int mergeable)
 {
-    q_reserve(e, q, 2, 0);
+    if (net->encrypted) {
+        q_small_esp(e, q, net, sock, vtep, f, len, mergeable);
+        return;
+    }
+    q_reserve(e, q, 2, 0, 0);
     int first = q->niov;
     q->iov[q->niov].iov_base = net->vxhdr;
     q->iov[q->niov++].iov_len = FP_VXLAN_HLEN;
@@ -199,9 +266,80 @@ static void tap_write_arp(struct fp_net *net, const uint8_t *reply, size_t len)
         cnt(&net->c[FP_NC_TX_ERRORS], 1);
 }
 
+/* How many of the segments left in `st` go into the next send: one UDP GSO train, at most. */
+static uint32_t gso_chunk(const struct fp_engine *e, const struct fp_tso *st, uint32_t segsize)
+{
+    uint32_t per = FP_MAX_GSO_BYTES / segsize, left = st->nseg - st->index;
+    if (per > FP_MAX_GSO_SEGS)
+        per = FP_MAX_GSO_SEGS;
+    if (per < 1 || !e->udp_gso)
+        per = 1;
+    return left < per ? left : per;
+}
+
+/* A TSO/USO frame of an encrypted network: per destination (each has its own SA) the frame is split
+ * again and every segment sealed into the ESP arena; up to a GSO train of them is one send. */
+static void tx_tso_esp(struct fp_engine *e, struct txq *q, struct fp_net *net, int sock, const uint32_t *dst,
+                       uint32_t nd, const uint8_t *f, size_t len, const struct fp_vnet_hdr *vh)
+{
+    const struct fp_sa_set *sas = atomic_load_explicit(&net->sas, memory_order_acquire);
+    int counted = 0;
+    q_pend_emit(e, q);
+    for (uint32_t d = 0; d < nd; d++) {
+        struct fp_sa *sa = fp_sa_out(sas, dst[d]);
+        if (!sa) {
+            cnt(&net->c[FP_NC_TX_DROP_NO_SA], 1);
+            continue;
+        }
+        struct fp_tso st;
+        if (fp_tso_init(&st, f, len, vh)) {
+            cnt(&net->c[FP_NC_TX_DROP_MALFORMED], 1);
+            return;
+        }
+        if (!counted++)
+            cnt(&net->c[FP_NC_TX_TSO_FRAMES], 1);
+        size_t hsz = FP_VXLAN_HLEN + st.hlen;
+        uint32_t segsize = (uint32_t)fp_esp_sealed_len(8 + hsz + st.mss);
+        while (st.index < st.nseg) {
+            uint32_t chunk = gso_chunk(e, &st, segsize);
+            q_reserve(e, q, (int)chunk, 0, chunk * TX_ESP_ALIGN(segsize));
+            int first = q->niov;
+            uint32_t bytes = 0, lastlen = 0, sent = 0;
+            uint64_t inner = 0;
+            for (uint32_t c = 0; c < chunk; c++) {
+                uint8_t h[FP_VXLAN_HLEN + FP_MAX_HDRS];
+                memcpy(h, net->vxhdr, FP_VXLAN_HLEN);
+                const uint8_t *pay;
+                size_t pl;
+                fp_tso_next(&st, h + FP_VXLAN_HLEN, &pay, &pl);
+                const struct iovec pieces[2] = {{h, hsz}, {(void *)pay, pl}};
+                uint8_t *out = q->esp + q->eused;
+                size_t n = seal(e, net, sa, sock, pieces, hsz + pl, out, segsize);
+                if (!n)
+                    continue;
+                q->eused += TX_ESP_ALIGN(n);
+                q->iov[q->niov].iov_base = out;
+                q->iov[q->niov++].iov_len = n;
+                lastlen = (uint32_t)n;
+                bytes += lastlen;
+                inner += hsz - FP_VXLAN_HLEN + pl;
+                sent++;
+            }
+            if (sent)
+                q_msg(e, q, net, FP_SOCK_ESP, dst[d], first, (int)sent, sent, segsize, lastlen, bytes, 0);
+            cnt(&net->c[FP_NC_TX_PACKETS], sent);
+            cnt(&net->c[FP_NC_TX_BYTES], inner);
+        }
+    }
+}
+
 static void tx_tso(struct fp_engine *e, struct txq *q, struct fp_net *net, int sock, const uint32_t *dst, uint32_t nd,
                    const uint8_t *f, size_t len, const struct fp_vnet_hdr *vh)
 {
+    if (net->encrypted) {
+        tx_tso_esp(e, q, net, sock, dst, nd, f, len, vh);
+        return;
+    }
     struct fp_tso st;
     if (fp_tso_init(&st, f, len, vh)) {
         cnt(&net->c[FP_NC_TX_DROP_MALFORMED], 1);
@@ -211,16 +349,9 @@ static void tx_tso(struct fp_engine *e, struct txq *q, struct fp_net *net, int s
     q_pend_emit(e, q);
     size_t hsz = FP_VXLAN_HLEN + st.hlen;
     uint32_t segsize = (uint32_t)(hsz + st.mss);
-    uint32_t per = FP_MAX_GSO_BYTES / segsize;
-    if (per > FP_MAX_GSO_SEGS)
-        per = FP_MAX_GSO_SEGS;
-    if (per < 1 || !e->udp_gso)
-        per = 1;
     while (st.index < st.nseg) {
-        uint32_t chunk = st.nseg - st.index;
-        if (chunk > per)
-            chunk = per;
-        q_reserve(e, q, (int)(2 * chunk), chunk * ((hsz + 7) & ~(size_t)7));
+        uint32_t chunk = gso_chunk(e, &st, segsize);
+        q_reserve(e, q, (int)(2 * chunk), chunk * ((hsz + 7) & ~(size_t)7), 0);
         int first = q->niov;
         uint32_t bytes = 0, lastlen = 0;
         for (uint32_t c = 0; c < chunk; c++) {
@@ -290,6 +421,10 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
         cnt(&net->c[FP_NC_TX_DROP_NO_DEST], 1);
         return;
     }
+    if (net->encrypted && nd == 1 && !fp_sa_out(atomic_load_explicit(&net->sas, memory_order_acquire), dst[0])) {
+        cnt(&net->c[FP_NC_TX_DROP_NO_SA], 1); /* fail closed: no SA, nothing leaves */
+        return;
+    }
     int sock = (int)(((uint64_t)fp_flow_hash(f, len) * (uint64_t)e->ntx) >> 32);
     if (vh.gso_type != FP_VNET_GSO_NONE) {
         tx_tso(e, q, net, sock, dst, nd, f, len, &vh);
@@ -306,7 +441,13 @@ static void tx_frame(struct fp_engine *e, struct txq *q, struct fp_net *net, con
         return;
     }
     q_pend_emit(e, q);
-    q_reserve(e, q, 2, 0);
+    if (net->encrypted) { /* a flood: sealed per destination, each with its own SA */
+        for (uint32_t d = 0; d < nd; d++)
+            q_small_esp(e, q, net, sock, dst[d], f, len, nd == 1);
+        cnt(&net->c[FP_NC_TX_BYTES], (uint64_t)len * nd);
+        return;
+    }
+    q_reserve(e, q, 2, 0, 0);
     int first = q->niov;
     q->iov[q->niov].iov_base = net->vxhdr;
     q->iov[q->niov++].iov_len = FP_VXLAN_HLEN;
@@ -333,7 +474,9 @@ struct fp_tx *fp_tx_new(void)
         return NULL;
     t->arena = aligned_alloc(64, TX_ARENA);
     t->q = calloc(1, sizeof(*t->q));
-    if (!t->arena || !t->q) {
+    if (t->q)
+        t->q->esp = aligned_alloc(64, TX_ESP_ARENA);
+    if (!t->arena || !t->q || !t->q->esp) {
         fp_tx_free(t);
         return NULL;
     }
@@ -345,6 +488,8 @@ void fp_tx_free(struct fp_tx *t)
     if (!t)
         return;
     free(t->arena);
+    if (t->q)
+        free(t->q->esp);
     free(t->q);
     free(t);
 }
@@ -355,6 +500,7 @@ void fp_tx_flush(struct fp_engine *e, struct fp_tx *t)
     q_flush(e, t->q);
     t->q->niov = 0;
     t->q->sused = 0;
+    t->q->eused = 0;
     t->used = 0;
     t->nframes = 0;
 }

@@ -137,6 +137,27 @@ int fp_udp_open_tx(struct fp_engine *e, char *err, size_t errlen)
     return 0;
 }
 
+/* The ESP socket of encrypted networks (RFC 3948: ESP in UDP, port 4500 by default): one socket that
+ * receives (with UDP GRO: a train of equal-size ESP packets) and sends (with UDP GSO), so both ends
+ * of every ESP packet are the ESP port. Opened even when no network is encrypted: a peer's ESP for
+ * a network this host does not have is then counted (rx_drop_no_sa) instead of refused by ICMP. */
+int fp_udp_open_esp(struct fp_engine *e, char *err, size_t errlen)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(e->o.esp_port), .sin_addr = {e->o.bind_addr}};
+    int gro = e->udp_gro;
+    if (rx_open_one(e, &sa, &e->espfd, 0, err, errlen))
+        return -1;
+    e->udp_gro = gro; /* the VXLAN socket's answer stays the one offloads() reports */
+    int fd = e->espfd;
+    e->txfd[FP_SOCK_ESP] = fd;
+    if (set_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20))
+        set_int(fd, SOL_SOCKET, SO_SNDBUF, 4 << 20);
+    set_int(fd, IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT); /* like the VXLAN transmit sockets */
+    if (e->udp_gso && set_int(fd, SOL_UDP, UDP_SEGMENT, 0))
+        e->udp_gso = 0;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ receive batches */
 
 typedef union {
@@ -218,17 +239,18 @@ int fp_udp_recv(struct fp_engine *e, struct fp_udp_rx *b, int fd, const struct f
 
 /* ------------------------------------------------------------------ transmit batches */
 
-/* A GSO message whose send failed: send its segments one by one (each is exactly two iovecs). */
+/* A GSO message whose send failed: send its segments one by one (each is exactly `segiov` iovecs:
+ * VXLAN header + frame, or one sealed ESP packet). */
 static void send_split(struct fp_engine *e, const struct mmsghdr *mm, const struct fp_txmsg *meta)
 {
     struct msghdr m = mm->msg_hdr;
     m.msg_control = NULL;
     m.msg_controllen = 0;
     struct iovec *base = m.msg_iov;
-    size_t n = m.msg_iovlen;
-    for (size_t k = 0; k + 1 < n; k += 2) {
+    size_t n = m.msg_iovlen, per = (size_t)meta->segiov;
+    for (size_t k = 0; k + per <= n; k += per) {
         m.msg_iov = base + k;
-        m.msg_iovlen = 2;
+        m.msg_iovlen = per;
         if (sendmsg(e->txfd[meta->sock], &m, 0) < 0)
             cnt(&meta->net->c[FP_NC_TX_ERRORS], 1);
     }

@@ -102,9 +102,9 @@ static void *worker_main(void *arg)
             uint64_t tag = evs[i].data.u64;
             if (tag == EV_EVENTFD) {
                 continue; /* stop(): left readable so that every worker sees it; the loop ends */
-            } else if (tag == EV_RXSOCK || tag == EV_RXZSOCK) {
+            } else if (tag == EV_RXSOCK || tag == EV_RXZSOCK || tag == EV_ESPSOCK) {
                 /* a few batches, then the TAPs get their turn (they may hold replies by now) */
-                int fd = tag == EV_RXSOCK ? e->rxfd : e->rxzfd;
+                int fd = tag == EV_RXSOCK ? e->rxfd : tag == EV_RXZSOCK ? e->rxzfd : e->espfd;
                 for (int k = 0; r && k < FP_RX_ROUNDS; k++) {
                     int n = fp_rx_socket(e, r, fd);
                     if (n <= 0)
@@ -141,7 +141,7 @@ static int poll_add(int epfd, int fd, uint64_t tag)
 /* The receive sockets join a poll set (the one worker's, or the receive worker's). */
 static int poll_add_rx(struct fp_engine *e, int epfd)
 {
-    if (poll_add(epfd, e->rxfd, EV_RXSOCK))
+    if (poll_add(epfd, e->rxfd, EV_RXSOCK) || poll_add(epfd, e->espfd, EV_ESPSOCK))
         return -1;
     return e->rxzfd >= 0 ? poll_add(epfd, e->rxzfd, EV_RXZSOCK) : 0;
 }
@@ -149,6 +149,7 @@ static int poll_add_rx(struct fp_engine *e, int epfd)
 static void poll_del_rx(struct fp_engine *e, int epfd)
 {
     epoll_ctl(epfd, EPOLL_CTL_DEL, e->rxfd, NULL);
+    epoll_ctl(epfd, EPOLL_CTL_DEL, e->espfd, NULL);
     if (e->rxzfd >= 0)
         epoll_ctl(epfd, EPOLL_CTL_DEL, e->rxzfd, NULL);
 }

@@ -93,8 +93,9 @@ class FastpathClient:
     def ping(self) -> dict[str, Any]:
         return self.call("ping")
 
-    def add_network(self, vni: int, netns: str, tap: str, mtu: int) -> dict[str, Any]:
-        return self.call("add_network", vni=vni, netns=netns, tap=tap, mtu=mtu)
+    def add_network(self, vni: int, netns: str, tap: str, mtu: int, encrypted: bool = False) -> dict[str, Any]:
+        """An encrypted network sends and accepts only ESP; until sync_sas it sends nothing."""
+        return self.call("add_network", vni=vni, netns=netns, tap=tap, mtu=mtu, encrypted=encrypted)
 
     def remove_network(self, vni: int) -> bool:
         return self.call("remove_network", vni=vni)
@@ -110,6 +111,11 @@ class FastpathClient:
 
     def sync_peers(self, vteps: Iterable[str], bum_rate: int = 0) -> int:
         return self.call("sync_peers", vteps=list(vteps), bum_rate=bum_rate)
+
+    def sync_sas(self, vni: int, sas: Iterable[Mapping[str, Any]]) -> int:
+        """Replace the SAs of encrypted network `vni`: [{peer, dir: "out"|"in", epoch, spi, key (16 bytes),
+        salt (4 bytes)}]. SAs that stay keep their sequence numbers. Returns how many are installed."""
+        return self.call("sync_sas", vni=vni, sas=[dict(sa) for sa in sas])
 
     def stats(self) -> dict[str, Any]:
         return self.call("stats")

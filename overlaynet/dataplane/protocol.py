@@ -29,6 +29,7 @@ OPS = (
     "sync_flood",
     "sync_arp",
     "sync_peers",
+    "sync_sas",
     "stats",
     "offloads",
     "networks",

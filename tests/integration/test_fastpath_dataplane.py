@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -27,20 +27,6 @@ from tests.support.fastpath import (
 pytestmark = pytest.mark.integration
 
 MB = 1 << 20
-
-
-@pytest.fixture
-def make_lab(prefix: str, netns: Callable[[str], str], tmp_path) -> Iterator[Callable[..., Lab]]:
-    labs: list[Lab] = []
-
-    def make(underlay_mtu: int = 1500) -> Lab:
-        lab = Lab(prefix, netns, str(tmp_path), underlay_mtu)
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        lab.close()
 
 
 def pair(make_lab: Callable[..., Lab], kind_a: str, kind_b: str, mtu: int = 1500, vni: int = 4097):

@@ -16,12 +16,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from pyroute2 import IPRoute
 
+from overlaynet.dataplane import esp_keys, esp_wire
 from overlaynet.dataplane.control import FastpathClient, start_fastpathd
 
 UNDERLAY_NET = "198.18.0"
@@ -67,6 +69,9 @@ class Network:
     mtu: int
     sandboxes: dict[str, str] = field(default_factory=dict)  # host name -> sandbox netns
     containers: list[Container] = field(default_factory=list)
+    encrypted: bool = False
+    secret: bytes = b""
+    epochs: tuple[int, ...] = (1,)  # key epochs installed (the last one transmits)
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Host:
     control: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     fastpath_args: tuple[str, ...] = ()
+    state: str | None = None  # fastpathd --state file (encrypted networks need one)
 
     def client(self) -> FastpathClient:
         assert self.control
@@ -99,7 +105,7 @@ class Lab:
             ipr.link("set", index=_ifindex(ipr, "usw"), state="up", mtu=underlay_mtu)
 
     # ---- hosts
-    def add_host(self, name: str, kind: str, fastpath_args: tuple[str, ...] = ()) -> Host:
+    def add_host(self, name: str, kind: str, fastpath_args: tuple[str, ...] = (), state: bool = False) -> Host:
         n = len(self.hosts) + 1
         ns = self.netns("h" + name)
         vtep = f"{UNDERLAY_NET}.{n}"
@@ -111,7 +117,8 @@ class Lab:
             idx = _ifindex(ipr, "eth0")
             ipr.link("set", index=idx, mtu=self.mtu, state="up")
             ipr.addr("add", index=idx, address=vtep, prefixlen=16)
-        host = Host(name, ns, vtep, kind, self.mtu, fastpath_args=fastpath_args)
+        host = Host(name, ns, vtep, kind, self.mtu, fastpath_args=fastpath_args,
+                    state=os.path.join(self.tmpdir, f"{name}.state") if state else None)
         self.hosts[name] = host
         if kind == "userspace":
             self.start_fastpathd(host)
@@ -121,7 +128,7 @@ class Lab:
         host.control = os.path.join(self.tmpdir, f"{self.prefix}-{host.name}.sock")
         log = open(os.path.join(self.tmpdir, f"fastpathd-{host.name}.log"), "ab")  # noqa: SIM115
         host.proc = start_fastpathd(host.control, bind=host.vtep, netns=f"/run/netns/{host.ns}",
-                                    state=state, extra=host.fastpath_args, log=log)
+                                    state=state or host.state, extra=host.fastpath_args, log=log)
         log.close()
 
     def stop_fastpathd(self, host: Host, sig: int = signal.SIGTERM) -> None:
@@ -139,8 +146,11 @@ class Lab:
             self.stop_fastpathd(h)
 
     # ---- networks
-    def add_network(self, vni: int, hosts: list[str], index: int | None = None, mtu: int | None = None) -> Network:
-        net = Network(vni, index if index is not None else len(self.networks) + 1, mtu or self.mtu - 50)
+    def add_network(self, vni: int, hosts: list[str], index: int | None = None, mtu: int | None = None,
+                    encrypted: bool = False) -> Network:
+        default_mtu = esp_wire.inner_mtu(self.mtu) if encrypted else self.mtu - esp_wire.VXLAN_OVERHEAD
+        net = Network(vni, index if index is not None else len(self.networks) + 1, mtu or default_mtu,
+                      encrypted=encrypted, secret=os.urandom(32) if encrypted else b"")
         self.networks[vni] = net
         for hname in hosts:
             host = self.hosts[hname]
@@ -151,7 +161,7 @@ class Lab:
                 ipr.link("set", index=_ifindex(ipr, "br0"), state="up")
             if host.kind == "userspace":
                 with host.client() as c:
-                    c.add_network(vni, f"/run/netns/{sb}", f"tap{vni}", net.mtu)
+                    c.add_network(vni, f"/run/netns/{sb}", f"tap{vni}", net.mtu, encrypted=encrypted)
                 with IPRoute(netns=sb) as ipr:
                     idx = _ifindex(ipr, f"tap{vni}")
                     ipr.link("set", index=idx, master=_ifindex(ipr, "br0"), state="up")
@@ -198,6 +208,8 @@ class Lab:
                         c.sync_fdb(net.vni, {x.mac: self.hosts[x.host].vtep for x in remote})  # type: ignore[attr-defined]
                         c.sync_flood(net.vni, [self.hosts[h].vtep for h in net.sandboxes if h != host.name])
                         c.sync_arp(net.vni, {x.ip: x.mac for x in remote} if arp else {})
+                        if net.encrypted:
+                            c.sync_sas(net.vni, self.sas(net, host.name))
             else:
                 for net in self.networks.values():
                     if host.name not in net.sandboxes:
@@ -209,6 +221,43 @@ class Lab:
                                 with contextlib.suppress(Exception):
                                     ipr.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00",
                                             dst=self.hosts[h].vtep)
+
+
+    # ---- encrypted networks (what overlayd would derive from the network's secret)
+    def sa(self, net: Network, src: str, dst: str, epoch: int | None = None) -> esp_keys.EspSaParams:
+        """The SA that carries `net` from host `src` to host `dst` in `epoch` (default: the newest)."""
+        epoch = net.epochs[-1] if epoch is None else epoch
+        return esp_keys.derive_sa(net.secret, net.vni, epoch, self.hosts[src].vtep, self.hosts[dst].vtep)
+
+    def sas(self, net: Network, host: str, out_epoch: int | None = None,
+            in_epochs: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+        """`host`'s SAs for `net`: one outbound per peer (newest epoch), inbound for every installed epoch."""
+        out: list[dict[str, Any]] = []
+        for peer in net.sandboxes:
+            if peer == host:
+                continue
+            for d, epochs in (("out", (net.epochs[-1] if out_epoch is None else out_epoch,)),
+                              ("in", net.epochs if in_epochs is None else in_epochs)):
+                for epoch in epochs:
+                    p = self.sa(net, host, peer, epoch) if d == "out" else self.sa(net, peer, host, epoch)
+                    out.append({"peer": self.hosts[peer].vtep, "dir": d, "epoch": epoch, "spi": p.spi,
+                                "key": p.key, "salt": p.salt})
+        return out
+
+
+@pytest.fixture
+def make_lab(prefix: str, netns: Callable[[str], str], tmp_path: Any) -> Iterator[Callable[..., Lab]]:
+    """A fixture: make_lab(underlay_mtu=1500) gives a Lab whose fastpathds are stopped after the test."""
+    labs: list[Lab] = []
+
+    def make(underlay_mtu: int = 1500) -> Lab:
+        lab = Lab(prefix, netns, str(tmp_path), underlay_mtu)
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.close()
 
 
 # ---- traffic helpers
