@@ -53,7 +53,7 @@ class Cluster:
         self.node = node
         self.name = name
         # endpoint id -> (the stored value, its decoding): a stored value is never changed in place
-        # (a new version is a new dict), so each one is decoded once however often it is read.
+        # (a new version is a new dict), so the value's identity says whether the decoding is current.
         self._decoded: dict[str, tuple[dict[str, Any], EndpointRecord | None]] = {}
         self._ignored: dict[tuple[str, str], dict[str, Any]] = {}  # (table, key) -> a row logged as unreadable
 
@@ -116,32 +116,30 @@ class Cluster:
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    def _endpoint(self, key: str, value: dict[str, Any]) -> EndpointRecord | None:
-        cached = self._decoded.get(key)
-        if cached is not None and cached[0] is value:
-            return cached[1]
-        try:
-            record: EndpointRecord | None = EndpointRecord.from_record(value)
-        except ValueError as e:
-            record = None  # a peer's bug: left out of everything this host programs
-            log.warning("event=endpoint-record-ignored key=%s error=%s", key[:12], e)
-        self._decoded[key] = (value, record)
-        return record
-
-    def _endpoints(self, items: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, EndpointRecord]:
-        out = {}
-        for key, value in items:
-            record = self._endpoint(key, value)
-            if record is not None:
-                out[key] = record
+    def _endpoints(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, EndpointRecord]:
+        """Decoded rows, each stored value decoded once however often it is read (a program pass
+        reads the table several times per network)."""
+        decoded, out = self._decoded, {}
+        for key, value in rows:
+            cached = decoded.get(key)
+            if cached is None or cached[0] is not value:
+                try:
+                    record: EndpointRecord | None = EndpointRecord.from_record(value)
+                except ValueError as e:
+                    record = None  # a peer's bug: left out of everything this host programs
+                    log.warning("event=endpoint-record-ignored key=%s error=%s", key[:12], e)
+                cached = decoded[key] = (value, record)
+            if cached[1] is not None:
+                out[key] = cached[1]
         return out
 
     def endpoints(self) -> dict[str, EndpointRecord]:
         """Every visible endpoint in the cluster (hosts that are alive), ours included."""
-        records = self.node.table(ENDPOINTS)
-        for key in [k for k in self._decoded if k not in records]:
-            del self._decoded[key]  # forget what was removed (hidden ones are decoded again on return)
-        return self._endpoints(records.items())
+        rows = self.node.table(ENDPOINTS)
+        out = self._endpoints(rows.items())
+        if len(self._decoded) > len(rows):  # forget removed rows (hidden ones are decoded again on return)
+            self._decoded = {k: v for k, v in self._decoded.items() if k in rows}
+        return out
 
     def endpoints_of(self, hosts: set[str]) -> list[EndpointRecord]:
         """Stored endpoints written by these hosts, even while the gossip layer hides them."""
