@@ -328,12 +328,20 @@ def _one_repeat(results: Results, progress: Callable[[str], None], pair: Pair, t
         progress(f"{step} ping: failed: {e}")
 
 
+# An encrypted mode and the same mode in the clear: their ratio is what encryption costs.
+PLAIN_OF = {"overlaynet-userspace-encrypted": "overlaynet-userspace", "kernel-vxlan-esp": "kernel-vxlan"}
+
+
 def ratios(results: Results) -> None:
-    """Each mode's median over the reference's median, same case, same run."""
+    """Each mode's median over the reference's median, same case, same run; an encrypted mode's also
+    over its plain twin's."""
     for fig in list(results.of_group("dataplane")):
         ref = results.figures.get(("dataplane", fig.case, REFERENCE, fig.metric))
         if ref is not None and ref.median and fig.median is not None:
             fig.extra["ratio_to_reference"] = fig.median / ref.median
+        plain = results.figures.get(("dataplane", fig.case, PLAIN_OF.get(fig.mode, ""), fig.metric))
+        if plain is not None and plain.median and fig.median is not None:
+            fig.extra["ratio_to_plain"] = fig.median / plain.median
 
 
 __all__ = ["MODES", "run"]

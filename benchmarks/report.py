@@ -72,6 +72,8 @@ def cell(fig: Figure | None, notes: Notes, ratio: bool = False) -> str:
         text += f" ({_fmt(min(fig.values))}–{_fmt(max(fig.values))})"
     if ratio and "ratio_to_reference" in fig.extra and fig.mode != REFERENCE:
         text += f" **×{fig.extra['ratio_to_reference']:.2f}**"
+    if ratio and "ratio_to_plain" in fig.extra:
+        text += f" (plain ×{fig.extra['ratio_to_plain']:.2f})"
     if fig.extra.get("failures"):
         text += f" ({len(fig.extra['failures'])} repeats failed)"
     return text
@@ -98,7 +100,8 @@ def dataplane_md(results: Results, notes: Notes) -> str:
     text = "\n".join(out)
     text += ("\n\nCells: median (min–max) over the repeats; **×r** = this mode's median / the kernel VXLAN "
              "reference's median in the same run (above 1 is better for throughput and kpps, worse for "
-             "RTT and CPU).")
+             "RTT and CPU); (plain ×r) on an encrypted mode = its median / the same mode in the clear "
+             "(overlaynet-userspace, kernel-vxlan): what encryption costs.")
     if offered:
         text += "\nOffered 64-byte load (trafgen, kpps, median): " + "; ".join(offered) + "."
     return text

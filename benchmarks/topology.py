@@ -9,6 +9,13 @@ or a device name, and the cases can alternate between modes repeat by repeat.
   overlaynet-kernel / overlaynet-userspace
                 two overlayd (one --join's the other), one network, one container attached on each
                 host with overlayctl.
+  overlaynet-userspace-encrypted
+                the same with `network create --encrypted` (ESP in the fast path; gossip encrypted
+                with a shared --key-file, as encrypted networks require); MTU from esp_wire.inner_mtu.
+  kernel-vxlan-esp
+                kernel-vxlan inside xfrm ESP transport mode (rfc4106(gcm(aes)), espinudp 4500): what
+                Docker's encrypted overlay does. Probed first; "not available" with the kernel's answer
+                where the kernel has no ESP xfrm type.
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from benchmarks.core import NotAvailable
+from overlaynet.dataplane import esp_keys, esp_wire
+from overlaynet.gossip.keyring import Keyring, generate_key
 from overlaynet.lab import Host, Lab
 
-MODES = ("underlay", "kernel-vxlan", "overlaynet-kernel", "overlaynet-userspace")
+MODES = ("underlay", "kernel-vxlan", "overlaynet-kernel", "overlaynet-userspace", "overlaynet-userspace-encrypted",
+         "kernel-vxlan-esp")
 REFERENCE = "kernel-vxlan"
 VNI = 4242
 OVERLAY_NET = "198.19.42"
@@ -47,9 +57,18 @@ class Pair:
     dst_mac: str
     mtu: int  # of the path the traffic sees (inner MTU for the overlays)
     daemon_pids: list[int] = field(default_factory=list)  # overlayd pids of a userspace pair (CPU accounting)
+    helpers: list[subprocess.Popen[str]] = field(default_factory=list)  # processes the mode needs running
 
     def close(self) -> None:
+        _stop(self.helpers)
         close_lab(self.lab)
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def _mac(ns: str, dev: str) -> str:
@@ -61,6 +80,7 @@ def _mac(ns: str, dev: str) -> str:
 def build(mode: str, prefix: str, underlay_mtu: int) -> Pair:
     """Build `mode` under `prefix`; NotAvailable (with the reason) if this checkout cannot do it yet."""
     lab = Lab(prefix, underlay_mtu=underlay_mtu)
+    helpers: list[subprocess.Popen[str]] = []
     try:
         a, b = lab.add_host("a"), lab.add_host("b")
         if mode == "underlay":
@@ -68,10 +88,18 @@ def build(mode: str, prefix: str, underlay_mtu: int) -> Pair:
                         _mac(b.netns, "eth0"), underlay_mtu)
         if mode == "kernel-vxlan":
             return _kernel_vxlan(lab, a, b, underlay_mtu - 50)
+        if mode == "kernel-vxlan-esp":
+            _xfrm_esp(lab, a, b, helpers)  # NotAvailable here when the kernel has no ESP
+            pair = _kernel_vxlan(lab, a, b, esp_wire.inner_mtu(underlay_mtu))
+            pair.mode, pair.helpers = mode, helpers
+            return pair
         if mode in ("overlaynet-kernel", "overlaynet-userspace"):
             return _overlaynet(lab, a, b, mode.split("-")[1], underlay_mtu - 50)
+        if mode == "overlaynet-userspace-encrypted":
+            return _overlaynet(lab, a, b, "userspace", esp_wire.inner_mtu(underlay_mtu), encrypted=True)
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     except BaseException:
+        _stop(helpers)
         close_lab(lab)
         raise
 
@@ -108,6 +136,47 @@ def _kernel_vxlan(lab: Lab, a: Host, b: Host, mtu: int) -> Pair:
                 f"{OVERLAY_NET}.1", f"{OVERLAY_NET}.2", "02:00:c6:13:2a:02", mtu)
 
 
+# ---- the kernel reference with ESP: VXLAN in xfrm transport mode, as Docker's encrypted overlay ------
+
+
+def _ip_xfrm(lab: Lab, host: Host, *args: str) -> None:
+    r = lab.run(host.netns, ["ip", "xfrm", *args])
+    if r.returncode != 0:
+        raise NotAvailable(f"kernel xfrm: `ip xfrm {args[0]} {args[1]} ... proto esp aead rfc4106(gcm(aes))` says "
+                           f"\"{(r.stderr.strip().splitlines() or ['?'])[-1]}\"")
+
+
+# Holds an RFC 3948 ESP-in-UDP socket on 4500 (what an IKE daemon does): the kernel decapsulates
+# espinudp only for datagrams that reach a socket with UDP_ENCAP_ESPINUDP.
+ESPINUDP_SOCKET = ("import socket, time\n"
+                   "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                   "s.setsockopt(socket.IPPROTO_UDP, 100, 2)  # UDP_ENCAP, UDP_ENCAP_ESPINUDP\n"
+                   "s.bind(('0.0.0.0', 4500))\n"
+                   "print('ready', flush=True)\n"
+                   "time.sleep(86400)\n")
+
+
+def _xfrm_esp(lab: Lab, a: Host, b: Host, helpers: list[subprocess.Popen[str]]) -> None:
+    """Transport-mode ESP (AES-GCM-128, UDP-encapsulated on 4500) for VXLAN between the two VTEPs, with
+    the keys overlaynet would derive. xfrm state is per namespace: nothing outside the lab changes."""
+    secret = os.urandom(32)
+    for host, peer in ((a, b), (b, a)):
+        for src, dst in ((host, peer), (peer, host)):
+            sa = esp_keys.derive_sa(secret, VNI, 1, src.address, dst.address)
+            _ip_xfrm(lab, host, "state", "add", "src", src.address, "dst", dst.address, "proto", "esp",
+                     "spi", f"0x{sa.spi:08x}", "reqid", "1", "mode", "transport",
+                     "aead", "rfc4106(gcm(aes))", "0x" + (sa.key + sa.salt).hex(), "128",
+                     "encap", "espinudp", "4500", "4500", "0.0.0.0")
+        for d, src, dst in (("out", host, peer), ("in", peer, host)):
+            _ip_xfrm(lab, host, "policy", "add", "src", src.address, "dst", dst.address, "proto", "udp",
+                     "dport", "4789", "dir", d, "tmpl", "src", src.address, "dst", dst.address, "proto", "esp",
+                     "reqid", "1", "mode", "transport", "level", "required")
+        holder = lab.popen(host.netns, [sys.executable, "-c", ESPINUDP_SOCKET], stdout=subprocess.PIPE, text=True)
+        helpers.append(holder)
+        if holder.stdout is None or holder.stdout.readline().strip() != "ready":
+            raise NotAvailable("cannot hold an ESP-in-UDP socket on port 4500")
+
+
 # ---- overlaynet itself -------------------------------------------------------------------------------
 
 
@@ -125,16 +194,27 @@ def _first_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _overlaynet(lab: Lab, a: Host, b: Host, dataplane: str, mtu: int) -> Pair:
-    common = ["--dataplane", dataplane, "--plaintext", "--resync-interval", "5"]
+def _overlaynet(lab: Lab, a: Host, b: Host, dataplane: str, mtu: int, encrypted: bool = False) -> Pair:
+    common = ["--dataplane", dataplane, "--resync-interval", "5"]
+    if encrypted:  # encrypted networks need encrypted gossip: one shared cluster key
+        key_file = os.path.join(lab.workdir, "gossip.key")
+        Keyring([generate_key()]).save(key_file)
+        common += ["--key-file", key_file]
+    else:
+        common.append("--plaintext")
     for host, extra in ((a, []), (b, ["--join", a.address])):
         try:
             lab.start_daemon(host, *common, *extra, timeout=30)
         except (RuntimeError, TimeoutError) as e:
             raise NotAvailable(f"overlayd --dataplane {dataplane} did not start: "
                                f"{_first_line(lab.daemon_log(host) or str(e))}") from None
-    lab.overlayctl(a, "network", "create", NETWORK, "--subnet", f"{OVERLAY_NET}.0/24", "--vni", str(VNI),
-                   "--mtu", str(mtu))
+    create = ["network", "create", NETWORK, "--subnet", f"{OVERLAY_NET}.0/24", "--vni", str(VNI), "--mtu", str(mtu)]
+    try:
+        lab.overlayctl(a, *create, *(["--encrypted"] if encrypted else []))
+    except RuntimeError as e:
+        if not encrypted:
+            raise
+        raise NotAvailable(f"encrypted networks: {str(e).splitlines()[-1]}") from None
     # The network should reach host b by gossip; if it does not, say so rather than hand-creating it.
     deadline = time.monotonic() + 15
     while not any(n["name"] == NETWORK for n in lab.overlayctl_json(b, "network", "ls")):
@@ -153,7 +233,7 @@ def _overlaynet(lab: Lab, a: Host, b: Host, dataplane: str, mtu: int) -> Pair:
         raise NotAvailable(f"containers attached on two hosts could not ping each other within 30 s "
                            f"(overlayd {dataplane} mode across hosts)") from None
     pids = [h.process.pid for h in (a, b) if h.process is not None] if dataplane == "userspace" else []
-    return Pair(f"overlaynet-{dataplane}", lab, containers["a"], containers["b"], eps["a"]["ifname"],
+    return Pair(f"overlaynet-{dataplane}" + ("-encrypted" if encrypted else ""), lab, containers["a"], containers["b"], eps["a"]["ifname"],
                 eps["b"]["ifname"], eps["a"]["ip"], eps["b"]["ip"], eps["b"]["mac"], mtu, daemon_pids=pids)
 
 
