@@ -394,7 +394,7 @@ class Agent:
             gossip=self.node.stats() if self.node is not None else {}, members_by_state=states,
             tables={t: len(self.node.table(t)) if self.node else 0 for t in (NETWORKS, ENDPOINTS, IPAM)},
             networks=len(self.networks), endpoints=len(self.endpoints), program=dict(self.counters),
-            dns=self.dns.status(), degraded=not health.ok,
+            dns=self.dns.status(), degraded=not health.ok, unreadable_rows=self.cluster.unreadable_rows(),
         )
 
     async def status(self) -> dict[str, Any]:

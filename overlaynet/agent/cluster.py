@@ -146,6 +146,14 @@ class Cluster:
         return list(self._endpoints((rec.key, rec.value) for rec in self._records(ENDPOINTS)
                                     if rec.value is not None and rec.owner in hosts).values())
 
+    def unreadable_rows(self) -> dict[str, int]:
+        """Visible rows left out because they are not records (metrics: a peer runs a buggy version)."""
+        self.endpoints()
+        rows = self.node.table(ENDPOINTS)
+        return {ENDPOINTS: sum(1 for key in rows if self._decoded[key][1] is None),
+                NETWORKS: sum(1 for rec in self._records(NETWORKS)
+                              if rec.value is not None and self._network(rec) is None)}
+
     def my_endpoint_ids(self) -> set[str]:
         return {rec.key for rec in self._records(ENDPOINTS) if rec.value is not None and rec.owner == self.name}
 

@@ -75,6 +75,7 @@ class Snapshot:
     program: dict[str, int]
     dns: dict[str, Any]
     degraded: bool
+    unreadable_rows: dict[str, int] = field(default_factory=dict)  # table -> rows left out (a peer's bug)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +100,12 @@ class SnapshotCollector(Collector):
         for table, n in sorted(s.tables.items()):
             tables.add_metric([table], n)
         yield tables
+        unreadable = GaugeMetricFamily("overlaynet_table_rows_unreadable",
+                                       "Rows of a replicated table that are not records this host can read "
+                                       "(a peer's bug); left out of everything it programs", labels=["table"])
+        for table, n in sorted(s.unreadable_rows.items()):
+            unreadable.add_metric([table], n)
+        yield unreadable
         yield GaugeMetricFamily("overlaynet_networks", "Networks in the cluster", value=s.networks)
         yield GaugeMetricFamily("overlaynet_endpoints", "Endpoints on this host", value=s.endpoints)
         yield CounterMetricFamily("overlaynet_program_passes", "Passes pushing forwarding state into the dataplane",

@@ -86,6 +86,7 @@ def test_metrics_scrape_parses_and_counts_real_traffic(lab, pair):
     assert value(m, "overlaynet_gossip_auth_failures_total") == 0
     assert value(m, "overlaynet_gossip_push_pulls_total") >= 0  # periodic (every ~30 s): present, maybe 0
     assert value(m, "overlaynet_table_records", table="endpoints") == 2
+    assert value(m, "overlaynet_table_rows_unreadable", table="endpoints") == 0
     assert value(m, "overlaynet_program_passes_total") > 0
     assert value(m, "overlaynet_program_errors_total") == 0
     assert value(m, "overlaynet_reconcile_duration_seconds_count") >= 1

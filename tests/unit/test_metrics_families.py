@@ -34,6 +34,15 @@ def test_kernel_dataplane_exports_its_filter_drops():
     assert not any(name == "overlaynet_dataplane_up" for name, _ in m)
     assert m[("overlaynet_gossip_auth_failures_total", ())] == 3
     assert m[("overlaynet_health_degraded", ())] == 1
+    assert not any(name == "overlaynet_table_rows_unreadable" for name, _ in m)  # nothing to say: no sample
+
+
+def test_unreadable_table_rows_are_a_gauge_per_table():
+    s = snapshot("kernel", {})
+    s.unreadable_rows = {"endpoints": 2, "networks": 0}
+    m = scrape(s)
+    assert m[("overlaynet_table_rows_unreadable", (("table", "endpoints"),))] == 2
+    assert m[("overlaynet_table_rows_unreadable", (("table", "networks"),))] == 0
 
 
 def test_fastpath_down_is_up_zero_without_invented_counters():

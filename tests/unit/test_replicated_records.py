@@ -136,6 +136,7 @@ def test_peers_records_old_new_and_broken_over_real_gossip() -> None:
             assert sorted(seen) == ["new", "old"]
             assert seen["old"].names == () and seen["new"].names == ("web", "front")
             assert cluster.endpoints() == seen  # read again: the same, from the decoded cache
+            assert cluster.unreadable_rows() == {"endpoints": 1, "networks": 0}
             assert sorted(r.id for r in cluster.endpoints_of({"h1"})) == ["new", "old"]
             peer.delete(ENDPOINTS, "new")
             await wait_for(lambda: sorted(cluster.endpoints()) == ["old"])
@@ -152,5 +153,8 @@ def test_a_peers_broken_network_row_is_left_out_and_the_rest_still_read() -> Non
             peer.set(NETWORKS, "odd", {**good, "name": "odd", "subnet": 24})
             await wait_for(lambda: len(cluster.node.table(NETWORKS)) == 3)
             assert cluster.networks() == {"blue": Network.from_dict(good)}
+            assert cluster.unreadable_rows() == {"endpoints": 0, "networks": 2}
+            peer.delete(NETWORKS, "odd")
+            await wait_for(lambda: cluster.unreadable_rows()["networks"] == 1)
 
     uvloop.run(main())
