@@ -16,6 +16,12 @@ class BadRequest(OverlayError):
     status = 400
 
 
+class Forbidden(OverlayError):
+    """The caller may not see this (e.g. key material to a non-root peer of the API socket)."""
+
+    status = 403
+
+
 class NotFound(OverlayError):
     status = 404
 

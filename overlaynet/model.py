@@ -221,6 +221,8 @@ class Network:
     created_at: float = 0.0
     owner: str = ""
     egress: bool = False  # containers reach the outside through their host (NAT), docs/cni.md
+    # ESP between hosts, fail closed (docs/encryption.md); fixed when the network is created.
+    encrypted: bool = False
 
     @property
     def ip_network(self) -> ipaddress.IPv4Network:
@@ -253,6 +255,7 @@ class Network:
                 created_at=float(data.get("created_at") or 0.0),
                 owner=data.get("owner") or "",
                 egress=data.get("egress") is True,
+                encrypted=data.get("encrypted") is True,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a network record: {type(e).__name__} {e}") from None

@@ -36,6 +36,8 @@ class NetworkCreate(Request):
     options: dict[str, Any] | None = None
     egress: Annotated[bool, _doc("containers reach the outside through their own host (NAT on the underlay) "
                                  "and get a default route via the gateway; needs a gateway")] = False
+    encrypted: Annotated[bool, _doc("ESP (AES-GCM) between hosts, never cleartext; keys travel only in encrypted "
+                                    "gossip; fixed at creation (docs/encryption.md)")] = False
 
 
 class EndpointCreate(Request):

@@ -6,6 +6,7 @@ identity, gossip events, the keyring and status, and wires the parts that do the
 
   host.py        the shared context: config, state dir, the kernel thread, the dataplane mode
   networks.py    networks and their settle rules
+  netkeys.py     encrypted networks' secrets, key epochs and rotation
   endpoints.py   this host's endpoints and address reservations
   programmer.py  desired state -> dataplane (peers, first-hop guard, forwarding, egress, DNS)
   reconciler.py  reconcile, level-triggered and idempotent, and the loops that run it
@@ -23,13 +24,14 @@ from typing import Any
 from overlaynet import __version__, kernel
 from overlaynet.agent import doctor
 from overlaynet.agent.blocks import BlockAllocator
-from overlaynet.agent.cluster import ENDPOINTS, IPAM, NETWORKS, Cluster
+from overlaynet.agent.cluster import ENDPOINTS, IPAM, NETKEYS, NETWORKS, Cluster
 from overlaynet.agent.config import Config, parse_seed
 from overlaynet.agent.endpoints import Endpoints
 from overlaynet.agent.health import Facts, Health, RecentIncrease, assess
 from overlaynet.agent.host import Host
 from overlaynet.agent.kernel_mode import KernelMode
 from overlaynet.agent.metrics import Snapshot
+from overlaynet.agent.netkeys import NetworkKeys
 from overlaynet.agent.networks import Networks
 from overlaynet.agent.programmer import Programmer
 from overlaynet.agent.reconciler import Reconciler
@@ -57,9 +59,10 @@ class Agent:
         self.started_at = time.time()
         self._auth_failures = RecentIncrease()
         self._tasks: list[asyncio.Task[None]] = []
-        self.programmer = Programmer(self.host, {})
+        self.keys_of_networks = NetworkKeys(self.host, gossip_encrypted=keyring is not None)
+        self.programmer = Programmer(self.host, {}, self.keys_of_networks)
         self.local = Endpoints(self.host, self.programmer)
-        self.nets = Networks(self.host, self.local)
+        self.nets = Networks(self.host, self.local, self.keys_of_networks)
         self.reconciler = Reconciler(self.host, self.local, self.programmer)
         self.endpoints: dict[str, Endpoint] = self.local.endpoints  # this host's endpoints
         self.unknown = self.local.unknown
@@ -119,6 +122,7 @@ class Agent:
 
     async def start(self) -> None:
         self.store.prepare()
+        self.keys_of_networks.preload()
         if self.keyring is not None and self.keyring.path is not None and not self.keyring.path.exists():
             self._save_keyring()
         self._load_identity()
@@ -169,12 +173,13 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.reconciler.program_on_change()))
         self._tasks.append(asyncio.create_task(self.reconciler.resync_forever()))
         self._tasks.append(asyncio.create_task(self._watch_auth_failures()))
+        self._tasks.append(asyncio.create_task(self._network_keys_forever()))
 
     def _make_mode(self) -> KernelMode | UserspaceMode:
         if self.config.dataplane == "userspace":
             return UserspaceMode(self.config.state_dir, self.advertise, self.config.vxlan_port,
                                  spin_us=self.config.fastpath_spin_us, log_format=self.config.log_format,
-                                 peer_bum_rate=self.config.peer_bum_rate)
+                                 peer_bum_rate=self.config.peer_bum_rate, esp_port=self.config.esp_port)
         return KernelMode(self.advertise, self.config.vxlan_port, peer_bum_rate=self.config.peer_bum_rate)
 
     async def close(self) -> None:
@@ -260,6 +265,7 @@ class Agent:
         in our name but we no longer have are withdrawn.
         """
         self.nets.restore(cached_networks)
+        self.keys_of_networks.restore(self.networks)
         self.local.restore()
 
     # ---- gossip events ---------------------------------------------------------------------
@@ -278,6 +284,9 @@ class Agent:
                 self.nets.cache_network(event.key)
             if event.table in (NETWORKS, ENDPOINTS):
                 self.programmer.names_changed()
+                self.host.dirty.set()
+            if event.table == NETKEYS:
+                self.keys_of_networks.changed(event.key)
                 self.host.dirty.set()
         elif isinstance(event, KeyringChange):
             self._save_keyring()  # every change, ours or gossiped
@@ -316,6 +325,40 @@ class Agent:
         # Saved by _on_gossip_event (KeyringChange), the key file's one writer, before key_op returns.
         log.info("event=key-%s key_id=%s changed=%s", op, key_id(key).hex(), changed)
         return {"op": op, "changed": changed, **self.keys()}
+    # ---- encrypted networks' keys ----------------------------------------------------------
+
+    async def rotate_key(self, name: str) -> dict[str, Any]:
+        """A new key epoch for an encrypted network, now (every host switches to it on its own)."""
+        async with self.host.lock:
+            net = self.host.get_network(name)
+            self.keys_of_networks.rotate(net, "operator")
+        self.host.dirty.set()
+        return self.network_view(net)
+
+    def network_keys(self, name: str) -> dict[str, Any]:
+        """The SAs this host programmed for a network, key material included (root only: the API
+        checks the caller). For decrypting captures (scapy, Wireshark) while debugging."""
+        net = self.host.get_network(name)
+        if not net.encrypted:
+            raise BadRequest(f"network {name!r} is not encrypted: it has no keys")
+        sas = [{"peer": sa["peer"], "dir": sa["dir"], "epoch": sa["epoch"], "spi": f"{sa['spi']:#010x}",
+                "key": sa["key"].hex(), "salt": sa["salt"].hex()} for sa in self.programmer.current_sas(net)]
+        return {"network": net.name, "vni": net.vni, "vtep": self.advertise, "esp_port": self.config.esp_port,
+                "sas": sas}
+
+    async def _network_keys_forever(self) -> None:
+        """Rotate encrypted networks' keys when due, and program the SAs again whenever a switch
+        or overlap deadline passes (key_switch_delay, key_overlap)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for net in self.keys_of_networks.due(self.networks):
+                    self.keys_of_networks.rotate(net, "interval")
+                if self.programmer.keys_due():
+                    self.host.dirty.set()
+            except Exception:
+                log.exception("event=network-keys-failed")
+
     # ---- health and status -----------------------------------------------------------------
 
     async def _watch_auth_failures(self) -> None:

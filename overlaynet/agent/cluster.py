@@ -6,6 +6,7 @@ Three replicated tables:
   ipam      key = "<network>|<block>|<host>" value = {network, block, host, claimed_at}
             key = "<network>|addr|<ip>|<host>" value = {network, address, host, claimed_at}
             (an address reserved through the Docker IPAM driver before its endpoint exists)
+  netkeys   key = "<network>|<epoch>"       value = an encrypted network's secret (agent/netkeys.py)
 
 Endpoints and claims are written by the host they belong to, so the gossip layer hides them while
 that host is dead and brings them back if it returns. Networks are shared objects: they must
@@ -29,6 +30,7 @@ from overlaynet.model import Endpoint, EndpointRecord, Network
 NETWORKS = "networks"
 ENDPOINTS = "endpoints"
 IPAM = "ipam"
+NETKEYS = "netkeys"
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -113,6 +115,18 @@ class Cluster:
 
     def delete_network(self, name: str) -> None:
         self.node.delete(NETWORKS, name)
+
+    # ---- encrypted networks' secrets (raw records: a secret outlives the host that wrote it) ----
+
+    def netkey_records(self, network: str) -> list[dict[str, Any]]:
+        return [dict(rec.value) for rec in self._records(NETKEYS)
+                if rec.value is not None and rec.key.startswith(f"{network}|")]
+
+    def put_netkey(self, network: str, epoch: int, value: dict[str, Any]) -> None:
+        self.node.set(NETKEYS, f"{network}|{epoch}", value)
+
+    def delete_netkey(self, network: str, epoch: int) -> None:
+        self.node.delete(NETKEYS, f"{network}|{epoch}")
 
     # ---- endpoints -------------------------------------------------------------------------
 

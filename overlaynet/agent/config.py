@@ -62,6 +62,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bind: Annotated[IPv4, _help("address to bind gossip and VXLAN sockets (default 0.0.0.0)")] = "0.0.0.0"
     vxlan_port: Annotated[Port, _help("VXLAN UDP port (default 4789)")] = 4789
     gossip_port: Annotated[Port, _help("gossip UDP+TCP port (default 7946)")] = 7946
+    esp_port: Annotated[Port, _help("encrypted networks: ESP-in-UDP port (RFC 3948; default 4500)")] = 4500
     join: Annotated[Seeds, _help("a cluster member to join (repeatable)")] = msgspec.field(default_factory=list)
     state_dir: Annotated[Path, _help(f"state directory (default {DEFAULT_STATE_DIR})")] = DEFAULT_STATE_DIR
     socket: Annotated[Path, _help(f"API unix socket (default {DEFAULT_SOCKET})")] = DEFAULT_SOCKET
@@ -106,6 +107,18 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     peer_bum_rate: Annotated[FrameCount, _help(
         "broadcast/multicast frames per second one peer host may send in total "
         "(default 20000)")] = 20000
+    # Encrypted networks (docs/encryption.md): a new key epoch every this many seconds (Docker's key
+    # manager rotates every 12 h); senders switch to a new epoch `key_switch_delay` seconds after it
+    # reached them (every peer has it by then: gossip spreads it in well under a second), and keep
+    # accepting the previous one for `key_overlap` seconds more.
+    key_rotation_interval: Annotated[Interval, _help(
+        "encrypted networks: seconds between automatic key rotations (default 43200: 12 h)")] = 43200.0
+    key_switch_delay: Annotated[Seconds, _help(
+        "encrypted networks: seconds after a new key epoch arrives before this host sends with it "
+        "(default 5)")] = 5.0
+    key_overlap: Annotated[Seconds, _help(
+        "encrypted networks: seconds the previous key epoch is still accepted after the switch "
+        "(default 30)")] = 30.0
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _help("default info")] = "info"
     dns_rate_limit: Annotated[QueryRate, _help("DNS queries per second per container address (burst: twice "
                                                 "that; 0: unlimited; default 100)")] = 100

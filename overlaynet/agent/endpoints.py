@@ -150,6 +150,14 @@ class Endpoints:
 
     # ---- endpoints -------------------------------------------------------------------------
 
+    async def _refuse_unless_encrypting(self, net: Network) -> None:
+        """An encrypted network's endpoint only on a host that encrypts (and gets keys safely)."""
+        self.programmer.keys.refuse_without_encrypted_gossip(f"attach to encrypted network {net.name!r}")
+        reason = await self.host.kernel(self.host.dataplane.encryption_unavailable)
+        if reason:
+            raise BadRequest(f"cannot attach to encrypted network {net.name!r}: this host {reason}; "
+                             "attach on a host running the userspace dataplane")
+
     async def create_endpoint(self, request: EndpointCreate) -> Endpoint:
         net_name = request.network
         ifname = model.validate_ifname(request.ifname or "eth0")
@@ -161,6 +169,8 @@ class Endpoints:
         names = model.validate_dns_names(request.names)
         async with self.host.lock:
             net = self.host.get_network(net_name)
+            if net.encrypted:
+                await self._refuse_unless_encrypting(net)
             if endpoint_id in self.endpoints:
                 raise Conflict(f"endpoint {endpoint_id} already exists")
             netns_path: str | None = None

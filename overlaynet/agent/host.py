@@ -86,6 +86,13 @@ class Host:
     def forget_reservation(self, network: str, ip: str) -> None:
         self.store.delete("addresses", network, f"{ip}.json")
 
+    def save_netkeys(self, network: str, data: dict[str, Any]) -> None:
+        """An encrypted network's secrets: only ever in the 0700 state dir (atomic, like every file)."""
+        self.store.write(data, "netkeys", f"{network}.json")
+
+    def forget_netkeys(self, network: str) -> None:
+        self.store.delete("netkeys", f"{network}.json")
+
     def save_identity(self, node: dict[str, Any]) -> None:
         self.store.write(node, "node.json")
 

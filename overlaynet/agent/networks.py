@@ -16,6 +16,7 @@ from overlaynet import kernel, model
 from overlaynet.agent.cluster import in_network
 from overlaynet.agent.endpoints import Endpoints
 from overlaynet.agent.host import Host
+from overlaynet.agent.netkeys import NetworkKeys, encrypted_mtu
 from overlaynet.errors import BadRequest, Conflict
 from overlaynet.ipam import AddressPool
 from overlaynet.model import Network
@@ -25,9 +26,10 @@ log = logging.getLogger("overlaynet.agent")
 
 
 class Networks:
-    def __init__(self, host: Host, local: Endpoints) -> None:
+    def __init__(self, host: Host, local: Endpoints, keys: NetworkKeys) -> None:
         self.host = host
         self.local = local
+        self.keys = keys
 
     def load(self) -> list[Network]:
         """The networks cached in the state dir."""
@@ -45,6 +47,8 @@ class Networks:
     async def create_network(self, request: NetworkCreate) -> Network:
         name = model.validate_name(request.name)
         subnet = model.validate_subnet(request.subnet)
+        if request.encrypted:
+            self.keys.refuse_without_encrypted_gossip(f"create encrypted network {name!r}")
         vteps = [str(m.meta["vtep"]) for m in self.host.cluster.members() if m.meta.get("vtep")]
         model.check_clear_of_underlay(subnet, await self.host.kernel(kernel.underlay_networks, self.host.advertise),
                                       sorted({self.host.advertise, *vteps}))
@@ -65,12 +69,17 @@ class Networks:
                     raise Conflict(
                         f"subnet {subnet} overlaps network {other_net.name!r} ({other_net.subnet}); pick another"
                     )
-            default_mtu = self.host.underlay_mtu - model.VXLAN_OVERHEAD
+            if request.encrypted:
+                default_mtu = encrypted_mtu(self.host.underlay_mtu)
+                overhead = f"VXLAN and ESP add {self.host.underlay_mtu - default_mtu}"
+            else:
+                default_mtu = self.host.underlay_mtu - model.VXLAN_OVERHEAD
+                overhead = f"VXLAN adds {model.VXLAN_OVERHEAD}"
             mtu = model.validate_mtu(request.mtu) if request.mtu is not None else default_mtu
             if mtu > default_mtu:
                 raise BadRequest(
                     f"MTU {mtu} is too large for this host's underlay MTU {self.host.underlay_mtu}: "
-                    f"at most {default_mtu} (VXLAN adds {model.VXLAN_OVERHEAD} bytes)"
+                    f"at most {default_mtu} ({overhead} bytes)"
                 )
             gateway = request.gateway
             if gateway == "auto":
@@ -85,12 +94,18 @@ class Networks:
             net = Network(
                 name=name, vni=vni, subnet=str(subnet), mtu=mtu, gateway=gateway,
                 options=options, created_at=time.time(), owner=self.host.config.name, egress=request.egress,
+                encrypted=request.encrypted,
             )
+            if net.encrypted:
+                # The secret first: a host that sees the network sees its key (or, for a moment,
+                # nothing it could send with: the fast path drops what has no SA).
+                self.keys.create(name)
             self.host.cluster.put_network(net)
             self.local.reservations.setdefault(name, set())
         if self.host.cluster.others_alive():
             await self._settle(net)
-        log.info("event=network-created name=%s vni=%d subnet=%s mtu=%d", name, vni, subnet, mtu)
+        log.info("event=network-created name=%s vni=%d subnet=%s mtu=%d encrypted=%s", name, vni, subnet, mtu,
+                 net.encrypted)
         return net
 
     async def _settle(self, mine: Network) -> None:
@@ -131,6 +146,7 @@ class Networks:
                     "detach them first or use --force"
                 )
             self.host.cluster.delete_network(name)
+            self.keys.forget(name)
             await self.local.leave_network(net)
             for block in self.host.cluster.my_blocks(name):
                 self.host.cluster.release_block(name, block)
@@ -143,6 +159,7 @@ class Networks:
         view["endpoints"] = len(self.local.on_network(net.name))
         view["endpoints_cluster"] = len(everywhere)
         view["hosts"] = sorted({ep.host for ep in everywhere})
+        view.update(self.keys.view(net))
         return view
 
     def cache_network(self, name: str) -> None:

@@ -16,6 +16,7 @@ from overlaynet import kernel
 from overlaynet.agent.cluster import in_network
 from overlaynet.agent.forwarding import Forwarding, forwarding_for
 from overlaynet.agent.host import Host
+from overlaynet.agent.netkeys import NetworkKeys, sas_for
 from overlaynet.dns.answer import Zone
 from overlaynet.dns.server import DnsService
 from overlaynet.kernel import KernelError
@@ -25,14 +26,16 @@ log = logging.getLogger("overlaynet.agent")
 
 
 class Programmer:
-    def __init__(self, host: Host, endpoints: dict[str, Endpoint]) -> None:
+    def __init__(self, host: Host, endpoints: dict[str, Endpoint], keys: NetworkKeys) -> None:
         self.host = host
+        self.keys = keys
         self.endpoints = endpoints  # this host's endpoints (owned by endpoints.py), read here
         self.counters = {"programmed_passes": 0, "entries_changed": 0, "program_errors": 0}
         self.program_failures: dict[str, str] = {}  # "peers" or a network -> its last programming error
         self._programmed: dict[str, tuple[Any, ...]] = {}  # network -> last forwarding pushed
         self._guarded: dict[str, kernel.PortGuard] = {}  # network -> first-hop guard last programmed
         self._peers: set[str] | None = None  # VTEPs last allowed to send to us
+        self._sas: dict[str, list[dict[str, Any]]] = {}  # encrypted network -> the SAs last pushed
         self._egress: list[kernel.EgressSpec] | None = None  # egress last programmed
         # Until our view of the cluster is synced after a start, programming only adds entries:
         # removing what we merely have not heard about yet would cut traffic that should flow.
@@ -63,6 +66,24 @@ class Programmer:
     def network_removed(self, network: str) -> None:
         self._programmed.pop(network, None)
         self._guarded.pop(network, None)
+        self._sas.pop(network, None)
+
+    def keys_due(self) -> bool:
+        """An encrypted network's key plan moved on (a switch or overlap deadline passed, a new
+        epoch arrived) since its SAs were last pushed: a program pass is due."""
+        for name in {ep.network for ep in self.endpoints.values()}:
+            net = self.host.networks.get(name)
+            if net is not None and net.encrypted:
+                plan = self.keys.key_plan(net)
+                pushed = {(sa["dir"], sa["epoch"]) for sa in self._sas.get(name, [])}
+                wanted = {("in", e) for e in plan.rx} | {("out", plan.tx)} if plan else set()
+                if pushed != wanted:
+                    return True
+        return False
+
+    def current_sas(self, net: Network) -> list[dict[str, Any]]:
+        """The SAs this host pushed for a network (for `inspect --show-keys`): key material."""
+        return list(self._sas.get(net.name, []))
 
     # ---- desired state ---------------------------------------------------------------------
 
@@ -179,6 +200,8 @@ class Programmer:
                     self.counters["program_errors"] += 1
                     guard_error = self.program_failures[f"network {name}"] = f"first-hop guard: {e}"
                     log.error("event=program-failed what=port-guard network=%s error=%s", name, e)
+                if net.encrypted:
+                    await self._sync_sas(net, peers, force)
                 fwd = self.desired_forwarding(net)
                 if not self.synced:
                     fwd = await self._keep_programmed(net, fwd)
@@ -209,6 +232,25 @@ class Programmer:
             self.counters["programmed_passes"] += 1
             self.counters["entries_changed"] += changed
             return changed
+
+    async def _sync_sas(self, net: Network, peers: set[str], force: bool) -> None:
+        """Push the network's SAs (all members' VTEPs: they are ready before a peer's first endpoint
+        appears). With no secret yet there are none, and the fast path sends nothing (fail closed)."""
+        plan = self.keys.key_plan(net)
+        sas = sas_for(plan, self.keys.secrets(net.name), net.vni, self.host.advertise, peers) if plan else []
+        if not force and self._sas.get(net.name) == sas:
+            return
+        try:
+            await self.host.kernel(self.host.dataplane.sync_sas, net, sas)
+            self._sas[net.name] = sas
+            log.info("event=sas-programmed network=%s peers=%d tx_epoch=%s rx_epochs=%s", net.name, len(peers),
+                     plan.tx if plan else "-", ",".join(map(str, plan.rx)) if plan else "-")
+        except KernelError as e:
+            self.counters["program_errors"] += 1
+            self.program_failures[f"network {net.name}"] = f"keys: {e}"
+            log.error("event=program-failed what=sas network=%s error=%s", net.name, e)
+            if "collides" in str(e) and self.keys.collision(net):
+                log.warning("event=spi-collision network=%s action=rotate", net.name)
 
     def desired_egress(self, networks: dict[str, Network]) -> list[kernel.EgressSpec]:
         """Egress of every --egress network with an endpoint here, with this host's container addresses."""

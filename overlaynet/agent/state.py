@@ -8,6 +8,7 @@ caller undoes what it did before persisting and the API answers 507. Layout:
   networks/<name>.json          networks
   endpoints/<id>.json           endpoints attached on this host
   addresses/<network>/<ip>.json address reservations (Docker IPAM)
+  netkeys/<network>.json        an encrypted network's secrets per key epoch (agent/netkeys.py)
   netns/                        bind mounts of the per-network sandbox namespaces (kernel/ owns them)
 """
 

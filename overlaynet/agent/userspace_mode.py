@@ -9,6 +9,7 @@ missed. Methods block (unix socket + netlink): the agent calls them from its ker
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -28,7 +29,8 @@ class UserspaceMode:
     name = "userspace"
 
     def __init__(self, state_dir: str, advertise: str, vxlan_port: int, spin_us: int = 0,
-                 log_format: str = "logfmt", peer_bum_rate: int = 0) -> None:
+                 log_format: str = "logfmt", peer_bum_rate: int = 0, esp_port: int = 4500) -> None:
+        self.esp_port = esp_port
         self.log_format = log_format
         self.peer_bum_rate = peer_bum_rate
         self.advertise = advertise
@@ -60,6 +62,8 @@ class UserspaceMode:
             os.unlink(self.control)  # left by a fastpathd that died
         with open(self.log_file, "ab") as logf:
             extra = ["--log-format", self.log_format] + (["--spin-us", str(self.spin_us)] if self.spin_us else [])
+            if self.esp_port != 4500:  # fastpathd's default
+                extra += ["--esp-port", str(self.esp_port)]
             proc = start_fastpathd(self.control, bind=self.advertise, port=self.vxlan_port,
                                    state=self.state_file, extra=extra, log=logf)
         self.pid = proc.pid
@@ -98,9 +102,38 @@ class UserspaceMode:
             log.warning("event=fastpath-device-missing network=%s tap=%s action=recreate", net.name, tap)
             self._call(lambda: self.client.remove_network(net.vni))
             repaired.append(tap)
-        self._call(lambda: self.client.add_network(net.vni, sandbox, tap, net.mtu))
+        if net.encrypted:
+            self._add_encrypted(net, sandbox, tap)
+        else:
+            self._call(lambda: self.client.add_network(net.vni, sandbox, tap, net.mtu))
         kernel.ensure_port(sandbox, tap, net.mtu)
         return repaired
+
+    def _add_encrypted(self, net: Network, sandbox: str, tap: str) -> None:
+        """Add an encrypted network and make sure fastpathd took it as such: from then on it sends
+        and accepts nothing of this VNI in the clear, and drops what has no SA yet. A fastpathd
+        that does not say so (built without ESP) gets the network removed again: fail closed."""
+        self._call(lambda: self.client.call("add_network", vni=net.vni, netns=sandbox, tap=tap, mtu=net.mtu,
+                                            encrypted=True))
+        state = self._call(self.client.networks)["networks"].get(net.vni) or {}
+        if state.get("encrypted") is not True:
+            self._call(lambda: self.client.remove_network(net.vni))
+            raise kernel.KernelError(f"this host's fast path cannot encrypt network {net.name!r} (fastpathd has "
+                                     "no ESP support); update overlaynet on this host")
+
+    def encryption_unavailable(self) -> str | None:
+        """Why this host cannot carry an encrypted network, or None: the fast path's ESP codec
+        (OpenSSL libcrypto) and the key derivation (`cryptography`) must both load."""
+        try:
+            for module in ("overlaynet.dataplane.esp", "cryptography.hazmat.primitives.kdf.hkdf"):
+                importlib.import_module(module)
+        except ImportError as e:
+            return f"its crypto library is missing ({e}); install libssl and python3-cryptography"
+        return None
+
+    def sync_sas(self, net: Network, sas: list[dict[str, Any]]) -> int:
+        """Replace the network's SAs (ESP_INTERFACE.md): an SA that stays keeps its sequence state."""
+        return int(self._call(lambda: self.client.call("sync_sas", vni=net.vni, sas=sas)))
 
     def overlay_port(self, net: Network) -> str:
         """The sandbox bridge's port that frames from other hosts enter by."""

@@ -32,6 +32,10 @@ class Network(Answer):
     created_at: float
     owner: str
     egress: bool
+    encrypted: bool
+    key_epoch: int | None  # encrypted: the newest key epoch this host holds
+    key_age_s: float | None  # ... and its age
+    tx_epoch: int | None  # ... and the epoch it sends with (the previous one just after a rotation)
     endpoints: int  # on this host
     endpoints_cluster: int
     hosts: list[str]
@@ -45,6 +49,23 @@ class Endpoint(model.Endpoint):
     gateway: str | None = None
     egress: bool = False  # the network's: the container's default route goes via the gateway
     present: bool | None = None  # only with ?check=true
+
+
+class NetworkSa(Answer):
+    peer: str
+    dir: Literal["out", "in"]
+    epoch: int
+    spi: str  # hex, 0x...
+    key: str  # hex
+    salt: str  # hex
+
+
+class NetworkKeys(Answer):
+    network: str
+    vni: int
+    vtep: str  # this host's
+    esp_port: int
+    sas: list[NetworkSa]
 
 
 class Address(Answer):

@@ -123,9 +123,10 @@ class Routes(Generic[R]):
 
     def create_network(self, name: str, subnet: str, vni: int | None = None, mtu: int | None = None,
                        gateway: str | None = None, options: dict[str, Any] | None = None,
-                       egress: bool = False) -> R:
+                       egress: bool = False, encrypted: bool = False) -> R:
         return self._call("create_network", rq.NetworkCreate(name=name, subnet=subnet, vni=vni, mtu=mtu,
-                                                             gateway=gateway, options=options, egress=egress))
+                                                             gateway=gateway, options=options, egress=egress,
+                                                             encrypted=encrypted))
 
     def get_network(self, name: str) -> R:
         return self._call("get_network", name=name)
@@ -165,6 +166,12 @@ class Routes(Generic[R]):
 
     def delete_endpoint(self, endpoint_id: str) -> R:
         return self._call("delete_endpoint", id=endpoint_id)
+
+    def network_keys(self, name: str) -> R:
+        return self._call("network_keys", name=name)
+
+    def rotate_key(self, name: str) -> R:
+        return self._call("rotate_key", name=name)
 
     def members(self) -> R:
         return self._call("members")

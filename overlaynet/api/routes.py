@@ -32,6 +32,7 @@ class Route:
     body: type[rq.Request] | None = None
     query: type[rq.Request] | None = None
     path_values: dict[str, tuple[str, ...]] = field(default_factory=dict)  # path params with a closed set
+    root_only: bool = False  # answered only to a caller whose uid is 0 (SO_PEERCRED), else 403
 
     @property
     def path_params(self) -> list[str]:
@@ -53,6 +54,11 @@ ROUTES: tuple[Route, ...] = (
     Route("get_network", "GET", "/v1/networks/{name}", "Inspect a network", an.Network, errors=(404,)),
     Route("delete_network", "DELETE", "/v1/networks/{name}", "Remove a network", None, 204, (400, 404, 409),
           query=rq.NetworkDeleteQuery),
+    Route("network_keys", "GET", "/v1/networks/{name}/keys",
+          "An encrypted network's SAs on this host, with key material (root only; for decrypting captures)",
+          an.NetworkKeys, errors=(400, 403, 404), root_only=True),
+    Route("rotate_key", "POST", "/v1/networks/{name}/rotate-key",
+          "A new key epoch for an encrypted network, now", an.Network, errors=(400, 404)),
     Route("network_fdb", "GET", "/v1/networks/{name}/fdb",
           "What this host programmed for a network, and what it wants", an.NetworkFdb, errors=(404,)),
     Route("reserve_address", "POST", "/v1/networks/{name}/addresses", "Reserve an address (Docker IPAM)",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,7 +25,7 @@ from overlaynet.agent.agent import Agent
 from overlaynet.agent.metrics import API_REQUESTS
 from overlaynet.api.openapi import openapi_document
 from overlaynet.api.routes import BY_NAME, KEY_OPS, ROUTES, Route
-from overlaynet.errors import BadRequest, OverlayError
+from overlaynet.errors import BadRequest, Forbidden, OverlayError
 
 log = logging.getLogger("overlaynet.api")
 B = TypeVar("B", bound=rq.Request)
@@ -140,6 +142,16 @@ async def delete_network(call: Call) -> Any:
 
 
 @handles
+async def network_keys(call: Call) -> Any:
+    return call.agent.network_keys(call.path["name"])
+
+
+@handles
+async def rotate_key(call: Call) -> Any:
+    return await call.agent.rotate_key(call.path["name"])
+
+
+@handles
 async def network_fdb(call: Call) -> Any:
     return await call.agent.programmed(call.path["name"])
 
@@ -237,6 +249,9 @@ def _endpoint(route: Route, handler: Handler) -> Callable[[web.Request], Awaitab
     """The aiohttp handler of a route: decode what the route declares, call, encode the answer."""
 
     async def serve_route(request: web.Request) -> web.StreamResponse:
+        if route.root_only and _peer_uid(request) != 0:
+            # The socket is 0600 already; this holds even if someone loosens its mode or group.
+            raise Forbidden(f"{route.path} shows secret key material: only root may ask for it")
         body = await decode_body(request, route.body) if route.body is not None else None
         query = decode_query(request, route.query) if route.query is not None else None
         answer = await handler(Call(request.app[AGENT_KEY], dict(request.match_info), body, query))
@@ -245,6 +260,16 @@ def _endpoint(route: Route, handler: Handler) -> Callable[[web.Request], Awaitab
         return web.json_response(answer, status=route.ok)
 
     return serve_route
+
+
+def _peer_uid(request: web.Request) -> int | None:
+    """The uid of the process at the other end of the unix socket (None: not a unix socket)."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                           struct.calcsize("3i")))
+    return int(uid)
 
 
 @web.middleware

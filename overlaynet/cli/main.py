@@ -54,10 +54,12 @@ def cmd_network_create(client: Client, args: argparse.Namespace) -> None:
     if args.no_gateway and args.egress:
         raise UsageError("--egress needs the gateway (containers route through it): drop --no-gateway")
     net = client.create_network(args.name, args.subnet, vni=parse_int(args.vni, "--vni"),
-                                mtu=parse_int(args.mtu, "--mtu"), gateway=gateway, egress=args.egress)
+                                mtu=parse_int(args.mtu, "--mtu"), gateway=gateway, egress=args.egress,
+                                encrypted=args.encrypted)
     emit(args, net, lambda n: f"network {n['name']} created: vni {n['vni']}, subnet {n['subnet']}, mtu {n['mtu']}"
                               + (f", gateway and DNS {n['gateway']}" if n.get("gateway") else ", no gateway (no DNS)")
-                              + (", egress through each host" if n.get("egress") else ""))
+                              + (", egress through each host" if n.get("egress") else "")
+                              + (", encrypted (ESP)" if n.get("encrypted") else ""))
 
 
 def network_rows(nets: list[dict[str, Any]]) -> str:
@@ -71,15 +73,46 @@ def cmd_network_ls(client: Client, args: argparse.Namespace) -> None:
     emit(args, client.list_networks(), network_rows)
 
 
-def cmd_network_inspect(client: Client, args: argparse.Namespace) -> None:
+def cmd_network_inspect(client: Client, args: argparse.Namespace) -> int:
+    if args.show_keys and os.geteuid() != 0:
+        print("overlayctl: --show-keys prints secret key material: run it as root", file=sys.stderr)
+        return 1
     net = client.get_network(args.name)
+    if args.show_keys:
+        net["keys"] = client.network_keys(args.name)
     if not args.json:
         net["attached"] = client.list_endpoints(args.name)
     emit(args, net, inspect_text)
+    return 0
+
+
+def cmd_network_rotate_key(client: Client, args: argparse.Namespace) -> None:
+    net = client.rotate_key(args.name)
+    emit(args, net, lambda n: f"network {n['name']}: new key epoch {n['key_epoch']} (every host sends with it "
+                              "after the switch delay)")
+
+
+def key_text(net: dict[str, Any]) -> list[str]:
+    if not net.get("encrypted"):
+        return ["encrypted: no"]
+    if net.get("key_epoch") is None:
+        return ["encrypted: yes, but this host holds no key yet (it sends and accepts nothing)"]
+    lines = [f"encrypted: yes, key epoch {net['key_epoch']} (age {human_duration(net['key_age_s'])}), "
+             f"sending with epoch {net['tx_epoch']}"]
+    for sa in (net.get("keys") or {}).get("sas", []):
+        lines.append(f"  {sa['dir']:<3} peer {sa['peer']} epoch {sa['epoch']} spi {sa['spi']} "
+                     f"key {sa['key']} salt {sa['salt']}")
+    return lines
+
+
+def human_duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def inspect_text(net: dict[str, Any]) -> str:
     lines = [f"{key}: {net[key]}" for key in ("name", "vni", "subnet", "mtu", "gateway", "owner") if key in net]
+    lines += key_text(net)
     attached = net.get("attached", [])
     lines.append(f"endpoints on this host: {len(attached)}")
     if attached:
@@ -398,12 +431,21 @@ def build_parser() -> Parser:
     p.add_argument("--egress", action="store_true",
                    help="containers reach the outside through their own host (NAT on the underlay) and get a "
                         "default route via the gateway; also what CNI portmap needs (default: off)")
+    p.add_argument("--encrypted", action="store_true",
+                   help="encrypt traffic between hosts (ESP, AES-GCM), never sending it in the clear; needs "
+                        "encrypted gossip and the userspace dataplane on every host with containers on it")
     p.set_defaults(func=cmd_network_create)
     p = net_sub.add_parser("ls", help="list networks", parents=[common])
     p.set_defaults(func=cmd_network_ls)
     p = net_sub.add_parser("inspect", help="show one network", parents=[common])
     p.add_argument("name")
+    p.add_argument("--show-keys", action="store_true",
+                   help="encrypted network: also this host's SAs with their keys and salts in hex (root only; "
+                        "for decrypting captures)")
     p.set_defaults(func=cmd_network_inspect)
+    p = net_sub.add_parser("rotate-key", help="give an encrypted network a new key epoch now", parents=[common])
+    p.add_argument("name")
+    p.set_defaults(func=cmd_network_rotate_key)
     # docker network's own words and argument order: `connect NETWORK CONTAINER`.
     p = net_sub.add_parser("connect", help="attach NETNS to NETWORK (as `docker network connect`)", parents=[common])
     p.add_argument("network")

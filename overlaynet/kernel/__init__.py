@@ -50,8 +50,10 @@ from .vxlan_filter import (
     vxlan_non_member_drops,
     vxlan_peer_bum_drops,
 )
+from .xfrm import esp_gcm_missing as xfrm_esp_gcm_missing
 
 __all__ = [
+    "xfrm_esp_gcm_missing",
     "BRIDGE_LOCAL",
     "BRIDGE_NAME",
     "FLOOD_MAC",

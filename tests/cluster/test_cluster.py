@@ -18,21 +18,9 @@ import pytest
 
 from overlaynet.lab import Lab, wait_until
 from overlaynet.model import gateway_mac
-from tests.support.cluster import FAST, alive_count, host_key_file, write_key
+from tests.support.cluster import FAST, alive_count, host_key_file, start_cluster, write_key
 
 pytestmark = pytest.mark.cluster
-
-def start_cluster(lab: Lab, count: int, key_file: str) -> list:
-    hosts = [lab.add_host(f"h{i + 1}") for i in range(count)]
-    seed = hosts[0].address
-    for i, host in enumerate(hosts):
-        args = ["--key-file", host_key_file(lab, host, key_file), *FAST]
-        if i:
-            args += ["--join", seed]
-        lab.start_daemon(host, *args)
-    wait_until(lambda: all(alive_count(lab, h) == count for h in hosts), what=f"{count} members alive everywhere")
-    return hosts
-
 
 def member_state(lab: Lab, host, name: str) -> str | None:
     return next((m["state"] for m in lab.overlayctl_json(host, "members") if m["name"] == name), None)

@@ -66,14 +66,22 @@ def generic(options: dict) -> dict:
 
 
 @pytest.mark.parametrize("options, words", [
-    ({"probe.mode": "l2"}, "unknown option -o probe.mode: overlaynet knows com.docker.network.driver.mtu, mtu, "
-                           "name, vni"),
-    ({"encrypted": ""}, "encrypted networks are not supported yet"),
+    ({"probe.mode": "l2"}, "unknown option -o probe.mode: overlaynet knows com.docker.network.driver.mtu, "
+                           "encrypted, mtu, name, vni"),
+    ({"encrypted": "false"}, "give -o encrypted .or encrypted=true. for an encrypted network"),
+    ({"encrypted": "maybe"}, "or leave the option out"),
     ({"mtu": "1400", "com.docker.network.driver.mtu": "1300"}, "disagree"),
 ])
 def test_network_options_are_refused_unless_known(options: dict, words: str) -> None:
     with pytest.raises(p.PluginError, match=words):
         network(generic(options))
+
+
+@pytest.mark.parametrize("value", ["", "true", "True", "1", "yes", "on"])
+def test_encrypted_option_with_or_without_a_value_encrypts(value: str) -> None:
+    """As Docker's overlay takes it: `-o encrypted` (sent as ""), `-o encrypted=`, `-o encrypted=true`."""
+    assert network(generic({"encrypted": value})).encrypted is True
+    assert network(generic({})).encrypted is False
 
 
 @pytest.mark.parametrize("body, words", [

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 
-from overlaynet.lab import Lab
+from overlaynet.lab import Lab, wait_until
 
 FAST = ["--resync-interval", "5", "--settle-time", "0.3", "--withdraw-delay", "4"]
 
@@ -30,3 +31,16 @@ def host_key_file(lab: Lab, host, key_file: str) -> str:
 
 def alive_count(lab: Lab, host) -> int:
     return sum(1 for m in lab.overlayctl_json(host, "members") if m["state"] == "alive")
+
+
+def start_cluster(lab: Lab, count: int, key_file: str, extra: Sequence[Sequence[str]] = ()) -> list:
+    """`count` hosts h1.. joined to h1 over encrypted gossip; extra[i]: more flags for host i."""
+    hosts = [lab.add_host(f"h{i + 1}") for i in range(count)]
+    seed = hosts[0].address
+    for i, host in enumerate(hosts):
+        args = ["--key-file", host_key_file(lab, host, key_file), *FAST, *(extra[i] if i < len(extra) else ())]
+        if i:
+            args += ["--join", seed]
+        lab.start_daemon(host, *args)
+    wait_until(lambda: all(alive_count(lab, h) == count for h in hosts), what=f"{count} members alive everywhere")
+    return hosts

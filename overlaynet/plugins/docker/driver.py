@@ -56,7 +56,7 @@ class Driver:
             )
         net = DockerNetwork(
             docker_id=req.docker_id, subnet=req.subnet, gateway=req.gateway, name=req.name,
-            vni=req.vni, mtu=req.mtu, internal=req.internal,
+            vni=req.vni, mtu=req.mtu, internal=req.internal, encrypted=req.encrypted,
         )
         await self._precheck_subnet(net)
         if net.internal:
@@ -155,7 +155,7 @@ class Driver:
                 # Docker's gateway becomes the network's anycast gateway and DNS address (dns.md).
                 created = await self.api.create_network(
                     net.name, net.subnet, vni=net.vni, mtu=net.mtu, gateway=net.gateway,
-                    options={**net.options, "docker.network_id": net.docker_id},
+                    options={**net.options, "docker.network_id": net.docker_id}, encrypted=net.encrypted,
                 )
                 net.created = True
                 log.info("event=network-created name=%s subnet=%s docker_id=%s", net.name, net.subnet,
@@ -171,6 +171,11 @@ class Driver:
         if existing is not None:
             if ipaddress.IPv4Network(existing["subnet"]) != ipaddress.IPv4Network(net.subnet):
                 raise p.PluginError(self._subnet_mismatch(net.name, existing["subnet"], net.subnet))
+            if bool(existing.get("encrypted")) != net.encrypted:
+                # Never let one host's Docker network believe it is encrypted when it is not (or the reverse).
+                have = "encrypted" if existing.get("encrypted") else "not encrypted"
+                raise p.PluginError(f"overlaynet network {net.name!r} already exists and is {have}; create the "
+                                    "Docker network with the same -o encrypted choice on every host")
             log.info("event=network-attached name=%s subnet=%s docker_id=%s", net.name, net.subnet,
                      net.docker_id[:12])
         if (existing or created).get("gateway") != net.gateway:

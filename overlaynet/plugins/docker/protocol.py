@@ -39,6 +39,7 @@ class NetworkRequest:
     vni: int | None = None
     mtu: int | None = None
     internal: bool = False
+    encrypted: bool = False
 
 
 def activate() -> dict[str, Any]:
@@ -67,7 +68,11 @@ NETWORK_OPTIONS = {
     "vni": "the VXLAN network identifier, used when the network is created",
     "name": "the overlaynet network that carries this Docker network (default: the Docker name)",
 }
+# Docker's overlay encrypts when the option is present, whatever its value (`-o encrypted`,
+# `-o encrypted=`, `-o encrypted=true`). We do too, except that a value saying "no" is refused rather
+# than silently encrypting (or not): the user meant something we must not guess.
 ENCRYPTED_OPTION = "encrypted"
+ENCRYPTED_YES = ("", "true", "1", "yes", "on")
 MIN_PREFIXLEN = 8
 UNUSABLE = [ipaddress.IPv4Network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
                                                  "240.0.0.0/4")]
@@ -85,14 +90,21 @@ def _int_option(options: dict[str, str], key: str) -> int | None:
 
 def _options(generic: dict[str, str | int | float | bool] | None) -> dict[str, str]:
     given = {str(k): str(v) for k, v in (generic or {}).items()}
-    if ENCRYPTED_OPTION in given:
-        # The data plane does not encrypt yet: accepting the option would promise what it does not do.
-        raise PluginError("encrypted networks are not supported yet: create the network without -o encrypted")
-    unknown = sorted(k for k in given if k not in NETWORK_OPTIONS)
+    unknown = sorted(k for k in given if k not in NETWORK_OPTIONS and k != ENCRYPTED_OPTION)
     if unknown:
         raise PluginError(f"unknown option {', '.join('-o ' + k for k in unknown)}: overlaynet knows "
-                          + ", ".join(sorted(NETWORK_OPTIONS)))
+                          + ", ".join(sorted([*NETWORK_OPTIONS, ENCRYPTED_OPTION])))
     return given
+
+
+def _encrypted(options: dict[str, str]) -> bool:
+    if ENCRYPTED_OPTION not in options:
+        return False
+    value = options[ENCRYPTED_OPTION].strip().lower()
+    if value not in ENCRYPTED_YES:
+        raise PluginError(f"-o {ENCRYPTED_OPTION}={options[ENCRYPTED_OPTION]!r}: give -o {ENCRYPTED_OPTION} (or "
+                          f"{ENCRYPTED_OPTION}=true) for an encrypted network, or leave the option out")
+    return True
 
 
 def _mtu(options: dict[str, str]) -> int | None:
@@ -136,7 +148,7 @@ def parse_create_network(body: rq.CreateNetwork) -> NetworkRequest:
     given = _options(options.generic)
     return NetworkRequest(
         docker_id=body.network_id, subnet=subnet, gateway=gateway, name=given.get("name") or None,
-        vni=_int_option(given, "vni"), mtu=_mtu(given), internal=options.internal,
+        vni=_int_option(given, "vni"), mtu=_mtu(given), internal=options.internal, encrypted=_encrypted(given),
     )
 
 

@@ -27,6 +27,7 @@ class DockerNetwork:
     mtu: int | None = None
     options: dict[str, str] = field(default_factory=dict)
     internal: bool = False  # --internal: no docker_gwbridge, so no egress and no published ports
+    encrypted: bool = False  # -o encrypted: the overlaynet network is encrypted (docs/encryption.md)
     created: bool = False  # we created the overlaynet network (vs. attached to an existing one)
     gateway_reserved: bool = False
     ready: bool = False  # the overlaynet network exists (created or attached)
