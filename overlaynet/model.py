@@ -238,7 +238,10 @@ class Network:
         return gateway_mac(self.vni) if self.gateway else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.encrypted:
+            del data["encrypted"]  # a plain network's record stays as it was before the flag existed
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Network:

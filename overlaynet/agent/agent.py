@@ -84,6 +84,8 @@ class Agent:
         self.programmed = self.programmer.programmed
         self.reconcile = self.reconciler.reconcile
         self.resync_interval_changed = self.reconciler.resync_interval_changed
+        self.rotate_key = self.keys_of_networks.rotate_now
+        self.network_keys = self.programmer.keys_view
 
     @property
     def networks(self) -> dict[str, Network]:
@@ -173,7 +175,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.reconciler.program_on_change()))
         self._tasks.append(asyncio.create_task(self.reconciler.resync_forever()))
         self._tasks.append(asyncio.create_task(self._watch_auth_failures()))
-        self._tasks.append(asyncio.create_task(self._network_keys_forever()))
+        self._tasks.append(asyncio.create_task(self.reconciler.network_keys_forever()))
 
     def _make_mode(self) -> KernelMode | UserspaceMode:
         if self.config.dataplane == "userspace":
@@ -325,40 +327,6 @@ class Agent:
         # Saved by _on_gossip_event (KeyringChange), the key file's one writer, before key_op returns.
         log.info("event=key-%s key_id=%s changed=%s", op, key_id(key).hex(), changed)
         return {"op": op, "changed": changed, **self.keys()}
-    # ---- encrypted networks' keys ----------------------------------------------------------
-
-    async def rotate_key(self, name: str) -> dict[str, Any]:
-        """A new key epoch for an encrypted network, now (every host switches to it on its own)."""
-        async with self.host.lock:
-            net = self.host.get_network(name)
-            self.keys_of_networks.rotate(net, "operator")
-        self.host.dirty.set()
-        return self.network_view(net)
-
-    def network_keys(self, name: str) -> dict[str, Any]:
-        """The SAs this host programmed for a network, key material included (root only: the API
-        checks the caller). For decrypting captures (scapy, Wireshark) while debugging."""
-        net = self.host.get_network(name)
-        if not net.encrypted:
-            raise BadRequest(f"network {name!r} is not encrypted: it has no keys")
-        sas = [{"peer": sa["peer"], "dir": sa["dir"], "epoch": sa["epoch"], "spi": f"{sa['spi']:#010x}",
-                "key": sa["key"].hex(), "salt": sa["salt"].hex()} for sa in self.programmer.current_sas(net)]
-        return {"network": net.name, "vni": net.vni, "vtep": self.advertise, "esp_port": self.config.esp_port,
-                "sas": sas}
-
-    async def _network_keys_forever(self) -> None:
-        """Rotate encrypted networks' keys when due, and program the SAs again whenever a switch
-        or overlap deadline passes (key_switch_delay, key_overlap)."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                for net in self.keys_of_networks.due(self.networks):
-                    self.keys_of_networks.rotate(net, "interval")
-                if self.programmer.keys_due():
-                    self.host.dirty.set()
-            except Exception:
-                log.exception("event=network-keys-failed")
-
     # ---- health and status -----------------------------------------------------------------
 
     async def _watch_auth_failures(self) -> None:

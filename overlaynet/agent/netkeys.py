@@ -175,6 +175,14 @@ class NetworkKeys:
         log.info("event=network-key-rotated network=%s epoch=%d why=%s", net.name, new.epoch, why)
         return new
 
+    async def rotate_now(self, name: str) -> Network:
+        """`overlayctl network rotate-key`: a new epoch now (every host switches on its own)."""
+        async with self.host.lock:
+            net = self.host.get_network(name)
+            self.rotate(net, "operator")
+        self.host.dirty.set()
+        return net
+
     def _publish(self, network: str, epoch: int) -> EpochSecret:
         secret = EpochSecret(network, epoch, os.urandom(SECRET_LEN), time.time())
         self.host.cluster.put_netkey(network, epoch, secret.to_dict())

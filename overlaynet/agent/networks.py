@@ -154,7 +154,7 @@ class Networks:
             log.info("event=network-removed name=%s forced_endpoints=%d", name, len(attached))
 
     def network_view(self, net: Network) -> dict[str, Any]:
-        view = net.to_dict()
+        view = {**net.to_dict(), "encrypted": net.encrypted}
         everywhere = in_network(self.host.cluster.endpoints().values(), net.name)
         view["endpoints"] = len(self.local.on_network(net.name))
         view["endpoints_cluster"] = len(everywhere)

@@ -19,6 +19,7 @@ from overlaynet.agent.host import Host
 from overlaynet.agent.netkeys import NetworkKeys, sas_for
 from overlaynet.dns.answer import Zone
 from overlaynet.dns.server import DnsService
+from overlaynet.errors import BadRequest
 from overlaynet.kernel import KernelError
 from overlaynet.model import Endpoint, EndpointRecord, Network
 
@@ -81,9 +82,16 @@ class Programmer:
                     return True
         return False
 
-    def current_sas(self, net: Network) -> list[dict[str, Any]]:
-        """The SAs this host pushed for a network (for `inspect --show-keys`): key material."""
-        return list(self._sas.get(net.name, []))
+    def keys_view(self, name: str) -> dict[str, Any]:
+        """The SAs this host programmed for a network, key material included (root only: the API
+        checks the caller). For decrypting captures (scapy, Wireshark) while debugging."""
+        net = self.host.get_network(name)
+        if not net.encrypted:
+            raise BadRequest(f"network {name!r} is not encrypted: it has no keys")
+        sas = [{"peer": sa["peer"], "dir": sa["dir"], "epoch": sa["epoch"], "spi": f"{sa['spi']:#010x}",
+                "key": sa["key"].hex(), "salt": sa["salt"].hex()} for sa in self._sas.get(net.name, [])]
+        return {"network": net.name, "vni": net.vni, "vtep": self.host.advertise,
+                "esp_port": self.host.config.esp_port, "sas": sas}
 
     # ---- desired state ---------------------------------------------------------------------
 

@@ -111,6 +111,20 @@ class Reconciler:
                 self.programmer.counters["program_errors"] += 1
                 log.exception("event=program-failed")
 
+    async def network_keys_forever(self) -> None:
+        """Rotate encrypted networks' keys when due, and program the SAs again whenever a switch
+        or overlap deadline passes (key_switch_delay, key_overlap)."""
+        keys = self.programmer.keys
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for net in keys.due(self.host.networks):
+                    keys.rotate(net, "interval")
+                if self.programmer.keys_due():
+                    self.host.dirty.set()
+            except Exception:
+                log.exception("event=network-keys-failed")
+
     def resync_interval_changed(self) -> None:
         """Start the next wait with the new interval instead of finishing the old one."""
         self._resync_wakeup.set()

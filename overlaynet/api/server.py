@@ -148,7 +148,7 @@ async def network_keys(call: Call) -> Any:
 
 @handles
 async def rotate_key(call: Call) -> Any:
-    return await call.agent.rotate_key(call.path["name"])
+    return call.agent.network_view(await call.agent.rotate_key(call.path["name"]))
 
 
 @handles
