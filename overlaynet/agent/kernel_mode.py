@@ -68,6 +68,9 @@ class KernelMode:
     def sync_sas(self, net: Network, sas: list[dict[str, Any]]) -> int:
         raise kernel.KernelError(f"network {net.name!r} is encrypted and the kernel dataplane does not encrypt")
 
+    def highest_tx_seq(self, net: Network) -> int:
+        return 0  # never encrypts
+
     def start(self) -> None:
         """Nothing to start: the kernel is always there."""
 

@@ -17,14 +17,12 @@ An epoch older than the previous one is never accepted.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from overlaynet import model
 from overlaynet.agent.cluster import NETKEYS
 from overlaynet.agent.host import Host
 from overlaynet.dataplane import esp_keys
@@ -34,8 +32,9 @@ from overlaynet.model import Network
 log = logging.getLogger("overlaynet.agent")
 
 SECRET_LEN = 32
-# UDP 8 + ESP header 8 + IV 8 + pad length and next header 2 + ICV 16, plus up to 3 bytes of padding.
-ESP_OVERHEAD_MAX = 45
+# 32-bit sequence numbers (no ESN): an outbound SA stops at 2**32 - 1, so a network whose busiest
+# outbound SA passed half of that gets a new epoch (at 1 Mpps, about every 35 minutes).
+ROTATE_AT_SEQ = 2**31
 # After fastpathd refuses SAs because an inbound SPI collides, rotate at most this often per network.
 COLLISION_ROTATE_EVERY = 60.0
 
@@ -62,16 +61,6 @@ class EpochSecret:
             return cls(str(data["network"]), epoch, secret, float(data["created_at"]))
         except (KeyError, TypeError, ValueError):
             return None
-
-
-def encrypted_mtu(underlay_mtu: int) -> int:
-    """The largest inner MTU of an encrypted network: VXLAN's 50 bytes plus ESP's exact overhead
-    (docs/encryption.md, "MTU"), from the fast path's own arithmetic when it is built here."""
-    try:
-        esp = importlib.import_module("overlaynet.dataplane.esp")  # the C codec: needs libcrypto
-    except ImportError:
-        return underlay_mtu - model.VXLAN_OVERHEAD - ESP_OVERHEAD_MAX
-    return int(esp.inner_mtu(underlay_mtu))
 
 
 def sas_for(key_plan: KeyPlan, epochs: dict[int, EpochSecret], vni: int, me: str,
@@ -213,13 +202,18 @@ class NetworkKeys:
         return out
 
     def collision(self, net: Network) -> bool:
-        """fastpathd refused an SA whose inbound SPI is taken: a new epoch gives new SPIs. At most
-        one such rotation per network a minute (a second collision then waits for the next)."""
+        """fastpathd refused an SA whose inbound SPI is taken: a new epoch gives new SPIs."""
+        return self.rotate_soon(net, "spi-collision")
+
+    def rotate_soon(self, net: Network, why: str) -> bool:
+        """A rotation the fast path asked for (an SPI collision, sequence numbers running out): at
+        most one per network a minute, and never before the last one's switch (a new epoch needs
+        every peer's SAs before anyone sends with it)."""
         last = self._collision_rotated.get(net.name)
         if last is not None and time.monotonic() - last < COLLISION_ROTATE_EVERY:
             return False
         self._collision_rotated[net.name] = time.monotonic()
-        self.rotate(net, "spi-collision")
+        self.rotate(net, why)
         return True
 
     # ---- the state dir mirror --------------------------------------------------------------

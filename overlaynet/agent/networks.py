@@ -16,7 +16,8 @@ from overlaynet import kernel, model
 from overlaynet.agent.cluster import in_network
 from overlaynet.agent.endpoints import Endpoints
 from overlaynet.agent.host import Host
-from overlaynet.agent.netkeys import NetworkKeys, encrypted_mtu
+from overlaynet.agent.netkeys import NetworkKeys
+from overlaynet.dataplane import esp_wire
 from overlaynet.errors import BadRequest, Conflict
 from overlaynet.ipam import AddressPool
 from overlaynet.model import Network
@@ -70,7 +71,7 @@ class Networks:
                         f"subnet {subnet} overlaps network {other_net.name!r} ({other_net.subnet}); pick another"
                     )
             if request.encrypted:
-                default_mtu = encrypted_mtu(self.host.underlay_mtu)
+                default_mtu = esp_wire.inner_mtu(self.host.underlay_mtu)
                 overhead = f"VXLAN and ESP add {self.host.underlay_mtu - default_mtu}"
             else:
                 default_mtu = self.host.underlay_mtu - model.VXLAN_OVERHEAD

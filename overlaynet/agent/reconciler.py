@@ -16,6 +16,7 @@ from overlaynet import kernel
 from overlaynet.agent.endpoints import Endpoints
 from overlaynet.agent.host import Host
 from overlaynet.agent.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS
+from overlaynet.agent.netkeys import ROTATE_AT_SEQ
 from overlaynet.agent.programmer import Programmer
 from overlaynet.kernel import KernelError
 
@@ -115,15 +116,31 @@ class Reconciler:
         """Rotate encrypted networks' keys when due, and program the SAs again whenever a switch
         or overlap deadline passes (key_switch_delay, key_overlap)."""
         keys = self.programmer.keys
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
             try:
                 for net in keys.due(self.host.networks):
                     keys.rotate(net, "interval")
+                if ticks % 10 == 0:
+                    await self._rotate_by_volume()
                 if self.programmer.keys_due():
                     self.host.dirty.set()
             except Exception:
                 log.exception("event=network-keys-failed")
+
+    async def _rotate_by_volume(self) -> None:
+        """An outbound SA that used half its 32-bit sequence space: a new epoch long before it stops."""
+        for name in sorted({ep.network for ep in self.local.endpoints.values()}):
+            net = self.host.networks.get(name)
+            if net is not None and net.encrypted:
+                try:
+                    seq = await self.host.kernel(self.host.dataplane.highest_tx_seq, net)
+                except KernelError:
+                    continue
+                if seq >= ROTATE_AT_SEQ and self.programmer.keys.rotate_soon(net, "sequence-numbers"):
+                    log.warning("event=network-key-rotate network=%s why=sequence-numbers seq=%d", name, seq)
 
     def resync_interval_changed(self) -> None:
         """Start the next wait with the new interval instead of finishing the old one."""

@@ -113,8 +113,7 @@ class UserspaceMode:
         """Add an encrypted network and make sure fastpathd took it as such: from then on it sends
         and accepts nothing of this VNI in the clear, and drops what has no SA yet. A fastpathd
         that does not say so (built without ESP) gets the network removed again: fail closed."""
-        self._call(lambda: self.client.call("add_network", vni=net.vni, netns=sandbox, tap=tap, mtu=net.mtu,
-                                            encrypted=True))
+        self._call(lambda: self.client.add_network(net.vni, sandbox, tap, net.mtu, encrypted=True))
         state = self._call(self.client.networks)["networks"].get(net.vni) or {}
         if state.get("encrypted") is not True:
             self._call(lambda: self.client.remove_network(net.vni))
@@ -133,7 +132,12 @@ class UserspaceMode:
 
     def sync_sas(self, net: Network, sas: list[dict[str, Any]]) -> int:
         """Replace the network's SAs (ESP_INTERFACE.md): an SA that stays keeps its sequence state."""
-        return int(self._call(lambda: self.client.call("sync_sas", vni=net.vni, sas=sas)))
+        return int(self._call(lambda: self.client.sync_sas(net.vni, sas)))
+
+    def highest_tx_seq(self, net: Network) -> int:
+        """The highest sequence number any outbound SA of the network has used (rotate before 2**32)."""
+        state = self._call(self.client.networks)["networks"].get(net.vni) or {}
+        return max((int(sa.get("seq") or 0) for sa in state.get("sas") or [] if sa.get("dir") == "out"), default=0)
 
     def overlay_port(self, net: Network) -> str:
         """The sandbox bridge's port that frames from other hosts enter by."""

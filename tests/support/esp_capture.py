@@ -1,12 +1,10 @@
-"""The underlay as a wire tap sees it: tcpdump in a lab host's namespace, then scapy reads the capture,
-counts cleartext VXLAN of one VNI and decrypts ESP-in-UDP with the SAs `inspect --show-keys` printed
-(scapy's own RFC 4303/4106/3948 implementation: the independent check that we speak the standard)."""
+"""The underlay of a cluster lab as a wire tap sees it (tests/support/capture.py's tcpdump): cleartext
+VXLAN of one VNI counted, ESP-in-UDP decrypted by scapy with the SAs `overlayctl network inspect
+--show-keys` printed (scapy's own RFC 4303/4106/3948: the independent check that we speak the standard)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +12,10 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet
-from scapy.utils import rdpcap
 
+from overlaynet.dataplane import esp_wire
 from overlaynet.lab import Host, Lab
+from tests.support.capture import Capture, esp_packets
 
 
 def inspect_network(lab: Lab, host: Host, network: str) -> dict[str, Any]:
@@ -28,24 +27,9 @@ def show_keys(lab: Lab, host: Host, network: str) -> list[dict[str, Any]]:
     return lab.overlayctl_json(host, "network", "inspect", network, "--show-keys")["keys"]["sas"]
 
 
-class Capture:
-    """tcpdump of every UDP packet on a host's underlay interface, until stop()."""
-
-    def __init__(self, lab: Lab, host: Host, name: str) -> None:
-        self.path = os.path.join(lab.workdir, f"{host.label}-{name}.pcap")
-        self.proc = lab.popen(host.netns, ["tcpdump", "-ni", "eth0", "-U", "-s", "0", "-w", self.path, "udp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # tcpdump is listening once it printed; a second is ample
-
-    def stop(self) -> list[Packet]:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return list(rdpcap(self.path)) if os.path.exists(self.path) and os.path.getsize(self.path) > 24 else []
+def capture(lab: Lab, host: Host, name: str) -> Capture:
+    """tcpdump of every UDP packet on a host's underlay interface, listening when this returns."""
+    return Capture(host.netns, os.path.join(lab.workdir, f"{host.label}-{name}.pcap")).__enter__()
 
 
 def cleartext_vxlan(packets: list[Packet], vni: int) -> list[Packet]:
@@ -59,8 +43,10 @@ def cleartext_vxlan(packets: list[Packet], vni: int) -> list[Packet]:
     return out
 
 
-def esp_in_udp(packets: list[Packet], port: int = 4500) -> list[Packet]:
-    return [p for p in packets if UDP in p and port in (p[UDP].dport, p[UDP].sport) and len(p[UDP].payload) > 8]
+def esp_in_udp(packets: list[Packet], port: int = esp_wire.PORT) -> list[Packet]:
+    """ESP-in-UDP packets, GSO trains cut into their packets."""
+    return [p for p in esp_packets([p for p in packets if UDP in p and port in (p[UDP].dport, p[UDP].sport)])
+            if len(p[UDP].payload) > 8]
 
 
 def spi_of(pkt: Packet) -> int:

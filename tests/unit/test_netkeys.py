@@ -3,7 +3,7 @@ and the SAs that makes (both ends of a pair compute the same SA without talking)
 
 from __future__ import annotations
 
-from overlaynet.agent.netkeys import EpochSecret, encrypted_mtu, plan, sas_for
+from overlaynet.agent.netkeys import EpochSecret, plan, sas_for
 from overlaynet.dataplane import esp_keys
 
 A, B, C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
@@ -59,7 +59,3 @@ def test_a_malformed_record_is_ignored() -> None:
     assert EpochSecret.from_dict({"network": "blue", "epoch": 1, "secret": "00" * 8, "created_at": 1}) is None
     assert EpochSecret.from_dict({"network": "blue", "epoch": 0, "secret": "00" * 32, "created_at": 1}) is None
     assert EpochSecret.from_dict({"network": "blue", "secret": "zz"}) is None
-
-
-def test_the_encrypted_mtu_leaves_room_for_esp() -> None:
-    assert encrypted_mtu(1500) == 1408  # docs/encryption.md: outer packets of exactly 1500 bytes
