@@ -45,6 +45,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Ask a child process to stop with `sig`, kill it if it has not within `timeout`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 def enter_netns(name: str) -> Callable[[], None]:
     """A preexec_fn that moves the child into the named network namespace."""
     path = name if name.startswith("/") else f"/run/netns/{name}"
@@ -232,18 +243,8 @@ class Lab:
         raise TimeoutError(f"overlayd on {host.label} not ready after {timeout}s:\n" + self.daemon_log(host)[-3000:])
 
     def stop_daemon(self, host: Host, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        proc = host.process
-        if proc is None or proc.poll() is not None:
-            host.process = None
-            return None if proc is None else proc.returncode
-        proc.send_signal(sig)
-        try:
-            code = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-        host.process = None
-        return code
+        proc, host.process = host.process, None
+        return None if proc is None else stop_process(proc, sig, timeout)
 
     def daemon_log(self, host: Host) -> str:
         try:

@@ -15,6 +15,7 @@ from scapy.packet import Packet, Raw, raw
 from scapy.utils import rdpcap
 
 from overlaynet.dataplane import esp_keys, esp_wire
+from overlaynet.lab import stop_process
 
 
 class Capture:
@@ -33,13 +34,8 @@ class Capture:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc, signal.SIGINT, 10)  # tcpdump flushes its file on SIGINT
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
 

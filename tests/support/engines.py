@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from overlaynet.lab import Host, Lab, enter_netns
+from overlaynet.lab import Host, Lab, enter_netns, stop_process
 from overlaynet.lab import wait_until as lab_wait_until
 
 # Tests keep every overlay address in 198.19.0.0/16 (TESTING.md), so the plugin's default pool for
@@ -303,15 +303,7 @@ exec /usr/sbin/dockerd --host {self.host} --data-root {self.dir}/data --exec-roo
 
     def stop_plugin(self, sig: int = signal.SIGTERM) -> int | None:
         proc, self.plugin = self.plugin, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                return proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        return proc.wait()
+        return None if proc is None else stop_process(proc, sig, 15)
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120.0,
                input: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -358,12 +350,7 @@ exec /usr/sbin/dockerd --host {self.host} --data-root {self.dir}/data --exec-roo
                                timeout=30).stdout.split()
             if nets:
                 self.docker("network", "rm", *nets, check=False, timeout=60)
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, timeout=20)
         self.process = None
         self.stop_plugin()
         kill_processes_mentioning(self.dir)

@@ -25,6 +25,7 @@ from pyroute2 import IPRoute
 
 from overlaynet.dataplane import esp_keys, esp_wire
 from overlaynet.dataplane.control import FastpathClient, start_fastpathd
+from overlaynet.lab import stop_process
 
 UNDERLAY_NET = "198.18.0"
 
@@ -132,13 +133,8 @@ class Lab:
         log.close()
 
     def stop_fastpathd(self, host: Host, sig: int = signal.SIGTERM) -> None:
-        if host.proc and host.proc.poll() is None:
-            host.proc.send_signal(sig)
-            try:
-                host.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                host.proc.kill()
-                host.proc.wait()
+        if host.proc:
+            stop_process(host.proc, sig, 10)
         host.proc = None
 
     def close(self) -> None:
