@@ -88,6 +88,7 @@ cdef extern from "fp.h" nogil:
         int verify_csum
         int trust_outer
         int spin_us
+        int poll_us
         int rt_prio
         int nice
         int cpu_tx
@@ -477,11 +478,12 @@ cdef class Engine:
     cdef readonly int port
     cdef readonly str bind
     cdef readonly int spin_us
+    cdef readonly int poll_us
 
     def __cinit__(self, str bind="0.0.0.0", int port=4789, int ntx=16, bint gso=True, bint gro=True,
                   bint verify_csum=True, int spin_us=0, int rt_prio=0, int nice=0, int cpu_tx=-1,
                   int cpu_rx=-1, int workers=1, bint spin_yield=True, bint trust_outer_csum=True,
-                  int rcvbuf=0, int gro_flows=0, int esp_port=4500):
+                  int rcvbuf=0, int gro_flows=0, int esp_port=4500, int poll_us=0):
         cdef fp_engine_opts o
         cdef char err[256]
         memset(&o, 0, sizeof(o))
@@ -494,6 +496,7 @@ cdef class Engine:
         o.verify_csum = verify_csum
         o.trust_outer = trust_outer_csum
         o.spin_us = spin_us
+        o.poll_us = max(0, poll_us)
         o.rt_prio = rt_prio
         o.nice = nice
         o.cpu_tx = cpu_tx
@@ -512,6 +515,7 @@ cdef class Engine:
         self.port = port
         self.bind = bind
         self.spin_us = max(0, spin_us)
+        self.poll_us = o.poll_us
 
     def __dealloc__(self):
         if self.e != NULL:
@@ -549,7 +553,8 @@ cdef class Engine:
             "checksum": "avx2" if o.csum_avx2 else "portable",
             "tx_sockets": o.ntx,
             "tx_source_ports": sorted(o.tx_ports[i] for i in range(o.ntx)),
-            "busy_poll_us": self.spin_us,
+            "busy_poll_us": self.spin_us or self.poll_us,
+            "busy_poll": "fixed" if self.spin_us else ("adaptive" if self.poll_us else "off"),
             "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"])}
                      for vni, n in self.networks.items()},
         }

@@ -316,7 +316,8 @@ struct fp_engine_opts {
     int gro;            /* allow UDP GRO */
     int verify_csum;    /* verify inner TCP checksums before coalescing (default on) */
     int trust_outer;    /* skip that for datagrams whose non-zero outer UDP checksum the kernel verified */
-    int spin_us;        /* after traffic, poll this long before sleeping (wake-up latency vs CPU) */
+    int spin_us;        /* > 0: after traffic, poll this long before sleeping (a fixed window, replaces poll_us) */
+    int poll_us;        /* adaptive: poll this long after sending, unless the CPU is wanted (0: off) */
     int rt_prio;        /* > 0: workers run SCHED_FIFO at this priority (like softirq: ahead of tasks) */
     int nice;           /* workers' nice value when not real-time (0: inherit) */
     int cpu_tx, cpu_rx; /* pin the tx / rx worker to this CPU (-1: let the scheduler place it) */

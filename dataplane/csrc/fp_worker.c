@@ -5,8 +5,18 @@
  * One thread for both directions saves wake-ups on request/response traffic: writing a received
  * frame into a TAP runs the receiving namespace's stack inside our writev(), so a reply (ping, TCP
  * ACK) is often waiting in the TAP when the write returns, and the thread, already running,
- * forwards it at once. After traffic a worker polls without sleeping for spin_us, which catches the
- * remote side's answer without a wake-up when it comes back quickly.
+ * forwards it at once.
+ *
+ * Adaptive polling (poll_us > 0; off by default, see below), as NAPI and DPDK's adaptive modes do,
+ * only where it could pay: after a round that sent frames to the wire the worker keeps polling
+ * without sleeping for poll_us, because the answer to a request may come back within it (the remote
+ * host's round trip) and would then be picked up without waking this thread on an idle vCPU. The
+ * window ends early when the round delivered frames into a TAP (the local application runs next and
+ * wants this CPU) or when someone else wants the CPU (a sched_yield() that gave it away for longer
+ * than FP_POLL_CONTENDED_NS: then it sleeps and does not poll again for FP_POLL_BACKOFF_NS). An idle
+ * host never polls. Measured on a shared 2-vCPU machine it made the ping round trip slower, not
+ * faster (docs/performance.md), so it is opt-in. spin_us > 0 is the older fixed window: poll that
+ * long after any traffic, even on a busy CPU.
  *
  * QSBR: a worker is offline while it sleeps in epoll_wait and passes a quiescent point after each
  * round, so a table swap waits at most one round (fp_engine.c).
@@ -28,6 +38,8 @@
 
 #define FP_POLL_BATCH 64 /* events per epoll_wait */
 #define FP_RX_ROUNDS 4   /* receive batches per ready socket before the TAPs get their turn */
+#define FP_POLL_CONTENDED_NS 20000u    /* a yield away this long: another task wanted this CPU */
+#define FP_POLL_BACKOFF_NS 100000000u  /* then no polling for this long */
 
 static inline uint64_t now_ns(void)
 {
@@ -80,7 +92,10 @@ static void *worker_main(void *arg)
         return NULL;
     }
     struct epoll_event evs[FP_POLL_BATCH];
-    uint64_t spin_until = 0, spin_ns = (uint64_t)e->o.spin_us * 1000u;
+    const int fixed = e->o.spin_us > 0;
+    /* the adaptive window waits for answers on the wire: only a worker that also receives them polls */
+    const uint64_t window_ns = fixed ? (uint64_t)e->o.spin_us * 1000u : (w->rx && w->tx ? (uint64_t)e->o.poll_us * 1000u : 0);
+    uint64_t spin_until = 0, no_poll_until = 0;
     while (!atomic_load(&e->stop)) {
         int spinning = spin_until && now_ns() < spin_until;
         if (!spinning)
@@ -89,15 +104,23 @@ static void *worker_main(void *arg)
         if (!spinning)
             qs_online(qs);
         if (ne <= 0) {
-            if (!spinning)
+            if (!spinning) {
                 spin_until = 0;
-            else if (e->o.spin_yield)
-                sched_yield(); /* poll politely: whoever else is runnable here (the app) goes first */
+            } else if (e->o.spin_yield) {
+                /* poll politely: whoever else is runnable here (the app) goes first */
+                uint64_t before = now_ns();
+                sched_yield();
+                uint64_t after = now_ns();
+                if (!fixed && after - before > FP_POLL_CONTENDED_NS) {
+                    spin_until = 0; /* the CPU is wanted: sleep, and do not poll for a while */
+                    no_poll_until = after + FP_POLL_BACKOFF_NS;
+                }
+            }
             qs_quiescent(qs);
             continue;
         }
         const struct fp_cfg *cfg = atomic_load(&e->cfg);
-        int work = 0;
+        int sent = 0, delivered = 0;
         for (int i = 0; i < ne; i++) {
             uint64_t tag = evs[i].data.u64;
             if (tag == EV_EVENTFD) {
@@ -109,7 +132,7 @@ static void *worker_main(void *arg)
                     int n = fp_rx_socket(e, r, fd);
                     if (n <= 0)
                         break;
-                    work += n;
+                    delivered += n;
                     if (n < FP_RX_BATCH)
                         break;
                 }
@@ -117,13 +140,18 @@ static void *worker_main(void *arg)
                 /* resolve by VNI under the grace period: the net may have been removed meanwhile */
                 struct fp_net *net = fp_cfg_lookup(cfg, (uint32_t)tag);
                 if (net)
-                    work += fp_tx_tap(e, t, net, 256);
+                    sent += fp_tx_tap(e, t, net, 256);
             }
         }
         if (t)
             fp_tx_flush(e, t);
-        if (work && spin_ns)
-            spin_until = now_ns() + spin_ns;
+        if (window_ns) {
+            uint64_t now = now_ns();
+            if (fixed ? sent + delivered > 0 : sent > 0 && !delivered && now >= no_poll_until)
+                spin_until = now + window_ns; /* a request went out: its answer may come back soon */
+            else if (!fixed && delivered)
+                spin_until = 0; /* the local application has work now: leave it the CPU */
+        }
         qs_quiescent(qs);
     }
     qs_offline(qs);

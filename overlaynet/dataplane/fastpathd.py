@@ -485,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="verify inner checksums even when the outer UDP checksum (verified by the kernel) covers them")
     p.add_argument("--no-avx2", action="store_true", help="portable checksum loop even if the CPU has AVX2")
     p.add_argument("--spin-us", type=int, default=0,
-                   help="busy-poll this many microseconds after traffic before sleeping (0: never spin)")
+                   help="busy-poll this many microseconds after traffic before sleeping: a fixed window that "
+                        "replaces --poll-us (0: use --poll-us)")
+    p.add_argument("--poll-us", type=int, default=0,
+                   help="adaptive polling: after sending, poll this many microseconds for the answer unless "
+                        "another task wants the CPU (0: off, the default; measured in docs/performance.md)")
     p.add_argument("--rt-prio", type=int, default=0,
                    help="run the forwarding threads SCHED_FIFO at this priority 1..99 (0: normal scheduling)")
     p.add_argument("--nice", type=int, default=0, help="nice value of the forwarding threads when not real-time")
@@ -525,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                                  workers=a.workers, spin_yield=not a.no_spin_yield,
                                  trust_outer_csum=not a.verify_inner_csum,
                                  rcvbuf=max(0, min(a.rcvbuf_kib, 1 << 20)) * 1024,
-                                 gro_flows=max(0, min(a.gro_flows, 32)), esp_port=a.esp_port)
+                                 gro_flows=max(0, min(a.gro_flows, 32)), esp_port=a.esp_port,
+                                 poll_us=max(0, min(a.poll_us, 1_000_000)))
     except (OSError, ValueError, ImportError) as e:
         print(f"fastpathd: cannot start: {e}", file=sys.stderr)
         return 1
