@@ -17,20 +17,22 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import control, dataplane, machine, micro, report, simcurves
+from benchmarks import control, dataplane, idle, machine, micro, report, simcurves
 from benchmarks.core import Interrupted, Progress, Results, signals_raise
 from benchmarks.topology import MODES, cleanup_leftovers, close_lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GROUPS = ("dataplane", "control", "sim", "micro")
+GROUPS = ("dataplane", "control", "idle", "sim", "micro")
 SYSTEMS = ("overlaynet", "serf")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": dict(mtus="1500,9000", repeats=3, duration=5.0, pings=600, sizes="8,16,32", losses="0,5,20",
+    "full": dict(mtus="1500,9000", repeats=3, duration=5.0, pings=600, sizes="8,16,32,64", losses="0,5,20",
+                 idle_hosts=16, idle_seconds=30.0,
                  events=5, kills=2, event_timeout=15.0, sim_sizes="10,32,100,316,1000", sim_losses="0,5,20",
                  sim_seeds=1, sim_updates=20, sim_crashes=2,
                  micro_number=200_000, micro_repeat=7),
     "quick": dict(mtus="1500", repeats=2, duration=2.0, pings=200, sizes="8", losses="0,5",
+                  idle_hosts=8, idle_seconds=10.0,
                   events=3, kills=1, event_timeout=8.0, sim_sizes="10,32,100", sim_losses="0,5", sim_seeds=1,
                   sim_updates=10, sim_crashes=2,
                   micro_number=20_000, micro_repeat=3),
@@ -71,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="dataplane repeats per mode (full 3, quick 2)")
     p.add_argument("--duration", type=float, help="seconds per throughput/pps run (full 5, quick 2)")
     p.add_argument("--pings", type=int, help="pings per RTT run, one every 5 ms (full 600, quick 200)")
-    p.add_argument("--sizes", type=ints, help="control-plane cluster sizes N (full 8,16,32)")
+    p.add_argument("--sizes", type=ints, help="control-plane cluster sizes N (full 8,16,32,64)")
+    p.add_argument("--idle-hosts", type=int, help="hosts per system in the idle case (full 16, quick 8)")
+    p.add_argument("--idle-seconds", type=float,
+                   help="seconds of measuring in the idle case, and of fastpathd with no traffic (full 30, quick 10)")
     p.add_argument("--losses", type=ints, help="control-plane loss percentages (full 0,5,20)")
     p.add_argument("--events", type=int, help="table updates/user events per cluster (full 5)")
     p.add_argument("--kills", type=int, help="kill -9 trials per cluster (full 2)")
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     else value)
     full_default = not args.quick and argv_is_default(argv)
     update_docs = args.update_docs if args.update_docs is not None else full_default
-    if os.geteuid() != 0 and ({"dataplane", "control"} & set(args.cases)):
+    if os.geteuid() != 0 and ({"dataplane", "control", "idle"} & set(args.cases)):
         print("benchmarks: the dataplane and control cases need root (namespaces); run as root or "
               "choose --cases sim,micro", file=sys.stderr)
         return 2
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         dataplane.plan(progress, args.modes, args.mtus, args.repeats, args.duration, args.pings)
     if "control" in args.cases:
         control.plan(progress, args.systems, args.sizes, args.losses, args.events, args.kills)
+    if "idle" in args.cases:
+        idle.plan(progress, args.systems, args.idle_hosts, args.idle_seconds)
     if "sim" in args.cases:
         simcurves.plan(progress, args.sim_sizes, args.sim_losses, args.sim_seeds)
     progress(f"run {prefix}: cases {','.join(args.cases)}; output {outdir}")
@@ -140,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                 micro.run(results, progress, args.micro_number, args.micro_repeat)
             if "dataplane" in args.cases:
                 dataplane.run(results, progress, prefix + "d", args.modes, args.mtus, args.repeats, args.duration,
-                              args.pings, closers.append)
+                              args.pings, closers.append, args.idle_seconds)
             if "control" in args.cases:
                 control.run(results, progress, prefix, args.systems, args.sizes, args.losses, args.events,
                             args.kills, closers.append, args.event_timeout)
+            if "idle" in args.cases:
+                idle.run(results, progress, prefix, args.systems, args.idle_hosts, args.idle_seconds,
+                         closers.append)
             if "sim" in args.cases:
                 simcurves.run(results, progress, args.sim_sizes, args.sim_losses, args.sim_seeds, args.sim_updates,
                               args.sim_crashes)

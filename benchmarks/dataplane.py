@@ -48,9 +48,11 @@ def process_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def dataplane_pids(pair: Pair) -> list[int]:
-    """overlayd and fastpathd processes of the pair's two hosts: every process whose command line names
-    one of them and whose network namespace is one of the lab's host namespaces."""
+def dataplane_pids(pair: Pair, names: tuple[bytes, ...] = (b"overlaynet.dataplane.fastpathd", b"overlaynet.daemon")
+                   ) -> list[int]:
+    """overlayd and fastpathd processes of the pair's two hosts (or those of `names`): every process
+    whose command line names one of them and whose network namespace is one of the lab's host
+    namespaces."""
     hosts = set()
     for host in pair.lab.hosts.values():
         try:
@@ -64,7 +66,7 @@ def dataplane_pids(pair: Pair) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read()
-            if b"overlaynet.dataplane.fastpathd" not in cmdline and b"overlaynet.daemon" not in cmdline:
+            if not any(name in cmdline for name in names):
                 continue
             named = any(f"/run/netns/{h.netns}".encode() + b"\0" in cmdline for h in pair.lab.hosts.values())
             if named or os.stat(f"/proc/{entry}/ns/net").st_ino in hosts:
@@ -233,8 +235,31 @@ def plan(progress: Progress, modes: list[str], mtus: list[int], repeats: int, du
     progress.plan(len(mtus) * repeats * len(modes), step_cost(duration, pings))
 
 
+def idle_fastpathd(results: Results, progress: Callable[[str], None], pair: Pair, seconds: float) -> None:
+    """fastpathd's CPU with no traffic, right after the repeats stopped: the adaptive polling must have
+    gone back to sleeping (% of one core per fastpathd, both hosts)."""
+    pids = dataplane_pids(pair, (b"overlaynet.dataplane.fastpathd",))
+    if not pids:
+        results.mark("idle", IDLE_FASTPATHD, pair.mode, "cpu", "% of a core", "failed", "no fastpathd found", "lower")
+        return
+    time.sleep(1.0)  # the last repeat's queues drain
+    before, t0 = [process_cpu_seconds([p]) for p in pids], time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - t0
+    for pid, b in zip(pids, before, strict=True):
+        results.add("idle", IDLE_FASTPATHD, pair.mode, "cpu", "% of a core", 100 * (process_cpu_seconds([pid]) - b) / wall,
+                    "lower")
+    fig = results.figures[("idle", IDLE_FASTPATHD, pair.mode, "cpu")]
+    progress(f"dataplane: fastpathd with no traffic for {seconds:g}s: {max(fig.values):.2f}% of a core (max of "
+             f"{len(pids)})")
+
+
+IDLE_FASTPATHD = "fastpathd, no traffic"
+
+
 def run(results: Results, progress: Progress, prefix: str, modes: list[str], mtus: list[int],
-        repeats: int, duration: float, pings: int, register: Callable[[Any], None]) -> None:
+        repeats: int, duration: float, pings: int, register: Callable[[Any], None], idle_seconds: float = 0.0
+        ) -> None:
     for underlay_mtu in mtus:
         inner = underlay_mtu - 50
         tag = f"mtu{inner}"
@@ -260,6 +285,8 @@ def run(results: Results, progress: Progress, prefix: str, modes: list[str], mtu
                     progress.step_done(step_cost(duration, pings))
             for _ in range(repeats * (len(modes) - len(pairs))):  # modes that could not be built
                 progress.step_done(step_cost(duration, pings))
+            if idle_seconds and underlay_mtu == mtus[0] and "overlaynet-userspace" in pairs:
+                idle_fastpathd(results, progress, pairs["overlaynet-userspace"], idle_seconds)
         finally:
             for pair in pairs.values():
                 pair.close()

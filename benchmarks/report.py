@@ -186,6 +186,8 @@ def markdown(meta: dict[str, Any], results: Results, plots: list[str], plot_pref
     sections = [
         ("Dataplane (two hosts, same run, alternating modes)", dataplane_md(results, notes)),
         ("Control plane: overlaynet vs Serf on real hosts (namespaces)", control_md(results, notes)),
+        ("Idle cost per daemon (converged, nothing changing; fastpathd after the dataplane repeats)",
+         simple_md(results, "idle", notes)),
         ("Gossip simulator (virtual time)", simple_md(results, "sim", notes)),
         ("Micro: VXLAN encap/decap per frame (Python-callable entry points)",
          simple_md(results, "micro", notes, speedup=True)),
