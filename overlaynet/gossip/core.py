@@ -77,7 +77,7 @@ class GossipCore:
         rt.started = True
         c, rng = self.cfg, rt.rng
         rt.at(now + rng.uniform(0, c.probe_interval), self._prober.probe_tick)
-        rt.at(now + rng.uniform(0, c.gossip_interval), rt.gossip_tick)
+        rt.arm_gossip(now + rng.uniform(0, c.gossip_interval))
         rt.at(now + rng.uniform(0, c.push_pull_interval), self._replica.push_pull_tick)
         rt.at(now + c.reap_interval, self._reap_tick)
         rt.at(now + rng.uniform(0, c.reconnect_interval), self._replica.reconnect_tick)

@@ -14,12 +14,13 @@ SUSPECT = MemberState.SUSPECT
 
 
 class _Probe:
-    __slots__ = ("target", "expected_nacks", "nacks")
+    __slots__ = ("target", "expected_nacks", "nacks", "timeout_timer")
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.expected_nacks = 0
         self.nacks = 0
+        self.timeout_timer = 0
 
 
 class _Relay:
@@ -65,13 +66,15 @@ class Prober:
             return
         rt.stats["probes"] += 1
         seq = rt.next_seq()
-        self._probes[seq] = _Probe(target.name)
+        self._probes[seq] = probe = _Probe(target.name)
         msgs = [codec.pack(codec.Ping(seq, target.name, rt.name))]
         if target.state is SUSPECT:
             # Lifeguard "buddy": tell a suspect directly that it is suspected, so it can refute now.
             msgs.append(codec.pack(codec.Suspect(target.name, target.incarnation, rt.name)))
         rt.send_piggybacked((target.addr, target.port), msgs)
-        rt.at(rt.now + self.ms.awareness.scale(cfg.probe_timeout), self._timeout, seq)
+        # the timeout is cancelled by the ack (no wake-up for nothing); the deadline falls on the next
+        # probe tick's wake-up anyway
+        probe.timeout_timer = rt.at(rt.now + self.ms.awareness.scale(cfg.probe_timeout), self._timeout, seq)
         rt.at(rt.now + self.ms.awareness.scale(cfg.probe_interval), self._deadline, seq)
 
     def _next_target(self) -> Member | None:
@@ -141,7 +144,9 @@ class Prober:
         self.rt.send_piggybacked(src, [codec.pack(codec.Ack(msg.seq))])
 
     def on_ack(self, msg: codec.Ack, src: Addr, sender: str) -> None:
-        if self._probes.pop(msg.seq, None) is not None:
+        probe = self._probes.pop(msg.seq, None)
+        if probe is not None:
+            self.rt.cancel(probe.timeout_timer)
             self.ms.awareness.apply(-1)
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:

@@ -53,6 +53,8 @@ class Runtime:
         self.started = False
         self._timers: list[tuple[float, int, Callable[..., None], Any]] = []
         self._timer_seq = 0
+        self._cancelled: set[int] = set()  # timers that must not fire (a probe's timeout after its ack)
+        self._gossip_armed = False  # a gossip tick is scheduled (only while there is news to spread)
         self._datagrams: list[Datagram] = []
         self._streams: list[StreamRequest] = []
         self._seq = 0
@@ -66,18 +68,34 @@ class Runtime:
     def advance(self, now: float) -> None:
         self.now = max(self.now, now)
 
-    def at(self, when: float, fn: Callable[..., None], arg: Any = None) -> None:
+    def at(self, when: float, fn: Callable[..., None], arg: Any = None) -> int:
+        """Run fn(arg) at `when`; returns the timer's id for cancel()."""
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, fn, arg))
+        return self._timer_seq
+
+    def cancel(self, timer: int) -> None:
+        """The timer will not fire; if it was the next one, the host is not woken up for it."""
+        self._cancelled.add(timer)
+        self._drop_cancelled()
+
+    def _drop_cancelled(self) -> None:
+        timers, cancelled = self._timers, self._cancelled
+        while timers and timers[0][1] in cancelled:
+            cancelled.discard(heapq.heappop(timers)[1])
 
     def run_due(self, now: float) -> None:
-        timers = self._timers
+        timers, cancelled = self._timers, self._cancelled
         while timers and timers[0][0] <= now:
-            _, _, fn, arg = heapq.heappop(timers)
+            _, seq, fn, arg = heapq.heappop(timers)
+            if cancelled and seq in cancelled:
+                cancelled.discard(seq)
+                continue
             try:
                 fn() if arg is None else fn(arg)
             except Exception:  # a bug must not kill the node; it shows up in stats and tests
                 self.stats["internal_errors"] += 1
+        self._drop_cancelled()
 
     def next_deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
@@ -146,12 +164,23 @@ class Runtime:
             return
         self.broadcasts.queue(key, data)
         self._eager_pending = True
+        if self.started and not self._gossip_armed:
+            self.arm_gossip(self.now + self.cfg.gossip_interval)
 
     def _retransmit_limit(self) -> int:
         return self.cfg.retransmit_limit(self.peers.num_live() if self.peers is not None else 1)
 
+    def arm_gossip(self, when: float) -> None:
+        self._gossip_armed = True
+        self.at(when, self.gossip_tick)
+
     def gossip_tick(self) -> None:
-        self.at(self.now + self.cfg.gossip_interval, self.gossip_tick)
+        """A gossip round every interval while there is news; with none, no tick (an idle host sleeps)
+        until queue() has some again."""
+        if not self.broadcasts:
+            self._gossip_armed = False
+            return
+        self.arm_gossip(self.now + self.cfg.gossip_interval)
         self.gossip_round()
 
     def gossip_round(self) -> None:

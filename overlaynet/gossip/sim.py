@@ -265,7 +265,9 @@ class Simulation:
                 for obs in self.observers:
                     obs(self.now, node.name, ev)
         due = core.next_deadline()
-        if node.up and due is not None and (node.next_tick is None or due < node.next_tick):
+        if node.up and due is not None and due != node.next_tick:
+            # as the transport does: one wake-up armed, at the core's next deadline (a later one when
+            # the earlier timer was cancelled; the stale tick is skipped in run_until)
             node.next_tick = due
             self._push(due, "tick", (node, node.generation))
 

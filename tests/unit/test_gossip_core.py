@@ -73,3 +73,27 @@ def test_local_writes_are_validated_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="meta is too large"):
         GossipCore("big", "198.18.0.1", 7946, meta={"x": "y" * 2000})
     assert core.table("endpoints") == {}
+
+
+def test_an_idle_converged_host_wakes_only_to_probe() -> None:
+    """Nothing to spread and every probe answered: no gossip rounds and no probe timeouts wake the
+    host, only its own probe ticks (4/s) and the reaper (1/s). Timers that fire for nothing cost an
+    idle daemon CPU on every host of the cluster."""
+    from overlaynet.gossip.sim import Simulation
+
+    sim = Simulation(seed=3)
+    sim.add_converged_cluster(8)
+    sim.run_for(10.0)  # the joins' news has been retransmitted and retired
+    node = next(iter(sim.nodes.values()))
+    wakes = 0
+    tick = node.core.tick
+
+    def counting_tick(now: float) -> None:
+        nonlocal wakes
+        wakes += 1
+        tick(now)
+
+    node.core.tick = counting_tick  # type: ignore[method-assign]
+    sim.run_for(20.0)
+    assert sim.converged()
+    assert wakes / 20.0 < 6.0, f"{wakes / 20.0:.1f} timer wake-ups per second"
