@@ -91,8 +91,9 @@ def run(results: Results, progress: Callable[[str], None], number: int, repeat: 
 
 
 def run_aead(results: Results, progress: Callable[[str], None], number: int, repeat: int) -> None:
-    """ns/byte of sealing one datagram (overlaynet.dataplane.esp.EspSa.seal_loop: fp_esp_encrypt in a C
-    loop without the GIL), so that the encrypted/plain gap can be split into crypto and copies."""
+    """ns/byte of sealing one datagram (overlaynet.dataplane.esp.EspSa.seal_loop: fp_esp_encrypt, i.e. the
+    transmit path's own fp_esp_encrypt_iov, in a C loop without the GIL), so that the encrypted/plain
+    gap can be split into crypto and copies."""
     try:
         from overlaynet.dataplane import esp
     except ImportError as e:

@@ -296,3 +296,46 @@ def test_sequence_exhaustion_fails_closed(make_lab: Callable[..., Lab], tmp_path
     sent = [spi_seq(p)[1] for p in esp_packets(cap.packets())]
     assert sent and max(sent) == 2**32 - 1 and len(sent) <= 4, sent
     assert net_counters(lab, "a")["tx_drop_seq_exhausted"] > 0
+
+
+def test_a_packet_captured_before_a_receiver_restart_is_still_a_replay(make_lab: Callable[..., Lab],
+                                                                         tmp_path) -> None:
+    lab, net = encrypted_lab(make_lab)
+    ca, cb = net.containers
+    a, b = lab.hosts["a"], lab.hosts["b"]
+    ping_until(ca, cb.ip)
+    with Capture(a.ns, str(tmp_path / "a.pcap"), bpf=f"udp and src host {a.vtep}") as cap:
+        assert ping(ca, cb.ip, count=3)
+    sent = [esp_payload(p) for p in esp_packets(cap.packets())]
+    assert sent
+    time.sleep(1.5)  # fastpathd records how far each inbound SA got about once a second
+    lab.stop_fastpathd(b, sig=9)
+    lab.start_fastpathd(b)  # the inbound SA comes back from the state file, window top included
+    ping_until(ca, cb.ip)
+    before = net_counters(lab, "b")
+    send_udp(lab, "a", b.vtep, esp_wire.PORT, sent)
+    wait_until(lambda: net_counters(lab, "b")["rx_drop_replay"] >= before["rx_drop_replay"] + len(sent), 10,
+               "rx_drop_replay after the restart")
+
+
+def test_sync_sas_refuses_bad_sets_and_keeps_what_stays(make_lab: Callable[..., Lab]) -> None:
+    lab, net = encrypted_lab(make_lab)
+    ca, cb = net.containers
+    a = lab.hosts["a"]
+    ping_until(ca, cb.ip)
+    good = lab.sas(net, "a")
+    with a.client() as c:
+        seq0 = next(s["seq"] for s in c.networks()["networks"][VNI]["sas"] if s["dir"] == "out")
+        inbound = next(s for s in good if s["dir"] == "in")
+        twin = {**inbound, "peer": "198.18.0.99", "key": bytes(16)}  # another inbound SA, same SPI
+        with pytest.raises(FastpathControlError, match=f"SPI 0x{inbound['spi']:08x} .* collides .*rotate"):
+            c.sync_sas(VNI, [*good, twin])
+        out = next(s for s in good if s["dir"] == "out")
+        with pytest.raises(FastpathControlError, match="at most one outbound SA per peer"):
+            c.sync_sas(VNI, [*good, {**out, "spi": out["spi"] ^ 1}])
+        with pytest.raises(FastpathControlError, match="key must be 16 bytes"):
+            c.sync_sas(VNI, [{**out, "key": b"short"}])
+        assert ping(ca, cb.ip, count=2), "a refused sync changes nothing"
+        assert c.sync_sas(VNI, good) == len(good)  # the same SAs again: state kept
+        seq1 = next(s["seq"] for s in c.networks()["networks"][VNI]["sas"] if s["dir"] == "out")
+    assert seq1 >= seq0 + 2, "a resync of the same SA never resets its sequence number"
