@@ -12,6 +12,7 @@ import pytest
 from overlaynet.api.client import Client
 from tests.docker.conftest import DockerCluster, DockerHost
 from tests.support.engines import IMAGE, fetch_from, wait_until
+from tests.support.esp_capture import capture, cleartext_vxlan, decrypt, esp_in_udp, show_keys
 
 # Generous: the first test also pays for installing (apt) and starting two engines.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -66,9 +67,9 @@ def assert_published(docker_host: DockerHost, other: DockerHost, port: int) -> N
                f"{here.address}:{port} from host {other.host.label}")
 
 
-def create_network(h: DockerHost, subnet: str) -> None:
+def create_network(h: DockerHost, subnet: str, *options: str) -> None:
     h.engine.docker("network", "create", "-d", "overlaynet", "--ipam-driver", "overlaynet",
-                    "--subnet", subnet, "my-network")
+                    "--subnet", subnet, *options, "my-network")
 
 
 @pytest.fixture
@@ -78,9 +79,12 @@ def project(docker_cluster: DockerCluster, prefix: str) -> Iterator[tuple[str, s
     path = os.path.join(docker_cluster.lab.workdir, name)
     os.makedirs(path, exist_ok=True)
     yield name, path
+    # Every host's containers first: the host that created the overlaynet network removes it only
+    # once no host has an endpoint on it (the next test may need my-network with other options).
     for h in (docker_cluster.a, docker_cluster.b):
         if os.path.exists(os.path.join(path, "docker-compose.yml")):
             h.engine.compose(path, "-p", name, "down", check=False)
+    for h in (docker_cluster.a, docker_cluster.b):
         h.engine.docker("network", "rm", "my-network", check=False)
     shutil.rmtree(path, ignore_errors=True)
 
@@ -142,16 +146,37 @@ def network_on(h: DockerHost, name: str) -> dict | None:
     return next((n for n in Client(h.host.socket).list_networks() if n["name"] == name), None)
 
 
-def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project: tuple[str, str]) -> None:
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_compose_across_two_docker_hosts(docker_cluster: DockerCluster, project: tuple[str, str],
+                                         encrypted: bool) -> None:
     """The seed's file split over two hosts (web on a, db on b): names resolve across hosts, each
-    host publishes its service's port, to itself and to the other host."""
+    host publishes its service's port, to itself and to the other host. Encrypted (`-o encrypted`,
+    docs/encryption.md): the same, and the underlay carries only ESP for the network."""
     name, path = project
+    a = docker_cluster.a
+    options = ("-o", "encrypted") if encrypted else ()
+    wire = capture(docker_cluster.lab, a.host, f"compose-{'enc' if encrypted else 'plain'}")
+    try:
+        run_split_compose(docker_cluster, name, path, options)
+    finally:
+        packets = wire.packets()
+    net = network_on(a, "my-network")
+    assert net is not None and net["encrypted"] is encrypted
+    if encrypted:
+        assert not cleartext_vxlan(packets, net["vni"]), "cleartext VXLAN of an encrypted network on the wire"
+        assert esp_in_udp(packets)
+        assert decrypt(packets, show_keys(docker_cluster.lab, a.host, "my-network"), net["vni"]).icmp
+    else:
+        assert cleartext_vxlan(packets, net["vni"])  # the capture does see the network's traffic
+
+
+def run_split_compose(docker_cluster: DockerCluster, name: str, path: str, options: tuple[str, ...]) -> None:
     a, b = docker_cluster.a, docker_cluster.b
-    create_network(a, "198.19.30.0/24")
+    create_network(a, "198.19.30.0/24", *options)
     wait_until(lambda: network_on(a, "my-network"), 15, "my-network in overlayd on host a")
     wait_until(lambda: network_on(b, "my-network"), 20, "my-network (made on host a) to reach host b by gossip")
     # On host b the same command attaches the Docker network to the cluster's my-network.
-    create_network(b, "198.19.30.0/24")
+    create_network(b, "198.19.30.0/24", *options)
     with open(os.path.join(path, "docker-compose.yml"), "w") as f:
         f.write(SPLIT)
     a.engine.compose(path, "-p", name, "up", "-d", "web")
