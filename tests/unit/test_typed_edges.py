@@ -17,6 +17,7 @@ from overlaynet.agent.networks import Networks
 from overlaynet.agent.programmer import Programmer
 from overlaynet.agent.reconciler import Reconciler
 from overlaynet.api.routes import ROUTES
+from overlaynet.api.server import HANDLERS
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +50,11 @@ def test_every_body_and_query_the_api_accepts_is_a_typed_request() -> None:
     for route in ROUTES:
         for kind in (route.body, route.query):
             assert kind is None or (issubclass(kind, rq.Request) and kind.__struct_config__.forbid_unknown_fields), route
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.name)
+def test_each_handler_is_typed_with_what_its_route_decodes(route) -> None:
+    """The server decodes what the route says; the handler's `Call[Body, Query]` says what mypy
+    checks it against. They must be the same types, or mypy would check the wrong thing."""
+    hint = typing.get_type_hints(HANDLERS[route.name])["call"]
+    assert typing.get_args(hint) == (route.body or type(None), route.query or type(None))
