@@ -155,8 +155,7 @@ class Endpoints:
         self.programmer.keys.refuse_without_encrypted_gossip(f"attach to encrypted network {net.name!r}")
         reason = await self.host.kernel(self.host.dataplane.encryption_unavailable)
         if reason:
-            raise BadRequest(f"cannot attach to encrypted network {net.name!r}: this host {reason}; "
-                             "attach on a host running the userspace dataplane")
+            raise BadRequest(f"cannot attach to encrypted network {net.name!r}: this host {reason}")
 
     async def create_endpoint(self, request: EndpointCreate) -> Endpoint:
         net_name = request.network

@@ -61,9 +61,10 @@ class KernelMode:
         """Always a reason: the kernel dataplane does not encrypt. Kernel ESP through xfrm would be
         the only way, so the probe says whether this kernel even has it."""
         missing = kernel.xfrm_esp_gcm_missing()
+        advice = "attach on a host running the userspace dataplane (--dataplane userspace)"
         if missing:
-            return f"it runs the kernel dataplane and its kernel cannot do ESP with rfc4106(gcm(aes)) ({missing})"
-        return "it runs the kernel dataplane, which does not encrypt (kernel xfrm ESP is not used)"
+            return f"runs the kernel dataplane and its kernel cannot do ESP with rfc4106(gcm(aes)) ({missing}); {advice}"
+        return f"runs the kernel dataplane, which does not encrypt (kernel xfrm ESP is not used); {advice}"
 
     def sync_sas(self, net: Network, sas: list[dict[str, Any]]) -> int:
         raise kernel.KernelError(f"network {net.name!r} is encrypted and the kernel dataplane does not encrypt")

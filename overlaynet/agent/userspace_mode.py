@@ -127,7 +127,8 @@ class UserspaceMode:
             for module in ("overlaynet.dataplane.esp", "cryptography.hazmat.primitives.kdf.hkdf"):
                 importlib.import_module(module)
         except ImportError as e:
-            return f"its crypto library is missing ({e}); install libssl and python3-cryptography"
+            return (f"cannot load its crypto library ({e}): the crypto library is missing; install OpenSSL's "
+                    "libcrypto (Debian: libssl3) and attach again")
         return None
 
     def sync_sas(self, net: Network, sas: list[dict[str, Any]]) -> int:

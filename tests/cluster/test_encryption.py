@@ -16,7 +16,7 @@ import pytest
 from overlaynet.cli.main import main as overlayctl_main
 from overlaynet.lab import Lab, wait_until
 from tests.support.as_nobody import run_as_nobody
-from tests.support.cluster import FAST, start_cluster, write_key
+from tests.support.cluster import FAST, host_key_file, start_cluster, write_key
 from tests.support.engines import http_unix
 from tests.support.esp_capture import inspect_network
 
@@ -119,6 +119,38 @@ def test_a_kernel_mode_host_refuses_to_attach_to_an_encrypted_network(lab):
     assert "kernel dataplane" in line and "rfc4106(gcm(aes))" in line and "userspace" in line, line
     assert lab.overlayctl_json(h2, "endpoint", "ls") == []
     assert lab.run(c, ["ip", "-o", "link", "show", "eth0"]).returncode != 0  # nothing was plugged in
+
+
+# Loaded by the daemon's interpreter at start (site.py): the ESP codec fails to load as it does when
+# libcrypto.so is missing from the host, whatever else is installed.
+NO_LIBCRYPTO = """
+import importlib.abc, sys
+class NoLibcrypto(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "overlaynet.dataplane.esp":
+            raise ImportError("libcrypto.so.3: cannot open shared object file: No such file or directory")
+sys.meta_path.insert(0, NoLibcrypto())
+"""
+
+
+def test_a_host_whose_crypto_library_is_missing_refuses_to_attach(lab):
+    h1, h2 = lab.add_host("h1"), lab.add_host("h2")
+    key = write_key(lab)
+    lab.start_daemon(h1, "--key-file", host_key_file(lab, h1, key), *FAST)
+    hook = os.path.join(lab.workdir, "no-libcrypto")
+    os.makedirs(hook)
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as f:
+        f.write(NO_LIBCRYPTO)
+    lab.start_daemon(h2, "--key-file", host_key_file(lab, h2, key), *FAST, "--join", h1.address,
+                     env={"PYTHONPATH": hook})
+    lab.overlayctl(h1, "network", "create", "blue", "--subnet", "198.19.59.0/24", "--encrypted")
+    wait_until(lambda: inspect_network(lab, h2, "blue")["key_epoch"] == 1, what="network and key on h2")
+    c = lab.add_container("c")
+    line = one_line_error(lab.overlayctl(h2, "attach", c, "--network", "blue", check=False))
+    assert "crypto library is missing" in line and "libcrypto" in line, line
+    assert lab.overlayctl_json(h2, "endpoint", "ls") == []
+    attach_ok = lab.overlayctl(h1, "attach", lab.add_container("d"), "--network", "blue", check=False)
+    assert attach_ok.returncode == 0, attach_ok.stderr  # the host with its library attaches
 
 
 def test_show_keys_is_root_only_in_the_cli_and_the_api(lab):
