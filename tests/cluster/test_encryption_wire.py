@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 
 import pytest
-from scapy.layers.inet import IP
+from scapy.layers.inet import IP, UDP
 
 from overlaynet.lab import Lab, wait_until
 from tests.support.cluster import FAST, host_key_file, start_cluster, write_key
@@ -95,6 +96,12 @@ def two_hosts_talking(lab: Lab, subnet: str, extra=()) -> tuple:
 def test_rotation_under_a_running_ping_loses_at_most_a_handful(lab):
     h1, h2, net, a, ep_b = two_hosts_talking(lab, "198.19.67.0/24", extra=[KEY_TIMERS, KEY_TIMERS])
     old_spis = {int(sa["spi"], 16) for sa in show_keys(lab, h1, "blue")}
+    before = capture(lab, h1, "before-rotation")
+    try:
+        lab.wait_ping(a, ep_b["ip"], timeout=10)
+    finally:
+        recorded = [bytes(p[UDP].payload) for p in esp_in_udp(before.packets()) if p[IP].src == h1.address]
+    assert recorded, "no epoch-1 ESP from h1 recorded"
     ping = start_pinging(lab, a, ep_b["ip"], count=300)  # 15 s at 20/s
     time.sleep(2)
     lab.overlayctl(h2, "network", "rotate-key", "blue")
@@ -113,6 +120,16 @@ def test_rotation_under_a_running_ping_loses_at_most_a_handful(lab):
     on_wire = {spi_of(p) for p in esp_in_udp(packets)}
     assert on_wire and not on_wire & old_spis, (on_wire, old_spis)
     assert decrypt(packets, sas, net["vni"]).icmp
+    # An epoch older than the overlap is rejected: h1's recorded epoch-1 packets, sent again from
+    # h1's own address, are dropped by h2 as having no SA.
+    def no_sa_drops() -> int:
+        return int(lab.overlayctl_json(h2, "stats")["global"]["rx_drop_no_sa"])
+    dropped = no_sa_drops()
+    send_from = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                 f"s.bind(('{h1.address}', 0))\n"
+                 f"for p in sys.argv[1:]: s.sendto(bytes.fromhex(p), ('{h2.address}', 4500))\n")
+    lab.run(h1.netns, [sys.executable, "-c", send_from, *(p.hex() for p in recorded[:5])], check=True)
+    wait_until(lambda: no_sa_drops() >= dropped + min(len(recorded), 5), what="old-epoch packets dropped at h2")
 
 
 @pytest.mark.parametrize("victim", ["overlayd", "fastpathd"])
