@@ -172,6 +172,7 @@ cdef extern from "fp.h" nogil:
     int fp_tap_delete(int fd)
     int fp_setns_path(const char *path, char *err, size_t errlen)
     int fp_engine_add_net(fp_engine *e, uint32_t vni, const fp_tap_info *tap, int persist, int encrypted)
+    const char *fp_engine_esp_error(fp_engine *e)
     int fp_engine_sync_sas(fp_engine *e, uint32_t vni, const fp_sa_spec *specs, uint32_t n, char *err, size_t errlen)
     int fp_engine_sa_info(fp_engine *e, uint32_t vni, fp_sa_info *out, uint32_t cap)
     int fp_engine_sa_set_limit(fp_engine *e, uint64_t id, uint32_t limit)
@@ -555,6 +556,7 @@ cdef class Engine:
             "tx_source_ports": sorted(o.tx_ports[i] for i in range(o.ntx)),
             "busy_poll_us": self.spin_us or self.poll_us,
             "busy_poll": "fixed" if self.spin_us else ("adaptive" if self.poll_us else "off"),
+            "esp": self.esp_status(),
             "taps": {vni: {"vnet_hdr": n["vnet_hdr"], **_offload_names(n["offload"])}
                      for vni, n in self.networks.items()},
         }
@@ -586,6 +588,10 @@ cdef class Engine:
                 rc = fp_engine_add_net(e, vni, &info, persist, encrypted)
             if rc:
                 fp_tap_delete(info.fd) if persist else None
+                if encrypted and fp_engine_esp_error(e) != NULL:
+                    raise FastpathError(f"network {vni} cannot be encrypted: no ESP socket "
+                                        f"({fp_engine_esp_error(e).decode(errors='replace')}); "
+                                        "free the port or start fastpathd with another --esp-port")
                 raise FastpathError(f"add network {vni}: error {rc}")
             self.networks[vni] = {"vni": vni, "netns": netns, "tap": tap, "mtu": info.mtu, "ifindex": info.ifindex,
                                   "vnet_hdr": bool(info.vnet_hdr), "offload": info.offload, "persist": persist,
@@ -654,6 +660,11 @@ cdef class Engine:
         with self.lock:
             with nogil:
                 fp_engine_set_peers(e, s)
+
+    def esp_status(self):
+        """'ready' when the ESP socket is open, else why not (then encrypted networks are refused)."""
+        cdef const char *why = fp_engine_esp_error(self._e())
+        return "ready" if why == NULL else why.decode(errors="replace")
 
     def sync_sas(self, unsigned int vni, sas):
         """Replace the SAs of encrypted network `vni`: a list of dicts {peer, dir ("out"|"in"), epoch,

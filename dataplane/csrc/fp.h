@@ -352,7 +352,9 @@ int fp_tap_open(const char *netns_path, const char *name, int mtu, int persist, 
 int fp_tap_delete(int fd); /* clear persistence and close */
 int fp_setns_path(const char *path, char *err, size_t errlen);
 
+/* encrypted: -EADDRNOTAVAIL when the engine has no ESP socket (fp_engine_esp_error says why). */
 int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_info *tap, int persist, int encrypted);
+const char *fp_engine_esp_error(struct fp_engine *e); /* NULL: the ESP socket is open */
 /* Replace the SAs of encrypted network `vni` (a full set); SAs with the same (dir, peer, spi, key,
  * salt) as before keep their sequence number / replay window. 0 or -errno with a line in err. */
 int fp_engine_sync_sas(struct fp_engine *e, uint32_t vni, const struct fp_sa_spec *specs, uint32_t n, char *err,

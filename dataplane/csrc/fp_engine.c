@@ -123,8 +123,11 @@ struct fp_engine *fp_engine_create(const struct fp_engine_opts *o, char *err, si
     if (e->o.ntx > FP_MAX_TX_SOCKETS)
         e->o.ntx = FP_MAX_TX_SOCKETS;
 
-    if (fp_udp_open_rx(e, err, errlen) || fp_udp_open_tx(e, err, errlen) || fp_udp_open_esp(e, err, errlen))
+    if (fp_udp_open_rx(e, err, errlen) || fp_udp_open_tx(e, err, errlen))
         goto fail;
+    /* Without the ESP port (an IKE daemon may hold 4500) plain networks still work; encrypted ones
+     * are refused with this reason (fp_engine_add_net). */
+    fp_udp_open_esp(e, e->esp_err, sizeof(e->esp_err));
     e->tap_epfd = epoll_create1(EPOLL_CLOEXEC);
     e->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (e->tap_epfd < 0 || e->evfd < 0) {
@@ -204,8 +207,15 @@ void fp_engine_destroy(struct fp_engine *e)
     free(e);
 }
 
+const char *fp_engine_esp_error(struct fp_engine *e)
+{
+    return e->espfd >= 0 ? NULL : e->esp_err;
+}
+
 int fp_engine_add_net(struct fp_engine *e, uint32_t vni, const struct fp_tap_info *tap, int persist, int encrypted)
 {
+    if (encrypted && e->espfd < 0)
+        return -EADDRNOTAVAIL;
     pthread_mutex_lock(&e->ctl);
     struct fp_cfg *old = atomic_load(&e->cfg);
     if (fp_cfg_lookup(old, vni)) {

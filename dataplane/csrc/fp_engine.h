@@ -133,7 +133,8 @@ struct fp_engine {
     struct fp_engine_opts o;
     int rxfd;   /* datagrams with a non-zero outer UDP checksum (with steering), else all of them */
     int rxzfd;  /* with steering: datagrams without an outer UDP checksum; -1 without steering */
-    int espfd;  /* ESP in UDP (encrypted networks): receives, and sends as txfd[FP_SOCK_ESP] */
+    int espfd;  /* ESP in UDP (encrypted networks): receives, and sends as txfd[FP_SOCK_ESP]; -1: none */
+    char esp_err[128]; /* why there is no ESP socket */
     int ntx;
     int txfd[FP_MAX_TX_SOCKETS + 1];
     uint16_t txport[FP_MAX_TX_SOCKETS];

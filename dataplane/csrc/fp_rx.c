@@ -166,7 +166,7 @@ int fp_rx_socket(struct fp_engine *e, struct fp_rx *r, int fd)
     const struct fp_ipset *peers = atomic_load(&e->peers);
     const struct fp_spi_map *spis = atomic_load(&e->spis);
     struct fp_gro *gro = r->gro;
-    int esp = fd == e->espfd;
+    int esp = e->espfd >= 0 && fd == e->espfd;
     /* with steering, everything on rxfd had a non-zero outer checksum the kernel verified; an ESP
      * packet's ICV authenticates every byte of the datagram it carries */
     gro->covered = esp || (e->rxzfd >= 0 && fd == e->rxfd);

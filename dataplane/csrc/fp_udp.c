@@ -140,7 +140,8 @@ int fp_udp_open_tx(struct fp_engine *e, char *err, size_t errlen)
 /* The ESP socket of encrypted networks (RFC 3948: ESP in UDP, port 4500 by default): one socket that
  * receives (with UDP GRO: a train of equal-size ESP packets) and sends (with UDP GSO), so both ends
  * of every ESP packet are the ESP port. Opened even when no network is encrypted: a peer's ESP for
- * a network this host does not have is then counted (rx_drop_no_sa) instead of refused by ICMP. */
+ * a network this host does not have is then counted (rx_drop_no_sa) instead of refused by ICMP.
+ * On failure espfd stays -1 and err says why. */
 int fp_udp_open_esp(struct fp_engine *e, char *err, size_t errlen)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(e->o.esp_port), .sin_addr = {e->o.bind_addr}};

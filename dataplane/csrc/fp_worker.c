@@ -169,7 +169,7 @@ static int poll_add(int epfd, int fd, uint64_t tag)
 /* The receive sockets join a poll set (the one worker's, or the receive worker's). */
 static int poll_add_rx(struct fp_engine *e, int epfd)
 {
-    if (poll_add(epfd, e->rxfd, EV_RXSOCK) || poll_add(epfd, e->espfd, EV_ESPSOCK))
+    if (poll_add(epfd, e->rxfd, EV_RXSOCK) || (e->espfd >= 0 && poll_add(epfd, e->espfd, EV_ESPSOCK)))
         return -1;
     return e->rxzfd >= 0 ? poll_add(epfd, e->rxzfd, EV_RXZSOCK) : 0;
 }
@@ -177,7 +177,8 @@ static int poll_add_rx(struct fp_engine *e, int epfd)
 static void poll_del_rx(struct fp_engine *e, int epfd)
 {
     epoll_ctl(epfd, EPOLL_CTL_DEL, e->rxfd, NULL);
-    epoll_ctl(epfd, EPOLL_CTL_DEL, e->espfd, NULL);
+    if (e->espfd >= 0)
+        epoll_ctl(epfd, EPOLL_CTL_DEL, e->espfd, NULL);
     if (e->rxzfd >= 0)
         epoll_ctl(epfd, EPOLL_CTL_DEL, e->rxzfd, NULL);
 }

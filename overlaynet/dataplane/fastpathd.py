@@ -538,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Fastpathd(engine, a.state)
     daemon.restore()
     off = engine.offloads()
+    if off["esp"] != "ready":  # plain networks still work; encrypted ones are refused with this reason
+        log.warning("event=esp-unavailable port=%d reason=\"%s\" action=encrypted-networks-refused", a.esp_port,
+                    off["esp"])
     log.info("event=forwarding bind=%s port=%d esp_port=%d udp_gso=%s udp_gro=%s outer_csum_steering=%s checksum=%s "
              "tx_source_ports=%s", a.bind, a.port, a.esp_port, off["udp_gso"], off["udp_gro"], off["outer_csum_steering"], off["checksum"],
              off["tx_source_ports"])

@@ -339,3 +339,29 @@ def test_sync_sas_refuses_bad_sets_and_keeps_what_stays(make_lab: Callable[..., 
         assert c.sync_sas(VNI, good) == len(good)  # the same SAs again: state kept
         seq1 = next(s["seq"] for s in c.networks()["networks"][VNI]["sas"] if s["dir"] == "out")
     assert seq1 >= seq0 + 2, "a resync of the same SA never resets its sequence number"
+
+
+def test_a_taken_esp_port_refuses_encrypted_networks_but_plain_ones_work(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab()
+    a = lab.add_host("a", "userspace", state=True)
+    lab.add_host("b", "userspace", state=True)
+    lab.stop_fastpathd(a)
+    holder = nspopen(a.ns, "python3", "-c", "import socket,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                     "s.bind(('0.0.0.0', 4500)); print('ready', flush=True); time.sleep(120)",
+                     stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"  # an IKE daemon, say
+        lab.start_fastpathd(a)
+        with a.client() as c:
+            assert "4500" in c.offloads()["esp"]
+        with pytest.raises(FastpathControlError, match="cannot be encrypted: no ESP socket .*--esp-port"):
+            lab.add_network(VNI, ["a", "b"], encrypted=True)
+        del lab.networks[VNI]  # refused: not programmed below
+        plain = lab.add_network(PLAIN_VNI, ["a", "b"], index=2)
+        ca, cb = lab.add_container(PLAIN_VNI, "a"), lab.add_container(PLAIN_VNI, "b")
+        lab.program()
+        ping_until(ca, cb.ip)
+        assert plain.encrypted is False
+    finally:
+        holder.kill()
+        holder.wait()
