@@ -365,3 +365,24 @@ def test_a_taken_esp_port_refuses_encrypted_networks_but_plain_ones_work(make_la
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_without_gso_and_gro_and_with_two_workers_still_only_esp(make_lab: Callable[..., Lab], tmp_path) -> None:
+    """The other transmit paths (one sendmsg per packet, no GRO trains) and the two-thread engine (the
+    transmit thread seals while the receive thread opens) keep the same wire."""
+    lab = make_lab()
+    for h in ("a", "b"):
+        lab.add_host(h, "userspace", state=True, fastpath_args=("--no-gso", "--no-gro", "--workers", "2"))
+    net = lab.add_network(VNI, ["a", "b"], encrypted=True)
+    ca, cb = lab.add_container(VNI, "a"), lab.add_container(VNI, "b")
+    lab.program()
+    ping_until(ca, cb.ip)
+    with Capture(lab.hosts["a"].ns, str(tmp_path / "a.pcap")) as cap:
+        tcp_transfer(ca, cb, 1 * MB)
+        tcp_transfer(cb, ca, 1 * MB, port=5002)
+    pkts = udp_packets(cap.packets())
+    assert len(pkts) > 100 and all(p[UDP].dport == esp_wire.PORT for p in pkts)
+    o = opener(lab, net)
+    assert all(o.open(p)[VXLAN].vni == VNI for p in esp_packets(pkts))
+    st = stats(lab, "a")
+    assert st["global"]["tx_gso_sends"] == 0 and net_counters(lab, "a")["rx_drop_replay"] == 0
