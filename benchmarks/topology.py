@@ -156,9 +156,18 @@ ESPINUDP_SOCKET = ("import socket, time\n"
                    "time.sleep(86400)\n")
 
 
+# overlayd's own probe (a throwaway rfc4106(gcm(aes)) SA over NETLINK_XFRM with pyroute2), run inside
+# a lab namespace: xfrm state is per namespace.
+XFRM_PROBE = "from overlaynet.kernel.xfrm import esp_gcm_missing\nprint(esp_gcm_missing() or 'ok')\n"
+
+
 def _xfrm_esp(lab: Lab, a: Host, b: Host, helpers: list[subprocess.Popen[str]]) -> None:
     """Transport-mode ESP (AES-GCM-128, UDP-encapsulated on 4500) for VXLAN between the two VTEPs, with
     the keys overlaynet would derive. xfrm state is per namespace: nothing outside the lab changes."""
+    probe = lab.run(a.netns, [sys.executable, "-c", XFRM_PROBE])
+    answer = probe.stdout.strip() or (probe.stderr.strip().splitlines() or ["no answer"])[-1]
+    if answer != "ok":
+        raise NotAvailable(f"kernel xfrm (probe over NETLINK_XFRM): {answer}")
     secret = os.urandom(32)
     for host, peer in ((a, b), (b, a)):
         for src, dst in ((host, peer), (peer, host)):
