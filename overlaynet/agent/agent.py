@@ -58,6 +58,7 @@ class Agent:
         self.cluster: Cluster = None  # type: ignore[assignment]  # set in start()
         self.started_at = time.time()
         self._auth_failures = RecentIncrease()
+        self._saved_peers: list[dict[str, Any]] | None = None  # members.json as this process last wrote it
         self._tasks: list[asyncio.Task[None]] = []
         self.keys_of_networks = NetworkKeys(self.host, gossip_encrypted=keyring is not None)
         self.programmer = Programmer(self.host, {}, self.keys_of_networks)
@@ -225,10 +226,16 @@ class Agent:
                 if isinstance(m, dict) and m.get("name") != self.config.name and "addr" in m and "port" in m]
 
     def _remember_peers(self) -> None:
-        peers = [{"name": m.name, "addr": m.addr, "port": m.port} for m in self.cluster.live_members()
-                 if m.name != self.config.name]
+        peers: list[dict[str, Any]] = [{"name": m.name, "addr": m.addr, "port": m.port}
+                                       for m in sorted(self.cluster.live_members(), key=lambda m: m.name)
+                                       if m.name != self.config.name]
+        # Only when the list changed: the write is fsync'd on the event loop, and in a big cluster
+        # members flap between suspect and alive all the time without the list changing.
+        if peers == self._saved_peers:
+            return
         if peers or self._remembered_peers():
-            self.host.save_peers(sorted(peers, key=lambda p: p["name"]))
+            self.host.save_peers(peers)
+        self._saved_peers = peers
 
     def _load_identity(self) -> None:
         node = self.store.read("node.json")
