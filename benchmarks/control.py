@@ -5,9 +5,8 @@ overlaynet (N overlayd, all --join host 1, one network, a "pinger" container on 
 - attach-to-reachable: wall time from starting `overlayctl attach` for a new container on host k
   until a ping from host 1's container answers (ping every 10 ms; the pinger's ARP retry is 10 ms);
 - propagation: from the attach's return (overlayd publishes the endpoint before it answers) until
-  each other host's FDB for the network lists the new MAC
-  (GET /v1/networks/NET/fdb, what `overlayctl fdb NET --json` shows; all hosts polled concurrently
-  every 20 ms through the API client, so resolution is ~20 ms);
+  each other host's kernel FDB for the network holds the new MAC (seen as the netlink event of the
+  entry's creation in the host's sandbox namespace, benchmarks/fdbwatch.py: no load on the daemons);
 - failure detection: kill -9 one overlayd; until each survivor's member list (GET /v1/members, as
   `overlayctl members --json`) shows it dead/failed.
 Serf: see benchmarks/serf.py (user event with coalescing off; member-failed).
@@ -16,6 +15,7 @@ Serf: see benchmarks/serf.py (user event with coalescing off; member-failed).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import signal
 import subprocess
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.core import NotAvailable, Progress, Results, percentile
+from benchmarks.fdbwatch import FdbWatch
 from benchmarks.loss import set_loss
 from benchmarks.serf import SerfCluster
 from benchmarks.topology import close_lab
@@ -60,16 +61,6 @@ def member_states(data: Any) -> dict[str, str]:
     return out
 
 
-def programmed(fdb: Any, mac: str) -> bool:
-    """The host has programmed forwarding to `mac` (not merely learned that it should)."""
-    part = fdb.get("programmed", fdb) if isinstance(fdb, dict) else fdb
-    return mac in json.dumps(part).lower()
-
-
-def fdb_of(network: str) -> tuple[str, tuple[str, ...]]:
-    return ("network_fdb", (network,))
-
-
 async def _get(socket: str, call: tuple[str, tuple[str, ...]]) -> Any:
     from overlaynet.api.client import AsyncClient
 
@@ -102,11 +93,23 @@ def poll_hosts(hosts: list[Host], call: tuple[str, tuple[str, ...]], done: Calla
     return asyncio.run(main())
 
 
+def published_at(log: str, mac: str) -> float | None:
+    """Wall time of overlayd's `event=attached ... mac=MAC` line (logfmt, local time, ms)."""
+    for line in reversed(log.splitlines()):
+        if "event=attached" in line and f"mac={mac}" in line.lower() and line.startswith("ts="):
+            try:
+                return datetime.datetime.strptime(line.split()[0][3:], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+            except ValueError:
+                return None
+    return None
+
+
 class OverlaynetCluster:
     def __init__(self, lab: Lab, n: int, progress: Callable[[str], None]) -> None:
         self.lab, self.progress = lab, progress
         self.hosts = [lab.add_host(f"o{i}") for i in range(1, n + 1)]
         self.containers = 0
+        self.watch: FdbWatch | None = None
 
     def start(self, timeout: float = 120.0) -> None:
         first = self.hosts[0]
@@ -135,6 +138,15 @@ class OverlaynetCluster:
         asyncio.run(self._attach_residents(residents, timeout))
         self.pinger = residents[0]
         self.lab.run(self.pinger, ["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=10"])
+        from overlaynet.kernel import list_sandboxes
+
+        self.watch = FdbWatch({h.label: list_sandboxes(h.state_dir)[0] for h in self.hosts})
+
+    def stop(self) -> None:
+        """Close the FDB watch (its sockets hold the sandbox namespaces); the lab removes the rest."""
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
 
     async def _attach_residents(self, residents: list[str], timeout: float) -> None:
         from overlaynet.api.client import AsyncClient
@@ -185,11 +197,12 @@ class OverlaynetCluster:
         watcher.start()
         others = [h for h in self.hosts if h is not host and h.process is not None]
         mac = ep["mac"].lower()
-        # From the command's return: overlayd has published the endpoint before it answers, so this
-        # leaves out at most the CLI's exit (small since the client stopped importing aiohttp).
-        # created_at would be earlier but includes the attaching host's own veth work, which under
-        # the load of 32 daemons on 2 CPUs is hundreds of ms: not gossip.
-        prop = poll_hosts(others, fdb_of(NETWORK), lambda d: programmed(d, mac), returned, timeout)
+        # From the moment overlayd published the endpoint (its `event=attached` log line, written right
+        # after the record went into gossip; the command's return if the line is not found): the
+        # other hosts may program it before the CLI process has even exited.
+        published = published_at(self.lab.daemon_log(host), mac) or returned
+        assert self.watch is not None
+        prop = self.watch.wait(mac, [h.label for h in others], published, timeout)
         watcher.join(timeout + 5)
         return returned - started, prop, reached[0]
 
@@ -321,5 +334,4 @@ def _one_cluster(results: Results, progress: Callable[[str], None], lab: Lab, sy
         _record(results, case, system, "detection", det_all, det_max)
         _store(results, system, "detection", n, loss, det_all)
     finally:
-        if isinstance(cluster, SerfCluster):
-            cluster.stop()
+        cluster.stop()

@@ -88,7 +88,7 @@ def run(results: Results, progress: Progress, prefix: str, systems: list[str], n
             progress(f"idle {system} {case}: failed: {type(e).__name__}: {e}")
             results.mark("idle", case, system, "cpu", "% of a core", "failed", f"{type(e).__name__}: {e}", "lower")
         finally:
-            if isinstance(cluster, SerfCluster):
+            if cluster is not None:
                 cluster.stop()
             close_lab(lab)
             progress.step_done(10 + 0.5 * n + SETTLE + seconds)
