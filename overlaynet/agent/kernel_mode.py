@@ -22,6 +22,7 @@ class KernelMode:
         self.advertise = advertise
         self.vxlan_port = vxlan_port
         self.peer_bum_rate = peer_bum_rate
+        self._written: dict[int, kernel.VxlanTable] = {}  # VNI -> the table last programmed successfully
 
     def ensure_network(self, net: Network, sandbox: str) -> list[str]:
         """Make the network's sandbox, bridge and VXLAN device exist; returns the devices re-made."""
@@ -29,6 +30,8 @@ class KernelMode:
         kernel.ensure_bridge(sandbox, net.mtu, mac=net.gateway_mac, address=net.gateway_cidr)
         vxlan = kernel.vxlan_name(net.vni)
         missing = not created and not kernel.device_exists(sandbox, vxlan)
+        if created or missing:
+            self._written.pop(net.vni, None)  # a new device holds nothing of what was written before
         kernel.ensure_vxlan(sandbox, kernel.VxlanSpec(vni=net.vni, local=self.advertise,
                                                       port=self.vxlan_port, mtu=net.mtu))
         return [vxlan] if missing else []
@@ -42,20 +45,22 @@ class KernelMode:
         return dict(fwd.fdb)
 
     def program(self, net: Network, sandbox: str, fwd: Forwarding) -> int:
-        """Make the device's entries equal to `fwd`; returns how many entries changed."""
-        changed = 0
+        """Make the device's entries equal to `fwd`; returns how many entries changed. Writes only
+        the difference to what was last programmed, until forget_programmed() (a forced resync)."""
         fdb = dict(fwd.fdb)
         if net.gateway_mac:
             # The gateway's neighbour entry (in fwd.neigh) points at the bridge's own MAC: marking
             # that MAC bridge-local keeps the device's ARP proxy quiet, the bridge answers.
             fdb[net.gateway_mac] = kernel.BRIDGE_LOCAL
-        for changes in (
-            kernel.sync_fdb(sandbox, net.vni, fdb),
-            kernel.sync_neigh(sandbox, net.vni, fwd.neigh),
-            kernel.set_flood_list(sandbox, net.vni, fwd.flood),
-        ):
-            changed += len(changes.added) + len(changes.replaced) + len(changes.removed)
+        table = kernel.VxlanTable.of(fdb, fwd.neigh, fwd.flood)
+        previous = self._written.pop(net.vni, None)  # on an error the next pass reads the kernel
+        changed = kernel.program_vxlan_table(sandbox, net.vni, table, previous)
+        self._written[net.vni] = table
         return changed
+
+    def forget_programmed(self) -> None:
+        """The next pass reads each device's entries again (and so repairs drift)."""
+        self._written.clear()
 
     def encryption_unavailable(self) -> str:
         """Always a reason: the kernel dataplane does not encrypt. Kernel ESP through xfrm would be
@@ -86,6 +91,7 @@ class KernelMode:
                 "vxlan_peer_bum_drops": kernel.vxlan_peer_bum_drops()}
 
     def remove_network(self, net: Network, sandbox: str) -> None:
+        self._written.pop(net.vni, None)
         kernel.remove_sandbox(sandbox)
 
     def programmed(self, net: Network, sandbox: str) -> dict[str, Any]:

@@ -176,6 +176,8 @@ class Programmer:
     async def program(self, force: bool = False) -> int:
         """Push remote endpoints into the dataplane of every network with a local endpoint."""
         async with self.host.lock:
+            if force:  # read the kernel again instead of trusting what was written: repairs drift
+                await self.host.kernel(self.host.dataplane.forget_programmed)
             networks = self.host.networks
             changed = 0
             lingering = self._lingering()

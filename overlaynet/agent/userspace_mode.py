@@ -163,6 +163,9 @@ class UserspaceMode:
         changed = _changes(before.get("fdb") or {}, fdb) + _changes(before.get("arp") or {}, fwd.neigh)
         return changed + len(set(before.get("flood") or []) ^ fwd.flood)
 
+    def forget_programmed(self) -> None:
+        """Nothing to forget: every pass replaces fastpathd's tables whole (in memory, cheap)."""
+
     def sync_peers(self, vteps: set[str]) -> None:
         """Only these VTEPs (live cluster members) may send us VXLAN packets, each at most
         `peer_bum_rate` broadcast/multicast frames per second."""

@@ -50,6 +50,7 @@ from .vxlan_filter import (
     vxlan_non_member_drops,
     vxlan_peer_bum_drops,
 )
+from .vxlan_table import VxlanTable, program_vxlan_table
 from .xfrm import esp_gcm_missing as xfrm_esp_gcm_missing
 
 __all__ = [
@@ -114,6 +115,8 @@ __all__ = [
     "underlay_mtu",
     "underlay_networks",
     "vxlan_counters",
+    "VxlanTable",
+    "program_vxlan_table",
     "vxlan_name",
     "vxlan_non_member_drops",
 ]

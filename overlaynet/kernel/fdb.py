@@ -99,32 +99,45 @@ def delete_fdb(sandbox: str, vni: int, mac: str) -> None:
         _delete(ipr, index, mac.lower())
 
 
+def current_unicast(entries: list[FdbEntry]) -> dict[str, str]:
+    """MAC -> VTEP of the unicast entries (a MAC with several remotes maps to "": not what we program)."""
+    current: dict[str, str] = {}
+    for entry in entries:
+        if entry.mac != FLOOD_MAC:
+            current[entry.mac] = entry.vtep if entry.mac not in current else ""
+    return current
+
+
+def apply_unicast(ipr: IPRoute, index: int, current: dict[str, str], desired: dict[str, str]) -> Changes:
+    """Turn the unicast entries `current` into `desired` (MACs lower-case)."""
+    changes = plan(current, desired)
+    for mac in changes.removed:
+        _delete(ipr, index, mac)
+    for mac in changes.added + changes.replaced:
+        if current.get(mac) == "":
+            _delete(ipr, index, mac)
+        _replace(ipr, index, mac, desired[mac])
+    return changes
+
+
+def apply_flood(ipr: IPRoute, index: int, current: set[str], vteps: set[str]) -> Changes:
+    """Turn the flood list `current` into `vteps`."""
+    changes = plan(dict.fromkeys(current, ""), dict.fromkeys(vteps, ""))
+    for vtep in changes.added:
+        ipr.fdb("append", ifindex=index, lladdr=FLOOD_MAC, dst=vtep, state=NUD_PERMANENT, flags=NTF_SELF)
+    for vtep in changes.removed:
+        _delete(ipr, index, FLOOD_MAC, vtep)
+    return changes
+
+
 def sync_fdb(sandbox: str, vni: int, desired: dict[str, str]) -> Changes:
     """Make the unicast entries (MAC -> VTEP) exactly ``desired``; flood entries are left alone."""
     desired = {mac.lower(): vtep for mac, vtep in desired.items()}
     with vxlan_device(sandbox, vni) as (ipr, index):
-        current: dict[str, str] = {}
-        for entry in _entries(ipr, index):
-            if entry.mac != FLOOD_MAC:
-                # a MAC with several remotes is not what we program: force a replace
-                current[entry.mac] = entry.vtep if entry.mac not in current else ""
-        changes = plan(current, desired)
-        for mac in changes.removed:
-            _delete(ipr, index, mac)
-        for mac in changes.added + changes.replaced:
-            if current.get(mac) == "":
-                _delete(ipr, index, mac)
-            _replace(ipr, index, mac, desired[mac])
-        return changes
+        return apply_unicast(ipr, index, current_unicast(_entries(ipr, index)), desired)
 
 
 def set_flood_list(sandbox: str, vni: int, vteps: set[str]) -> Changes:
     """Make the flood list (BUM frames) exactly ``vteps``: add the missing, remove the extra."""
     with vxlan_device(sandbox, vni) as (ipr, index):
-        current = {e.vtep: "" for e in _entries(ipr, index) if e.mac == FLOOD_MAC}
-        changes = plan(current, dict.fromkeys(vteps, ""))
-        for vtep in changes.added:
-            ipr.fdb("append", ifindex=index, lladdr=FLOOD_MAC, dst=vtep, state=NUD_PERMANENT, flags=NTF_SELF)
-        for vtep in changes.removed:
-            _delete(ipr, index, FLOOD_MAC, vtep)
-        return changes
+        return apply_flood(ipr, index, {e.vtep for e in _entries(ipr, index) if e.mac == FLOOD_MAC}, vteps)

@@ -62,13 +62,23 @@ def delete_neigh(sandbox: str, vni: int, ip: str) -> None:
         _delete(ipr, index, ip)
 
 
+def permanent_entries(ipr: IPRoute, index: int) -> dict[str, str]:
+    """IP -> MAC of the device's permanent entries (a dump)."""
+    return _entries(ipr, index)
+
+
+def apply_neigh(ipr: IPRoute, index: int, current: dict[str, str], desired: dict[str, str]) -> Changes:
+    """Turn the permanent entries `current` into `desired` (MACs lower-case)."""
+    changes = plan(current, desired)
+    for ip in changes.removed:
+        _delete(ipr, index, ip)
+    for ip in changes.added + changes.replaced:
+        _replace(ipr, index, ip, desired[ip])
+    return changes
+
+
 def sync_neigh(sandbox: str, vni: int, desired: dict[str, str]) -> Changes:
     """Make the permanent entries (IP -> MAC) exactly ``desired``."""
     desired = {ip: mac.lower() for ip, mac in desired.items()}
     with vxlan_device(sandbox, vni) as (ipr, index):
-        changes = plan(_entries(ipr, index), desired)
-        for ip in changes.removed:
-            _delete(ipr, index, ip)
-        for ip in changes.added + changes.replaced:
-            _replace(ipr, index, ip, desired[ip])
-        return changes
+        return apply_neigh(ipr, index, _entries(ipr, index), desired)

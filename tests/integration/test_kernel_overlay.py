@@ -321,3 +321,30 @@ def test_vxlan_whose_socket_is_in_another_host_netns_is_replaced(netns, prefix: 
     assert f"link-netns {second.ns}" in in_sandbox(
         first.sandbox, "ip", "-d", "link", "show", kernel.vxlan_name(VNI)
     )
+
+
+def test_vxlan_table_writes_the_difference_and_rereads_only_without_previous(netns, prefix: str,
+                                                                           topo: Topology) -> None:
+    hosts, (c1, c2) = two_host_overlay(netns, prefix, topo)
+    sb, remote = hosts[0].sandbox, hosts[1].underlay_ip
+    table = kernel.VxlanTable.of({c2.mac: remote}, {c2.ip: c2.mac}, {remote})
+    assert kernel.program_vxlan_table(sb, VNI, table, None) == 0  # already so (two_host_overlay)
+    # a new remote MAC: only it is written, from what was written before (no read)
+    more = kernel.VxlanTable.of({c2.mac: remote, "02:00:00:00:aa:01": remote},
+                                {c2.ip: c2.mac, "198.19.1.250": "02:00:00:00:aa:01"}, {remote})
+    assert kernel.program_vxlan_table(sb, VNI, more, table) == 2
+    assert kernel.FdbEntry("02:00:00:00:aa:01", remote) in kernel.list_fdb(sb, VNI)
+    # drift behind our back: with `previous` the pass trusts it (cheap) ...
+    kernel.delete_fdb(sb, VNI, c2.mac)
+    assert kernel.program_vxlan_table(sb, VNI, more, more) == 0
+    assert kernel.FdbEntry(c2.mac, remote) not in kernel.list_fdb(sb, VNI)
+    # ... and a pass without it (a forced resync) reads the kernel and repairs it
+    assert kernel.program_vxlan_table(sb, VNI, more, None) == 1
+    assert kernel.list_fdb(sb, VNI) == sorted([kernel.FdbEntry(kernel.FLOOD_MAC, remote),
+                                               kernel.FdbEntry(c2.mac, remote),
+                                               kernel.FdbEntry("02:00:00:00:aa:01", remote)],
+                                              key=lambda e: (e.mac, e.vtep))
+    assert ping_until(c1.ns, c2.ip)
+    # back to the start: the extra MAC, its neighbour entry and nothing else go
+    assert kernel.program_vxlan_table(sb, VNI, table, more) == 2
+    assert kernel.list_neigh(sb, VNI) == [kernel.NeighEntry(c2.ip, c2.mac)]
