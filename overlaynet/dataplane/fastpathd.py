@@ -453,7 +453,7 @@ async def serve(daemon: Fastpathd, control: str) -> None:
 
     async def esp_ticks() -> None:
         while True:
-            await asyncio.sleep(ESP_TICK_S)
+            await asyncio.sleep(ESP_TICK_S if daemon.sa_ids else 1.0)  # idle without encrypted networks
             try:
                 daemon.esp_tick()
             except Exception:  # a bug: keep forwarding (the fast path stops at the reserved limit)
