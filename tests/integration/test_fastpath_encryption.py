@@ -386,3 +386,22 @@ def test_without_gso_and_gro_and_with_two_workers_still_only_esp(make_lab: Calla
     assert all(o.open(p)[VXLAN].vni == VNI for p in esp_packets(pkts))
     st = stats(lab, "a")
     assert st["global"]["tx_gso_sends"] == 0 and net_counters(lab, "a")["rx_drop_replay"] == 0
+
+
+def test_a_flood_skips_the_peer_without_an_sa_and_seals_for_the_others(make_lab: Callable[..., Lab],
+                                                                      tmp_path) -> None:
+    lab, net = encrypted_lab(make_lab, hosts=("a", "b", "c"), arp=False)
+    ca, cb, cc = net.containers
+    a, c = lab.hosts["a"], lab.hosts["c"]
+    ping_until(ca, cb.ip)
+    with a.client() as cl:  # a loses its SAs for c (say c's key has not reached it yet)
+        cl.sync_sas(VNI, [s for s in lab.sas(net, "a") if s["peer"] != c.vtep])
+    before = net_counters(lab, "a")["tx_drop_no_sa"]
+    with Capture(a.ns, str(tmp_path / "a.pcap"), bpf=f"src host {a.vtep}") as cap:
+        nsexec(ca.ns, "ip", "neigh", "flush", "all")
+        assert ping(ca, cb.ip, count=2)  # its ARP request is flooded: sealed for b, dropped for c
+        assert not ping(ca, cc.ip, count=2)
+    pkts = cap.packets()
+    assert pkts and all(UDP in p and p[UDP].dport == esp_wire.PORT for p in pkts), "only ESP leaves a"
+    assert not [p for p in pkts if p[IP].dst == c.vtep], "nothing at all went to the peer without an SA"
+    assert net_counters(lab, "a")["tx_drop_no_sa"] > before
