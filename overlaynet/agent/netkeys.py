@@ -45,10 +45,14 @@ class EpochSecret:
     epoch: int
     secret: bytes
     created_at: float  # wall clock, at the host that made it
+    # Made because the previous epoch cannot be installed (an SPI collision): every host moves to it at
+    # once and drops the previous one, instead of keeping the broken epoch through the overlap.
+    replaces_broken: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"network": self.network, "epoch": self.epoch, "secret": self.secret.hex(),
+        data = {"network": self.network, "epoch": self.epoch, "secret": self.secret.hex(),
                 "created_at": self.created_at}
+        return {**data, "replaces_broken": True} if self.replaces_broken else data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochSecret | None:
@@ -58,7 +62,8 @@ class EpochSecret:
             epoch = int(data["epoch"])
             if len(secret) < esp_keys.MIN_SECRET_LEN or not 1 <= epoch <= esp_keys.MAX_EPOCH:
                 return None
-            return cls(str(data["network"]), epoch, secret, float(data["created_at"]))
+            return cls(str(data["network"]), epoch, secret, float(data["created_at"]),
+                       data.get("replaces_broken") is True)
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -99,7 +104,7 @@ def plan(epochs: dict[int, EpochSecret], seen_at: float, now_mono: float, now_wa
     current = max(epochs)
     age = min(now_wall - epochs[current].created_at, now_mono - seen_at)
     previous = current - 1 if current - 1 in epochs else None
-    if previous is None:
+    if previous is None or epochs[current].replaces_broken:
         return KeyPlan(tx=current, rx=(current,), current=current, current_age=max(age, 0.0))
     tx = previous if age < switch_delay else current
     rx = (current, previous) if age < switch_delay + overlap else (current,)
@@ -149,7 +154,7 @@ class NetworkKeys:
         """Epoch 1 of a new encrypted network (before the network record itself is published)."""
         return self._publish(network, 1)
 
-    def rotate(self, net: Network, why: str) -> EpochSecret:
+    def rotate(self, net: Network, why: str, replaces_broken: bool = False) -> EpochSecret:
         if not net.encrypted:
             raise BadRequest(f"network {net.name!r} is not encrypted: there is no key to rotate")
         self.refuse_without_encrypted_gossip(f"rotate the key of network {net.name!r}")
@@ -157,7 +162,7 @@ class NetworkKeys:
         current = max(epochs, default=0)
         if current >= esp_keys.MAX_EPOCH:
             raise BadRequest(f"network {net.name!r} used up its key epochs; re-create the network")
-        new = self._publish(net.name, current + 1)
+        new = self._publish(net.name, current + 1, replaces_broken)
         for old in epochs:
             if old < current:  # older than the one being replaced: nobody may use it any more
                 self.host.cluster.delete_netkey(net.name, old)
@@ -172,8 +177,8 @@ class NetworkKeys:
         self.host.dirty.set()
         return net
 
-    def _publish(self, network: str, epoch: int) -> EpochSecret:
-        secret = EpochSecret(network, epoch, os.urandom(SECRET_LEN), time.time())
+    def _publish(self, network: str, epoch: int, replaces_broken: bool = False) -> EpochSecret:
+        secret = EpochSecret(network, epoch, os.urandom(SECRET_LEN), time.time(), replaces_broken)
         self.host.cluster.put_netkey(network, epoch, secret.to_dict())
         self._seen[(network, epoch)] = time.monotonic()
         self.save(network)
@@ -202,10 +207,12 @@ class NetworkKeys:
         return out
 
     def collision(self, net: Network) -> bool:
-        """fastpathd refused an SA whose inbound SPI is taken: a new epoch gives new SPIs."""
-        return self.rotate_soon(net, "spi-collision")
+        """fastpathd refused an SA whose inbound SPI is taken: a new epoch gives new SPIs, and the
+        epoch that could not be installed is dropped at once (packets in flight with it are lost:
+        this host could never have received them)."""
+        return self.rotate_soon(net, "spi-collision", replaces_broken=True)
 
-    def rotate_soon(self, net: Network, why: str) -> bool:
+    def rotate_soon(self, net: Network, why: str, replaces_broken: bool = False) -> bool:
         """A rotation the fast path asked for (an SPI collision, sequence numbers running out): at
         most one per network a minute, and never before the last one's switch (a new epoch needs
         every peer's SAs before anyone sends with it)."""
@@ -213,7 +220,7 @@ class NetworkKeys:
         if last is not None and time.monotonic() - last < COLLISION_ROTATE_EVERY:
             return False
         self._collision_rotated[net.name] = time.monotonic()
-        self.rotate(net, why)
+        self.rotate(net, why, replaces_broken)
         return True
 
     # ---- the state dir mirror --------------------------------------------------------------

@@ -59,3 +59,12 @@ def test_a_malformed_record_is_ignored() -> None:
     assert EpochSecret.from_dict({"network": "blue", "epoch": 1, "secret": "00" * 8, "created_at": 1}) is None
     assert EpochSecret.from_dict({"network": "blue", "epoch": 0, "secret": "00" * 32, "created_at": 1}) is None
     assert EpochSecret.from_dict({"network": "blue", "secret": "zz"}) is None
+
+
+def test_an_epoch_that_replaces_a_broken_one_is_used_alone_at_once() -> None:
+    eps = secrets(1, 2)
+    eps[2] = EpochSecret("blue", 2, eps[2].secret, eps[2].created_at, replaces_broken=True)
+    p = plan(eps, seen_at=50.0, now_mono=50.0, now_wall=1000.0, switch_delay=SWITCH, overlap=OVERLAP)
+    assert p is not None and (p.tx, p.rx) == (2, (2,))
+    assert EpochSecret.from_dict(eps[2].to_dict()) == eps[2]
+    assert "replaces_broken" not in secrets(1)[1].to_dict()  # an ordinary record stays as it was
