@@ -129,6 +129,10 @@ class UserspaceMode:
         except ImportError as e:
             return (f"cannot load its crypto library ({e}): the crypto library is missing; install OpenSSL's "
                     "libcrypto (Debian: libssl3) and attach again")
+        esp = self._call(self.client.offloads).get("esp", "ready")
+        if esp != "ready":  # fastpathd could not open its ESP port (another IPsec daemon holds it?)
+            return (f"has no ESP socket in its fast path ({esp}); free UDP port {self.esp_port} or give overlayd "
+                    "another esp_port, then restart fastpathd")
         return None
 
     def sync_sas(self, net: Network, sas: list[dict[str, Any]]) -> int:

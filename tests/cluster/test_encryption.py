@@ -9,6 +9,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -151,6 +152,27 @@ def test_a_host_whose_crypto_library_is_missing_refuses_to_attach(lab):
     assert lab.overlayctl_json(h2, "endpoint", "ls") == []
     attach_ok = lab.overlayctl(h1, "attach", lab.add_container("d"), "--network", "blue", check=False)
     assert attach_ok.returncode == 0, attach_ok.stderr  # the host with its library attaches
+
+
+def test_a_host_whose_esp_port_is_taken_refuses_to_attach(lab):
+    """Another IPsec daemon holding UDP 4500: fastpathd starts without ESP, overlayd says so."""
+    host = lab.add_host("h1")
+    holder = lab.popen(host.netns, [sys.executable, "-c", "import socket, time\n"
+                                    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                                    "s.bind(('0.0.0.0', 4500)); print('bound', flush=True); time.sleep(600)"],
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+        lab.start_daemon(host, "--key-file", write_key(lab), *FAST)
+        lab.overlayctl(host, "network", "create", "blue", "--subnet", "198.19.58.0/24", "--encrypted")
+        line = one_line_error(lab.overlayctl(host, "attach", lab.add_container("c"), "--network", "blue",
+                                             check=False))
+        assert "no ESP socket" in line and "4500" in line, line
+        lab.overlayctl(host, "network", "create", "plain", "--subnet", "198.19.57.0/24")
+        lab.overlayctl(host, "attach", lab.add_container("d"), "--network", "plain")  # plain ones still work
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_show_keys_is_root_only_in_the_cli_and_the_api(lab):
