@@ -10,6 +10,7 @@ those that cannot be are kept as `unknown`, and their veths are never removed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import time
@@ -112,7 +113,8 @@ class Endpoints:
 
     def _subnet_for(self, ep: Endpoint) -> str:
         net = self.host.networks.get(ep.network)
-        return net.subnet if net else f"{ep.ip}/{ep.prefixlen}"
+        # Without the network's record, the subnet the endpoint's own address and prefix lie in.
+        return net.subnet if net else str(ipaddress.ip_interface(f"{ep.ip}/{ep.prefixlen}").network)
 
     def _used_ips(self, net: Network) -> set[str]:
         used = {ep.ip for ep in in_network(self.host.cluster.endpoints().values(), net.name)}

@@ -33,8 +33,15 @@ class Networks:
         self.keys = keys
 
     def load(self) -> list[Network]:
-        """The networks cached in the state dir."""
-        return [Network.from_dict(data) for _, data in self.host.store.items("networks")]
+        """The networks cached in the state dir. A file that is JSON but not a network record is moved
+        aside (kept as evidence); the cluster's copy of the record replaces it."""
+        cached = []
+        for key, data in self.host.store.items("networks"):
+            try:
+                cached.append(Network.from_dict(data))
+            except ValueError as e:
+                self.host.store.quarantine(str(e), "networks", f"{key}.json")
+        return cached
 
     def restore(self, cached_networks: list[Network]) -> None:
         """Re-publish a cached network the cluster does not know, unless a tombstone says it was

@@ -41,10 +41,20 @@ class Reconciler:
                 self.host.cluster.put_network(net)
                 log.info("event=network-adopted name=%s previous_writer=%s", net.name, net.owner)
             networks = self.host.networks
+            kept = self.local.kept_prefixes()
             for ep in [e for e in self.local.endpoints.values() if e.network not in networks]:
-                # The network was removed cluster-wide (maybe while we were away).
-                await self.local.unplug(None, ep)
-                summary["forgotten"] += 1
+                if self.host.cluster.network_deleted(ep.network):
+                    # The network was removed cluster-wide (maybe while we were away).
+                    await self.local.unplug(None, ep)
+                    summary["forgotten"] += 1
+                else:
+                    # No record and no tombstone: our cached copy was lost (an unreadable file) and no
+                    # peer has told us yet. Cutting the container off would turn a bad file into an
+                    # outage; keep it, and say so until the record comes back or an operator decides.
+                    summary["errors"].append(f"endpoint {ep.id[:12]}: network {ep.network!r} is unknown here; "
+                                             f"kept as it is (overlayctl endpoint rm {ep.id} removes it)")
+                    log.warning("event=endpoint-network-unknown endpoint=%s network=%s", ep.id[:12], ep.network)
+                    kept.add(kernel.endpoint_prefix(ep.id))
             wanted_sandboxes = set()
             for net in networks.values():
                 local = self.local.on_network(net.name)
@@ -77,7 +87,7 @@ class Reconciler:
                         summary["repaired"] += 1
                         log.info("event=endpoint-repaired endpoint=%s network=%s", ep.id[:12], net.name)
                     known = {kernel.endpoint_prefix(ep.id) for ep in self.local.on_network(net.name)}
-                    known |= self.local.kept_prefixes()
+                    known |= kept
                     for key in present - known:
                         await self.host.kernel(kernel.remove_veth, sandbox, key)
                         summary["stale_removed"] += 1
@@ -88,7 +98,7 @@ class Reconciler:
                     log.error("event=reconcile-failed network=%s error=%s", net.name, e)
             for sandbox in await self.host.kernel(kernel.list_sandboxes, self.host.config.state_dir):
                 if sandbox not in wanted_sandboxes and not (
-                        await self.host.kernel(kernel.list_endpoint_links, sandbox) & self.local.kept_prefixes()):
+                        await self.host.kernel(kernel.list_endpoint_links, sandbox) & kept):
                     await self.host.kernel(kernel.remove_sandbox, sandbox)
                     summary["stale_removed"] += 1
                     log.info("event=stale-sandbox-removed path=%s", sandbox)

@@ -13,6 +13,7 @@ import pytest
 from overlaynet import kernel
 from overlaynet.api.client import Client
 from overlaynet.lab import wait_until
+from tests.support.cluster import FAST
 from tests.support.lab import finish_ping, pair_on_one_host, start_pinging
 
 pytestmark = pytest.mark.integration
@@ -153,3 +154,61 @@ def test_corrupt_node_identity_refuses_to_start_unless_reset(lab):
     lab.start_daemon(host, "--reset-identity")
     status = lab.overlayctl_json(host, "status")
     assert status["name"] == "h1" and status["node_id"] != old_id
+
+
+def test_network_file_with_bad_fields_is_quarantined_and_the_network_comes_back_from_a_peer(lab):
+    """A cached network record that parses as JSON but is not a network (a field lost or mangled)
+    must not stop overlayd: the file is moved aside and the record comes back from the cluster."""
+    h1, h2 = lab.add_host("h1"), lab.add_host("h2")
+    lab.start_daemon(h1, *FAST, "--plaintext")
+    lab.start_daemon(h2, *FAST, "--plaintext", "--join", h1.address)
+    lab.overlayctl(h1, "network", "create", "mangled", "--subnet", "198.19.63.0/24", "--vni", "6363")
+    a, b = lab.add_container("a"), lab.add_container("b")
+    ep_a = lab.overlayctl_json(h1, "attach", a, "--network", "mangled")
+    lab.overlayctl_json(h2, "attach", b, "--network", "mangled")
+    wait_until(lambda: lab.ping(b, ep_a["ip"]), what="b reaches a across hosts")
+    ping = start_pinging(lab, b, ep_a["ip"], count=200)
+    try:
+        lab.stop_daemon(h1, signal.SIGKILL)
+        path = os.path.join(h1.state_dir, "networks", "mangled.json")
+        with open(path) as f:
+            record = json.load(f)
+        del record["subnet"]
+        with open(path, "w") as f:
+            json.dump(record, f)
+        lab.start_daemon(h1, *FAST, "--plaintext")
+        wait_until(lambda: any(n["name"] == "mangled" for n in lab.overlayctl_json(h1, "network", "ls")),
+                   what="the network learnt again from h2")
+        reconcile(h1)
+    finally:
+        out = finish_ping(ping)
+    assert " 0% packet loss" in out, out
+    assert os.path.exists(path + ".corrupt"), "the bad file is kept as evidence"
+    assert "event=state-file-corrupt" in lab.daemon_log(h1)
+    with open(path) as f:
+        assert json.load(f)["subnet"] == "198.19.63.0/24", "the network is cached again, whole"
+
+
+def test_lone_host_with_a_bad_network_file_keeps_its_containers_connected(lab):
+    """With no peer to learn the network from, a lost network record must not cut its containers off:
+    reconcile keeps them and says why, and only a tombstone (a real removal) unplugs them."""
+    pair = pair_on_one_host(lab, "alone", "198.19.64.0/24", 6464)
+    host, b, ep_a = pair.host, pair.b, pair.ep_a
+    ping = start_pinging(lab, b, ep_a["ip"], count=160)
+    try:
+        lab.stop_daemon(host, signal.SIGKILL)
+        path = os.path.join(host.state_dir, "networks", "alone.json")
+        with open(path) as f:
+            record = json.load(f)
+        record["vni"] = "not a number"
+        with open(path, "w") as f:
+            json.dump(record, f)
+        lab.start_daemon(host)
+        errors = Client(host.socket).reconcile()["errors"]
+    finally:
+        out = finish_ping(ping)
+    assert " 0% packet loss" in out, out
+    assert any("network 'alone' is unknown here" in e and "overlayctl endpoint rm" in e for e in errors), errors
+    assert {e["id"] for e in lab.overlayctl_json(host, "endpoint", "ls")} == {ep_a["id"], pair.ep_b["id"]}
+    assert kernel.host_veth_name(ep_a["id"]) in sandbox_links(lab, host, 6464)
+    assert os.path.exists(path + ".corrupt")
