@@ -211,7 +211,7 @@ class Programmer:
                     guard_error = self.program_failures[f"network {name}"] = f"first-hop guard: {e}"
                     log.error("event=program-failed what=port-guard network=%s error=%s", name, e)
                 if net.encrypted:
-                    await self._sync_sas(net, peers, force)
+                    guard_error = await self._sync_sas(net, peers, force) or guard_error
                 fwd = self.desired_forwarding(net)
                 if not self.synced:
                     fwd = await self._keep_programmed(net, fwd)
@@ -243,24 +243,29 @@ class Programmer:
             self.counters["entries_changed"] += changed
             return changed
 
-    async def _sync_sas(self, net: Network, peers: set[str], force: bool) -> None:
+    async def _sync_sas(self, net: Network, peers: set[str], force: bool) -> str | None:
         """Push the network's SAs (all members' VTEPs: they are ready before a peer's first endpoint
-        appears). With no secret yet there are none, and the fast path sends nothing (fail closed)."""
+        appears). With no secret yet there are none, and the fast path sends nothing (fail closed).
+        Returns the error it recorded in program_failures, if any (it stays there until SAs go in)."""
         plan = self.keys.key_plan(net)
         sas = sas_for(plan, self.keys.secrets(net.name), net.vni, self.host.advertise, peers) if plan else []
         if not force and self._sas.get(net.name) == sas:
-            return
+            return None
         try:
             await self.host.kernel(self.host.dataplane.sync_sas, net, sas)
             self._sas[net.name] = sas
             log.info("event=sas-programmed network=%s peers=%d tx_epoch=%s rx_epochs=%s", net.name, len(peers),
                      plan.tx if plan else "-", ",".join(map(str, plan.rx)) if plan else "-")
+            if self.program_failures.get(f"network {net.name}", "").startswith("keys: "):
+                del self.program_failures[f"network {net.name}"]  # the SAs are in now
+            return None
         except KernelError as e:
             self.counters["program_errors"] += 1
-            self.program_failures[f"network {net.name}"] = f"keys: {e}"
+            error = self.program_failures[f"network {net.name}"] = f"keys: {e}"
             log.error("event=program-failed what=sas network=%s error=%s", net.name, e)
             if "collides" in str(e) and self.keys.collision(net):
                 log.warning("event=spi-collision network=%s action=rotate", net.name)
+            return error
 
     def desired_egress(self, networks: dict[str, Network]) -> list[kernel.EgressSpec]:
         """Egress of every --egress network with an endpoint here, with this host's container addresses."""

@@ -209,3 +209,5 @@ def test_an_spi_collision_rotates_the_network_and_traffic_flows(lab):
     epochs = {name: inspect_network(lab, h1, name)["key_epoch"] for name in ("blue", "green")}
     assert sorted(epochs.values()) == [1, 2], epochs  # the second network programmed got a new epoch
     assert "event=spi-collision" in lab.daemon_log(h1)
+    # The refusal was reported while it lasted, and is gone with the new epoch's SAs in place.
+    wait_until(lambda: lab.overlayctl_json(h1, "status")["program_failures"] == {}, what="no program failure left")
