@@ -19,7 +19,7 @@ from overlaynet.lab import Lab, wait_until
 from tests.support.as_nobody import run_as_nobody
 from tests.support.cluster import FAST, host_key_file, start_cluster, write_key
 from tests.support.engines import http_unix
-from tests.support.esp_capture import inspect_network
+from tests.support.esp_capture import inspect_network, key_epoch
 
 pytestmark = pytest.mark.cluster
 
@@ -41,7 +41,7 @@ def one_line_error(result) -> str:
 
 
 def epochs_everywhere(lab: Lab, hosts, network: str) -> set:
-    return {inspect_network(lab, h, network).get("key_epoch") for h in hosts}
+    return {key_epoch(lab, h, network) for h in hosts}
 
 
 def secret_file(host, network: str) -> str:
@@ -57,12 +57,13 @@ def test_encrypted_flag_and_key_epochs_replicate_and_secrets_stay_in_the_0600_st
     net = lab.overlayctl_json(h1, "network", "create", "blue", "--subnet", "198.19.60.0/24", "--encrypted")
     assert net["encrypted"] is True and net["key_epoch"] == 1
     assert net["mtu"] == 1408  # 1500 - VXLAN 50 - ESP 42 (no padding at this size): docs/encryption.md
-    wait_until(lambda: all(inspect_network(lab, h, "blue")["encrypted"] and inspect_network(lab, h, "blue")["key_epoch"] == 1
-                           for h in hosts), what="encrypted network with epoch 1 on every host")
+    wait_until(lambda: all(key_epoch(lab, h, "blue") == 1 for h in hosts), timeout=60,
+               what="encrypted network with epoch 1 on every host")
+    assert all(inspect_network(lab, h, "blue")["encrypted"] for h in hosts)
     text = lab.overlayctl(h2, "network", "inspect", "blue").stdout
     assert re.search(r"encrypted: yes, key epoch 1 \(age \d+m\d\ds\)", text), text
 
-    wait_until(lambda: all(os.path.exists(secret_file(h, "blue")) for h in hosts), what="secrets mirrored")
+    wait_until(lambda: all(os.path.exists(secret_file(h, "blue")) for h in hosts), timeout=60, what="secrets mirrored")
     contents = set()
     for h in hosts:
         path = secret_file(h, "blue")
@@ -78,14 +79,14 @@ def test_encrypted_flag_and_key_epochs_replicate_and_secrets_stay_in_the_0600_st
 
     # Rotate from another host: epoch 2 everywhere, 1 kept for the overlap; a second rotation drops 1.
     assert lab.overlayctl_json(h3, "network", "rotate-key", "blue")["key_epoch"] == 2
-    wait_until(lambda: epochs_everywhere(lab, hosts, "blue") == {2}, what="epoch 2 everywhere")
+    wait_until(lambda: epochs_everywhere(lab, hosts, "blue") == {2}, timeout=60, what="epoch 2 everywhere")
     lab.overlayctl(h1, "network", "rotate-key", "blue")
-    wait_until(lambda: epochs_everywhere(lab, hosts, "blue") == {3}, what="epoch 3 everywhere")
+    wait_until(lambda: epochs_everywhere(lab, hosts, "blue") == {3}, timeout=60, what="epoch 3 everywhere")
 
     def mirrored_epochs(h) -> list:
         with open(secret_file(h, "blue")) as f:
             return [e["epoch"] for e in json.load(f)["epochs"]]
-    wait_until(lambda: all(mirrored_epochs(h) == [2, 3] for h in hosts), what="epochs 2 and 3 mirrored")
+    wait_until(lambda: all(mirrored_epochs(h) == [2, 3] for h in hosts), timeout=60, what="epochs 2 and 3 mirrored")
 
     # The flag is immutable: there is no way to change it, and a plain network is refused a rotation.
     lab.overlayctl(h1, "network", "create", "plain", "--subnet", "198.19.61.0/24")
@@ -93,14 +94,14 @@ def test_encrypted_flag_and_key_epochs_replicate_and_secrets_stay_in_the_0600_st
     assert "not encrypted" in line, line
 
     lab.overlayctl(h2, "network", "rm", "blue")
-    wait_until(lambda: not any(os.path.exists(secret_file(h, "blue")) for h in hosts), what="secrets removed")
+    wait_until(lambda: not any(os.path.exists(secret_file(h, "blue")) for h in hosts), timeout=60, what="secrets removed")
 
 
 def test_automatic_rotation_at_the_configured_interval(lab):
     host = lab.add_host("h1")
     lab.start_daemon(host, "--key-file", write_key(lab), *FAST, "--key-rotation-interval", "3")
     lab.overlayctl(host, "network", "create", "blue", "--subnet", "198.19.62.0/24", "--encrypted")
-    wait_until(lambda: inspect_network(lab, host, "blue")["key_epoch"] >= 3, timeout=30, what="two automatic rotations")
+    wait_until(lambda: (key_epoch(lab, host, "blue") or 0) >= 3, timeout=60, what="two automatic rotations")
 
 
 def test_plaintext_gossip_refuses_encrypted_networks(lab):
@@ -114,7 +115,7 @@ def test_plaintext_gossip_refuses_encrypted_networks(lab):
 def test_a_kernel_mode_host_refuses_to_attach_to_an_encrypted_network(lab):
     h1, h2 = start_cluster(lab, 2, write_key(lab), extra=[[], ["--dataplane", "kernel"]])
     lab.overlayctl(h1, "network", "create", "blue", "--subnet", "198.19.64.0/24", "--encrypted")
-    wait_until(lambda: inspect_network(lab, h2, "blue")["encrypted"], what="network on the kernel-mode host")
+    wait_until(lambda: key_epoch(lab, h2, "blue") == 1, timeout=60, what="network on the kernel-mode host")
     c = lab.add_container("c")
     line = one_line_error(lab.overlayctl(h2, "attach", c, "--network", "blue", check=False))
     assert "kernel dataplane" in line and "rfc4106(gcm(aes))" in line and "userspace" in line, line
@@ -145,7 +146,7 @@ def test_a_host_whose_crypto_library_is_missing_refuses_to_attach(lab):
     lab.start_daemon(h2, "--key-file", host_key_file(lab, h2, key), *FAST, "--join", h1.address,
                      env={"PYTHONPATH": hook})
     lab.overlayctl(h1, "network", "create", "blue", "--subnet", "198.19.59.0/24", "--encrypted")
-    wait_until(lambda: inspect_network(lab, h2, "blue")["key_epoch"] == 1, what="network and key on h2")
+    wait_until(lambda: key_epoch(lab, h2, "blue") == 1, timeout=60, what="network and key on h2")
     c = lab.add_container("c")
     line = one_line_error(lab.overlayctl(h2, "attach", c, "--network", "blue", check=False))
     assert "crypto library is missing" in line and "libcrypto" in line, line

@@ -23,7 +23,7 @@ from tests.support.esp_capture import (
     cleartext_vxlan,
     decrypt,
     esp_in_udp,
-    inspect_network,
+    key_epoch,
     show_keys,
     spi_of,
 )
@@ -61,7 +61,7 @@ def assert_only_esp(packets, vni: int, what: str) -> None:
 def test_ping_both_ways_shows_only_esp_and_scapy_decrypts_it(lab, count):
     hosts = start_cluster(lab, count, write_key(lab))
     net = lab.overlayctl_json(hosts[0], "network", "create", "blue", "--subnet", "198.19.66.0/24", "--encrypted")
-    wait_until(lambda: all(inspect_network(lab, h, "blue")["key_epoch"] == 1 for h in hosts), what="key everywhere")
+    wait_until(lambda: all(key_epoch(lab, h, "blue") == 1 for h in hosts), timeout=60, what="key everywhere")
     containers = [lab.add_container(f"c{i}") for i in range(count)]
     eps = [attach(lab, h, c, "blue") for h, c in zip(hosts, containers, strict=True)]
     cap = capture(lab, hosts[0], "ping")
@@ -86,7 +86,7 @@ def two_hosts_talking(lab: Lab, subnet: str, extra=()) -> tuple:
     """h1 and h2 with an encrypted network `blue`, container a on h1 pinging b on h2."""
     h1, h2 = start_cluster(lab, 2, write_key(lab), extra=extra)
     net = lab.overlayctl_json(h1, "network", "create", "blue", "--subnet", subnet, "--encrypted")
-    wait_until(lambda: inspect_network(lab, h2, "blue")["key_epoch"] == 1, what="key on h2")
+    wait_until(lambda: key_epoch(lab, h2, "blue") == 1, timeout=60, what="key on h2")
     a, b = lab.add_container("a"), lab.add_container("b")
     attach(lab, h1, a, "blue")
     ep_b = attach(lab, h2, b, "blue")
@@ -130,7 +130,7 @@ def test_rotation_under_a_running_ping_loses_at_most_a_handful(lab):
                  f"s.bind(('{h1.address}', 0))\n"
                  f"for p in sys.argv[1:]: s.sendto(bytes.fromhex(p), ('{h2.address}', 4500))\n")
     lab.run(h1.netns, [sys.executable, "-c", send_from, *(p.hex() for p in recorded[:5])], check=True)
-    wait_until(lambda: no_sa_drops() >= dropped + min(len(recorded), 5), what="old-epoch packets dropped at h2")
+    wait_until(lambda: no_sa_drops() >= dropped + min(len(recorded), 5), timeout=60, what="old-epoch packets dropped at h2")
 
 
 @pytest.mark.parametrize("victim", ["overlayd", "fastpathd"])
@@ -172,7 +172,7 @@ def test_one_host_encrypted_network_then_a_second_host_joins(lab):
 
     h2 = lab.add_host("h2")
     lab.start_daemon(h2, "--key-file", host_key_file(lab, h2, key), *FAST, "--join", h1.address)
-    wait_until(lambda: inspect_network(lab, h2, "blue")["key_epoch"] == 1, what="key reached the new host")
+    wait_until(lambda: key_epoch(lab, h2, "blue") == 1, timeout=60, what="key reached the new host")
     c = lab.add_container("c")
     cap = capture(lab, h2, "joined")
     try:
@@ -198,7 +198,7 @@ def test_an_spi_collision_rotates_the_network_and_traffic_flows(lab):
     for i, (name, vni) in enumerate(zip(("blue", "green"), COLLIDING_VNIS, strict=True)):
         lab.overlayctl(h1, "network", "create", name, "--subnet", f"198.19.{70 + i}.0/24", "--vni", str(vni),
                        "--encrypted")
-        wait_until(lambda name=name: inspect_network(lab, h2, name)["key_epoch"] == 1, what=f"{name}'s key on h2")
+        wait_until(lambda name=name: key_epoch(lab, h2, name) == 1, timeout=60, what=f"{name}'s key on h2")
         a, b = lab.add_container(f"a{i}"), lab.add_container(f"b{i}")
         attach(lab, h1, a, name)
         pairs.append((a, attach(lab, h2, b, name)["ip"]))
@@ -206,8 +206,8 @@ def test_an_spi_collision_rotates_the_network_and_traffic_flows(lab):
         # At once, not after the overlap (35 s by default): the epoch that could not be installed
         # is dropped everywhere as soon as its replacement arrives.
         lab.wait_ping(a, ip, timeout=20)
-    epochs = {name: inspect_network(lab, h1, name)["key_epoch"] for name in ("blue", "green")}
+    epochs = {name: key_epoch(lab, h1, name) for name in ("blue", "green")}
     assert sorted(epochs.values()) == [1, 2], epochs  # the second network programmed got a new epoch
     assert "event=spi-collision" in lab.daemon_log(h1)
     # The refusal was reported while it lasted, and is gone with the new epoch's SAs in place.
-    wait_until(lambda: lab.overlayctl_json(h1, "status")["program_failures"] == {}, what="no program failure left")
+    wait_until(lambda: lab.overlayctl_json(h1, "status")["program_failures"] == {}, timeout=60, what="no program failure left")

@@ -42,5 +42,6 @@ def start_cluster(lab: Lab, count: int, key_file: str, extra: Sequence[Sequence[
         if i:
             args += ["--join", seed]
         lab.start_daemon(host, *args)
-    wait_until(lambda: all(alive_count(lab, h) == count for h in hosts), what=f"{count} members alive everywhere")
+    wait_until(lambda: all(alive_count(lab, h) == count for h in hosts), timeout=60,
+               what=f"{count} members alive everywhere")
     return hosts

@@ -4,6 +4,7 @@ VXLAN of one VNI counted, ESP-in-UDP decrypted by scapy with the SAs `overlayctl
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,12 @@ from tests.support.capture import Capture, esp_packets
 
 def inspect_network(lab: Lab, host: Host, network: str) -> dict[str, Any]:
     return lab.overlayctl_json(host, "network", "inspect", network)
+
+
+def key_epoch(lab: Lab, host: Host, network: str) -> int | None:
+    """The network's key epoch as `host` sees it; None while the network or its key has not reached it."""
+    result = lab.overlayctl(host, "network", "inspect", network, "--json", check=False)
+    return json.loads(result.stdout).get("key_epoch") if result.returncode == 0 else None
 
 
 def show_keys(lab: Lab, host: Host, network: str) -> list[dict[str, Any]]:
