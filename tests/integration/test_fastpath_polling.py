@@ -55,3 +55,22 @@ def test_fastpathd_sleeps_once_traffic_stops(lab: Lab, args: tuple[str, ...]) ->
     assert max(share) < 0.1, f"fastpathd CPU share with no traffic: {share}"
     # and it still forwards at once after sleeping
     ping_until(ca, cb.ip, timeout=5)
+
+
+def voluntary_switches(pid: int) -> int:
+    """Of the process's main thread (the asyncio control loop): how often it went to sleep."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+
+
+def test_control_loop_without_encrypted_networks_does_not_tick(lab: Lab) -> None:
+    """No SA to top up: the control loop sleeps until a request comes, instead of waking 20 times a
+    second on every host (ESP sequence-number reservations are only for encrypted networks)."""
+    host = lab.add_host("a", "userspace")
+    lab.add_network(4097, ["a"])
+    assert host.proc is not None
+    time.sleep(0.5)
+    before = voluntary_switches(host.proc.pid)
+    time.sleep(3.0)
+    woke = voluntary_switches(host.proc.pid) - before
+    assert woke < 10, f"the control loop woke {woke} times in 3 s with no request and no SA"
