@@ -239,6 +239,11 @@ def _store(results: Results, system: str, what: str, n: int, loss: int, values: 
     store.setdefault(str(loss), {}).setdefault(str(n), []).extend(v for v in values if v is not None)
 
 
+def start_timeout(n: int) -> float:
+    """Seconds a cluster of n gets to converge: at N=64 on 2 busy cores joining alone takes minutes."""
+    return max(120.0, 4.0 * n)
+
+
 def cluster_cost(n: int, events: int, kills: int) -> float:
     """Rough seconds one cluster case takes (start N hosts, the updates, the kills), for the ETA."""
     return 5 + 0.5 * n + 1.5 * events + 8 * kills
@@ -293,7 +298,7 @@ def _one_cluster(results: Results, progress: Callable[[str], None], lab: Lab, sy
     else:
         cluster = OverlaynetCluster(lab, n, progress)
     try:
-        cluster.start()
+        cluster.start(timeout=start_timeout(n))
         progress(f"{step}: {n} hosts converged in {time.monotonic() - t:.1f}s; loss {loss}% on")
         set_loss(lab, loss)
         prop_all: list[float | None] = []
