@@ -7,8 +7,9 @@ overlaynet (N overlayd, all --join host 1, one network, a "pinger" container on 
 - propagation: from the attach's return (overlayd publishes the endpoint before it answers) until
   each other host's kernel FDB for the network holds the new MAC (seen as the netlink event of the
   entry's creation in the host's sandbox namespace, benchmarks/fdbwatch.py: no load on the daemons);
-- failure detection: kill -9 one overlayd; until each survivor's member list (GET /v1/members, as
-  `overlayctl members --json`) shows it dead/failed.
+- failure detection: kill -9 one overlayd; until each survivor logged it dead (`event=member-dead`,
+  read from the log files, as Serf's handler files are: polling 63 APIs every 20 ms loaded the
+  daemons that were detecting).
 Serf: see benchmarks/serf.py (user event with coalescing off; member-failed).
 """
 
@@ -35,7 +36,6 @@ from overlaynet.lab import Host, Lab
 MEMBERS: tuple[str, tuple[str, ...]] = ("members", ())
 NETWORK = "bctl"
 SUBNET = "198.19.64.0/18"
-DEAD_STATES = {"dead", "failed", "left", "reaped"}
 POLL = 0.02
 
 
@@ -69,8 +69,9 @@ async def _get(socket: str, call: tuple[str, tuple[str, ...]]) -> Any:
 
 
 def poll_hosts(hosts: list[Host], call: tuple[str, tuple[str, ...]], done: Callable[[Any], bool], t0: float,
-               timeout: float) -> dict[str, float | None]:
-    """Poll the API `call` on every host concurrently until done(answer); wall seconds after t0 (time.time())."""
+               timeout: float, every: float = POLL) -> dict[str, float | None]:
+    """Poll the API `call` on every host concurrently until done(answer); wall seconds after t0 (time.time()).
+    Each poll is a request the daemon must answer: 64 hosts every 20 ms is a load of its own."""
 
     async def main() -> dict[str, float | None]:
         seen: dict[str, float | None] = {h.label: None for h in hosts}
@@ -85,7 +86,7 @@ def poll_hosts(hosts: list[Host], call: tuple[str, tuple[str, ...]], done: Calla
                         return
                 except Exception:
                     pass
-                await asyncio.sleep(POLL)
+                await asyncio.sleep(every)
 
         await asyncio.gather(*(one(h) for h in hosts))
         return seen
@@ -93,14 +94,17 @@ def poll_hosts(hosts: list[Host], call: tuple[str, tuple[str, ...]], done: Calla
     return asyncio.run(main())
 
 
-def published_at(log: str, mac: str) -> float | None:
-    """Wall time of overlayd's `event=attached ... mac=MAC` line (logfmt, local time, ms)."""
-    for line in reversed(log.splitlines()):
-        if "event=attached" in line and f"mac={mac}" in line.lower() and line.startswith("ts="):
+def logged_at(log: str, event: str, field: str, after: float = 0.0) -> float | None:
+    """Wall time of the first overlayd log line (logfmt, local time, ms) with `event` and `field`
+    written at or after `after`."""
+    for line in log.splitlines():
+        if event in line and field in line.lower() and line.startswith("ts="):
             try:
-                return datetime.datetime.strptime(line.split()[0][3:], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+                at = datetime.datetime.strptime(line.split()[0][3:], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
             except ValueError:
-                return None
+                continue
+            if at >= after - 0.001:
+                return at
     return None
 
 
@@ -126,7 +130,7 @@ class OverlaynetCluster:
         names = {h.label for h in self.hosts}
         seen = poll_hosts(self.hosts, MEMBERS,
                           lambda d: {k for k, v in member_states(d).items() if v == "alive"} >= names,
-                          time.time(), timeout)
+                          time.time(), timeout, every=0.5)
         if any(v is None for v in seen.values()):
             missing = [k for k, v in seen.items() if v is None]
             raise NotAvailable(f"{len(missing)} of {len(self.hosts)} overlayd never saw all members alive "
@@ -200,18 +204,27 @@ class OverlaynetCluster:
         # From the moment overlayd published the endpoint (its `event=attached` log line, written right
         # after the record went into gossip; the command's return if the line is not found): the
         # other hosts may program it before the CLI process has even exited.
-        published = published_at(self.lab.daemon_log(host), mac) or returned
+        published = logged_at(self.lab.daemon_log(host), "event=attached", f"mac={mac}") or returned
         assert self.watch is not None
         prop = self.watch.wait(mac, [h.label for h in others], published, timeout)
         watcher.join(timeout + 5)
         return returned - started, prop, reached[0]
 
     def kill(self, host: Host, timeout: float) -> dict[str, float | None]:
+        """kill -9 one overlayd; seconds until each survivor logged it dead (its `event=member-dead`
+        line, ms resolution), read from the log files: no request to the daemons while they detect."""
         t0 = time.time()
         self.lab.stop_daemon(host, signal.SIGKILL)
         survivors = [h for h in self.hosts if h.process is not None]
-        return poll_hosts(survivors, MEMBERS,
-                          lambda d: member_states(d).get(host.label, "dead") in DEAD_STATES, t0, timeout)
+        seen: dict[str, float | None] = {h.label: None for h in survivors}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(v is None for v in seen.values()):
+            time.sleep(0.05)
+            for h in survivors:
+                if seen[h.label] is None:
+                    at = logged_at(self.lab.daemon_log(h), "event=member-dead", f"name={host.label} ", t0)
+                    seen[h.label] = None if at is None else at - t0
+        return seen
 
 
 # ---- the runner -------------------------------------------------------------------------------------
