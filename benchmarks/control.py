@@ -16,13 +16,14 @@ Serf: see benchmarks/serf.py (user event with coalescing off; member-failed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from benchmarks.core import NotAvailable, Progress, Results, percentile
@@ -252,6 +253,36 @@ def _store(results: Results, system: str, what: str, n: int, loss: int, values: 
     store.setdefault(str(loss), {}).setdefault(str(n), []).extend(v for v in values if v is not None)
 
 
+NEIGH_THRESH = "/proc/sys/net/ipv4/neigh/default/gc_thresh{}"
+
+
+@contextlib.contextmanager
+def neighbour_room(n: int) -> Iterator[None]:
+    """Room in the kernel's ARP table for a full mesh of n hosts, for the duration of a cluster.
+
+    The table is one for the whole machine (every namespace counts against gc_thresh3, default
+    1024): at N=64 the underlay's 64 x 63 entries overflowed it ("neighbor table overflow", sendmsg
+    ENOBUFS), so that hosts never joined and every other namespace on the machine lost ARP too.
+    The old limits are put back afterwards."""
+    need = {2: 2 * n * n, 3: 4 * n * n}
+    old = {}
+    for k in need:
+        with open(NEIGH_THRESH.format(k)) as f:
+            old[k] = int(f.read())
+    raised = {k: v for k, v in need.items() if v > old[k]}
+    try:
+        for k in (3, 2):  # thresh3 first: thresh2 may not exceed it
+            if k in raised:
+                with open(NEIGH_THRESH.format(k), "w") as f:
+                    f.write(str(raised[k]))
+        yield
+    finally:
+        for k in (2, 3):
+            if k in raised:
+                with open(NEIGH_THRESH.format(k), "w") as f:
+                    f.write(str(old[k]))
+
+
 def start_timeout(n: int) -> float:
     """Seconds a cluster of n gets to converge: at N=64 on 2 busy cores joining alone takes minutes."""
     return max(120.0, 4.0 * n)
@@ -282,6 +313,8 @@ def run(results: Results, progress: Progress, prefix: str, systems: list[str], s
                                      "lower")
                     progress.step_done(cluster_cost(n, events, kills))
                     continue
+                room = neighbour_room(n)  # until the lab is gone: its namespaces hold the entries
+                room.__enter__()
                 lab = Lab(f"{prefix}{system[0]}{n}{li}")
                 register(lab)
                 try:
@@ -298,6 +331,7 @@ def run(results: Results, progress: Progress, prefix: str, systems: list[str], s
                                      f"{type(e).__name__}: {e}", "lower")
                 finally:
                     close_lab(lab)
+                    room.__exit__(None, None, None)
                     progress.step_done(cluster_cost(n, events, kills))
 
 
