@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  sim_seeds=1, sim_updates=20, sim_crashes=2,
                  micro_number=200_000, micro_repeat=7),
     "quick": dict(mtus="1500", repeats=2, duration=2.0, pings=200, sizes="8", losses="0,5",
-                  idle_hosts=8, idle_seconds=10.0,
+                  idle_hosts=4, idle_seconds=5.0,
                   events=3, kills=1, event_timeout=8.0, sim_sizes="10,32,100", sim_losses="0,5", sim_seeds=1,
                   sim_updates=10, sim_crashes=2,
                   micro_number=20_000, micro_repeat=3),
@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds per throughput/pps run (full 5, quick 2)")
     p.add_argument("--pings", type=int, help="pings per RTT run, one every 5 ms (full 600, quick 200)")
     p.add_argument("--sizes", type=ints, help="control-plane cluster sizes N (full 8,16,32,64)")
-    p.add_argument("--idle-hosts", type=int, help="hosts per system in the idle case (full 16, quick 8)")
+    p.add_argument("--idle-hosts", type=int, help="hosts per system in the idle case (full 16, quick 4)")
     p.add_argument("--idle-seconds", type=float,
-                   help="seconds of measuring in the idle case, and of fastpathd with no traffic (full 30, quick 10)")
+                   help="seconds of measuring in the idle case, and of fastpathd with no traffic (full 30, quick 5)")
     p.add_argument("--losses", type=ints, help="control-plane loss percentages (full 0,5,20)")
     p.add_argument("--events", type=int, help="table updates/user events per cluster (full 5)")
     p.add_argument("--kills", type=int, help="kill -9 trials per cluster (full 2)")
