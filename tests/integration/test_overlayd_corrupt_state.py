@@ -35,6 +35,17 @@ def sandbox_links(lab, host, vni: int) -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
+def mangle_network_file(host, network: str, change) -> str:
+    """Rewrite a cached network record as valid JSON that is no longer a network; returns its path."""
+    path = os.path.join(host.state_dir, "networks", f"{network}.json")
+    with open(path) as f:
+        record = json.load(f)
+    change(record)
+    with open(path, "w") as f:
+        json.dump(record, f)
+    return path
+
+
 def reconcile(host) -> None:
     assert Client(host.socket).reconcile()["errors"] == []
 
@@ -170,12 +181,7 @@ def test_network_file_with_bad_fields_is_quarantined_and_the_network_comes_back_
     ping = start_pinging(lab, b, ep_a["ip"], count=200)
     try:
         lab.stop_daemon(h1, signal.SIGKILL)
-        path = os.path.join(h1.state_dir, "networks", "mangled.json")
-        with open(path) as f:
-            record = json.load(f)
-        del record["subnet"]
-        with open(path, "w") as f:
-            json.dump(record, f)
+        path = mangle_network_file(h1, "mangled", lambda record: record.pop("subnet"))
         lab.start_daemon(h1, *FAST, "--plaintext")
         wait_until(lambda: any(n["name"] == "mangled" for n in lab.overlayctl_json(h1, "network", "ls")),
                    what="the network learnt again from h2")
@@ -197,12 +203,7 @@ def test_lone_host_with_a_bad_network_file_keeps_its_containers_connected(lab):
     ping = start_pinging(lab, b, ep_a["ip"], count=160)
     try:
         lab.stop_daemon(host, signal.SIGKILL)
-        path = os.path.join(host.state_dir, "networks", "alone.json")
-        with open(path) as f:
-            record = json.load(f)
-        record["vni"] = "not a number"
-        with open(path, "w") as f:
-            json.dump(record, f)
+        path = mangle_network_file(host, "alone", lambda record: record.update(vni="not a number"))
         lab.start_daemon(host)
         errors = Client(host.socket).reconcile()["errors"]
     finally:
