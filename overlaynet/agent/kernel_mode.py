@@ -28,13 +28,13 @@ class KernelMode:
         """Make the network's sandbox, bridge and VXLAN device exist; returns the devices re-made."""
         created = kernel.ensure_sandbox(sandbox)
         kernel.ensure_bridge(sandbox, net.mtu, mac=net.gateway_mac, address=net.gateway_cidr)
-        vxlan = kernel.vxlan_name(net.vni)
-        missing = not created and not kernel.device_exists(sandbox, vxlan)
-        if created or missing:
+        # ensure_vxlan says whether it had to make the device (missing, or not as wanted): in a
+        # sandbox that was already there, that is a repair (its FDB must be programmed again).
+        remade = kernel.ensure_vxlan(sandbox, kernel.VxlanSpec(vni=net.vni, local=self.advertise,
+                                                               port=self.vxlan_port, mtu=net.mtu))
+        if remade:
             self._written.pop(net.vni, None)  # a new device holds nothing of what was written before
-        kernel.ensure_vxlan(sandbox, kernel.VxlanSpec(vni=net.vni, local=self.advertise,
-                                                      port=self.vxlan_port, mtu=net.mtu))
-        return [vxlan] if missing else []
+        return [kernel.vxlan_name(net.vni)] if remade and not created else []
 
     def overlay_port(self, net: Network) -> str:
         """The sandbox bridge's port that frames from other hosts enter by."""

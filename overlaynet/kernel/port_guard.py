@@ -20,6 +20,11 @@ source MAC (a dynamic set: one bucket per remote container), and a frame claimin
 MAC or IP or a local endpoint's MAC is dropped (`overlay_spoof`): defence in depth against a peer
 that does not guard its own ports.
 
+Every frame entering the bridge pays for a pass through this table, so the common case is the
+cheapest: the overlay port is recognised by one name compare, a container port by one map lookup
+(`goto`: nothing runs after its chain), and a container's IPv4 unicast to a known MAC is accepted
+by the first rule of its chain (one set lookup); only the rest goes on to the rule per check.
+
 A change is one transaction holding only the difference (a port's chain and `@ports` entry, set
 elements: `changes`); a full refill (`ruleset`) flushes and rewrites chains, map and sets, deletes
 stale port chains, but never deletes the table, its named counters or the per-source buckets. So
@@ -98,6 +103,10 @@ def _port_chain(guard: PortGuard, port: GuardedPort) -> list[Command]:
     chain = f"port_{port.ifname}"
     return [
         {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}},
+        # The common case in one rule: IPv4 unicast to a known MAC, as itself. What it accepts passes
+        # every rule below; everything else is judged by them.
+        _rule(chain, _match(_field("ether", "saddr"), port.mac), _match(_field("ip", "saddr"), port.ip),
+              _match(_field("ether", "daddr"), "@known"), {"accept": None}),
         _rule(chain, _match(_field("ether", "saddr"), port.mac, "!="), *_drop("mac_spoof")),
         _rule(chain, _match(_field("ether", "type"), _set(ALLOWED_ETHERTYPES), "!="), *_drop("ethertype")),
         _rule(chain, _match(_field("ip", "saddr"), port.ip, "!="), *_drop("ip_spoof")),
@@ -123,7 +132,7 @@ def _elements(verb: str, name: str, elems: list[Any]) -> list[Command]:
 
 
 def _dispatch(port: GuardedPort) -> list[Any]:
-    return [port.ifname, {"jump": {"target": f"port_{port.ifname}"}}]
+    return [port.ifname, {"goto": {"target": f"port_{port.ifname}"}}]
 
 
 def _overlay_chain(guard: PortGuard) -> list[Command]:
@@ -169,8 +178,11 @@ def ruleset(guard: PortGuard, existing_chains: frozenset[str] = frozenset(), fre
     for port in guard.ports:
         body += _port_chain(guard, port)
     body += _overlay_chain(guard)
-    body += _elements("add", "ports", [_dispatch(p) for p in guard.ports]
-                      + [[guard.overlay_ifname, {"jump": {"target": "overlay"}}]])
+    body += _elements("add", "ports", [_dispatch(p) for p in guard.ports])
+    # The overlay port by name (a compare is cheaper than the map's hash lookup), then the
+    # container ports through the map; goto: a chain's end is the verdict, nothing after it runs.
+    body.append(_rule("prerouting", _match({"meta": {"key": "iifname"}}, guard.overlay_ifname),
+                      {"goto": {"target": "overlay"}}))
     body.append(_rule("prerouting", {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@ports"}}))
     # A container port with no rules yet (or any more) says nothing.
     body.append(_rule("prerouting", _match({"meta": {"key": "iifname"}}, f"{HOST_VETH_PREFIX}*"),

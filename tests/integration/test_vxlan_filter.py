@@ -46,3 +46,24 @@ def test_members_follow_membership_and_the_rule_follows_the_port(netns):
     gone = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "overlaynet_vxlan"],
                           capture_output=True, text=True)
     assert gone.returncode != 0
+
+
+def test_a_table_an_older_overlayd_made_is_replaced_by_this_layout(netns):
+    """Before the fast rule for members' unicast, the chain `input` held the drop and meter rules
+    itself; a restarted overlayd must not keep that layout (nor program a set into it)."""
+    ns = netns("vf")
+    path = f"/run/netns/{ns}"
+    old = ("table ip overlaynet_vxlan {\n set members { type ipv4_addr; elements = { 198.18.0.9 }; }\n"
+           " chain input { type filter hook input priority 0; policy accept;\n"
+           "  udp dport 4789 ip saddr != @members counter drop\n }\n}\n")
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=old, text=True, check=True)
+    kernel.sync_vxlan_members(4789, {"198.18.0.2"}, netns=path)  # same port, no per-peer cap: as it was
+    rules = [o["rule"] for o in ruleset(ns) if "rule" in o]
+    assert [r["chain"] for r in rules] == ["input", "vxlan", "vxlan"], rules
+    assert rules[1].get("comment") == "member_unicast", rules
+    assert members(ns) == {"198.18.0.2"} and dports(ns) == [4789]
+    kernel.sync_vxlan_members(4789, {"198.18.0.2", "198.18.0.3"}, netns=path, peer_bum_rate=100)
+    assert members(ns) == {"198.18.0.2", "198.18.0.3"}
+    assert [o["rule"].get("comment") for o in ruleset(ns) if "rule" in o] == [None, "member_unicast", None, "peer_bum"]
+    assert kernel.vxlan_non_member_drops(netns=path) == 0 and kernel.vxlan_peer_bum_drops(netns=path) == 0
+    kernel.remove_vxlan_filter(netns=path)
