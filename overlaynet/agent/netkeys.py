@@ -70,7 +70,7 @@ class EpochSecret:
 
 def sas_for(key_plan: KeyPlan, epochs: dict[int, EpochSecret], vni: int, me: str,
             peers: set[str]) -> list[dict[str, Any]]:
-    """fastpathd's SAs (ESP_INTERFACE.md `sync_sas`) for one network: to each peer one outbound SA
+    """fastpathd's SAs (`sync_sas`, docs/dataplane.md) for one network: to each peer one outbound SA
     (the send epoch), from each peer one inbound SA per accepted epoch."""
     sas = []
     for peer in sorted(peers):

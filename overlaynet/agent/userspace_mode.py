@@ -136,7 +136,7 @@ class UserspaceMode:
         return None
 
     def sync_sas(self, net: Network, sas: list[dict[str, Any]]) -> int:
-        """Replace the network's SAs (ESP_INTERFACE.md): an SA that stays keeps its sequence state."""
+        """Replace the network's SAs (`sync_sas`, docs/dataplane.md): an SA that stays keeps its sequence state."""
         return int(self._call(lambda: self.client.sync_sas(net.vni, sas)))
 
     def highest_tx_seq(self, net: Network) -> int:
