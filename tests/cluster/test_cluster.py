@@ -30,15 +30,6 @@ def endpoint_ips(lab: Lab, host, network: str) -> set[str]:
     return {e["ip"] for e in lab.overlayctl_json(host, "endpoint", "ls", "--all", "--network", network)}
 
 
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}k{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 def nft(lab: Lab, host, script: str) -> None:
     result = lab.run(host.netns, ["nft", "-f", "-"], input=script)
     assert result.returncode == 0, result.stderr

@@ -27,15 +27,6 @@ def addresses(lab: Lab, ns: str, server: str, name: str) -> list[str]:
     return answer["answers"] if answer and answer["rcode"] == "NOERROR" else []
 
 
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}n{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 @pytest.mark.parametrize("mode", ["kernel", "userspace"])
 def test_names_resolve_across_hosts(lab, mode):
     key = write_key(lab)

@@ -24,15 +24,6 @@ from tests.support.esp_capture import inspect_network, key_epoch
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}e{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 def one_line_error(result) -> str:
     assert result.returncode != 0, result.stdout
     lines = result.stderr.strip().splitlines()

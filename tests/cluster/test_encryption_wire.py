@@ -37,15 +37,6 @@ KEY_TIMERS = ["--key-switch-delay", "2", "--key-overlap", "4"]
 ROTATION_LOSS_MAX = 5
 
 
-@pytest.fixture
-def lab(prefix, request):
-    lab = Lab(prefix=f"{prefix}w{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 
 
 def attach(lab: Lab, host, container: str, network: str) -> dict:
