@@ -14,6 +14,9 @@ and SPI, so each direction has its own sequence-number space. The receiver demul
 SAs that land on one SPI at one receiver (odds about n**2 / 2**33 for n inbound SAs) must be refused
 by whoever installs them. This is the equivalent of Docker's SPI from (source IP, key tag, destination
 IP). See docs/encryption.md.
+
+`cryptography` (HKDF) is imported by the first derivation, not with this module: a host without an
+encrypted network never needs it (~8 MiB of RSS, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from overlaynet import model
 
@@ -77,6 +77,9 @@ def derive_sa(secret: bytes, vni: int, epoch: int, src: str, dst: str) -> EspSaP
     """The SA that carries the network's traffic from VTEP `src` to VTEP `dst` in key epoch `epoch`."""
     if len(secret) < MIN_SECRET_LEN:
         raise EspKeyError(f"a network secret needs at least {MIN_SECRET_LEN} bytes")
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     ids = _ids(vni, epoch, src, dst)
     okm = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN + SALT_LEN, salt=None, info=b"key " + ids).derive(secret)
     return EspSaParams(spi=derive_spi(vni, epoch, src, dst), key=okm[:KEY_LEN], salt=okm[KEY_LEN:])

@@ -8,6 +8,9 @@ key id and the channel ("udp"/"tcp"), so a datagram cannot be replayed as a stre
 
 Nonces come from os.urandom, the one place the sans-IO core uses real randomness: a seeded PRNG
 would repeat nonces across restarts, which breaks GCM.
+
+`cryptography` is imported when the first key is, not with this module: a cluster whose gossip runs
+--plaintext never needs it, and its native part costs ~8 MiB of RSS per daemon (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ import binascii
 import hashlib
 import os
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from overlaynet.atomic import write_atomic
 
@@ -29,6 +30,9 @@ NONCE_LEN = 12
 TAG_LEN = 16
 OVERHEAD = 1 + KEY_ID_LEN + NONCE_LEN + TAG_LEN
 KEY_SIZES = (16, 24, 32)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
 class KeyringError(ValueError):
@@ -43,8 +47,14 @@ def key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()[:KEY_ID_LEN]
 
 
+def _aesgcm() -> type[AESGCM]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM
+
+
 def generate_key() -> bytes:
-    return AESGCM.generate_key(bit_length=256)
+    return _aesgcm().generate_key(bit_length=256)
 
 
 def decode_key(text: str) -> bytes:
@@ -89,7 +99,7 @@ class Keyring:
                 raise KeyringError("key id collision with a different installed key")
             return False
         self._keys.append(key)
-        self._by_id[kid] = AESGCM(key)
+        self._by_id[kid] = _aesgcm()(key)
         return True
 
     def use(self, key: bytes) -> bool:
@@ -129,8 +139,12 @@ class Keyring:
         nonce = sealed[1 + KEY_ID_LEN : 1 + KEY_ID_LEN + NONCE_LEN]
         try:
             return aead.decrypt(nonce, sealed[1 + KEY_ID_LEN + NONCE_LEN :], head + channel)
-        except InvalidTag:
-            raise AuthError("authentication failed") from None
+        except Exception as e:
+            from cryptography.exceptions import InvalidTag  # loaded already: `aead` is cryptography's
+
+            if isinstance(e, InvalidTag):
+                raise AuthError("authentication failed") from None
+            raise
 
     # --- key file: base64 keys one per line, first = primary ---
     @classmethod
