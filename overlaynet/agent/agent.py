@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 import uuid
 from typing import Any
@@ -44,6 +45,13 @@ from overlaynet.kernel import KernelError
 from overlaynet.model import Endpoint, Network
 
 log = logging.getLogger("overlaynet.agent")
+
+# A join that found no seed is retried with doubling, jittered delays. The cap is short because a
+# seed that cannot answer is usually busy (many hosts starting at once), not gone for minutes, and
+# a retry is one TCP exchange: at a 30 s cap, a host that missed its first tries of a mass start
+# sat idle long after the seed was free again.
+JOIN_RETRY_FIRST = 1.0
+JOIN_RETRY_MAX = 8.0
 
 
 class Agent:
@@ -200,9 +208,10 @@ class Agent:
 
     async def _join_until_contact(self, seeds: list[tuple[str, int]]) -> None:
         assert self.node is not None
-        delay = 1.0
+        delay = JOIN_RETRY_FIRST
         while True:
-            await asyncio.sleep(delay)
+            # Jitter: hosts that all started at once (a rack booting) must not retry in waves.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             if await self.node.join(seeds):
                 log.info("event=joined seeds=%s", ",".join(f"{a}:{p}" for a, p in seeds))
                 self.programmer.synced = True
@@ -210,7 +219,7 @@ class Agent:
                 self._restore([])
                 self.host.dirty.set()
                 return
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, JOIN_RETRY_MAX)
 
     async def _end_startup_hold(self) -> None:
         """Nobody answered at start: after a grace period, trust our own (lonely) view."""

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from overlaynet import kernel as knames
+from overlaynet.lab import wait_until
 from tests.support.as_nobody import run_as_nobody
 from tests.support.lab import finish_ping, pair_on_one_host, start_pinging
 
@@ -140,3 +141,18 @@ def test_stale_objects_are_adopted_or_removed(lab):
     lab.overlayctl(host, "attach", c, "--network", "again")
     ep_d = lab.overlayctl_json(host, "attach", d, "--network", "again")
     assert lab.ping(c, ep_d["ip"])
+
+
+def test_a_host_started_before_its_seed_joins_when_the_seed_comes_up(lab):
+    """Hosts of a rack boot in any order: one whose --join seed is not up yet starts anyway (alone,
+    retrying in the background) and is in the cluster once the seed answers, without a restart."""
+    seed, early = lab.add_host("seed"), lab.add_host("early")
+    lab.start_daemon(early, "--plaintext", "--join", seed.address)
+    wait_until(lambda: "event=join-failed" in lab.daemon_log(early), timeout=30, what="the first join to fail")
+    time.sleep(3)  # a few retries go unanswered first
+    lab.start_daemon(seed, "--plaintext")
+    for host in (seed, early):
+        wait_until(lambda h=host: sorted(m["name"] for m in lab.overlayctl_json(h, "members")
+                                         if m["state"] == "alive") == ["early", "seed"],
+                   timeout=60, what=f"{host.label} to see both hosts alive")
+    assert "event=joined" in lab.daemon_log(early)
