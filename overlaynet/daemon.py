@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Any
 
-from overlaynet import __version__, logs
+from overlaynet import __version__, logs, malloc
 from overlaynet.agent import config as config_mod
 from overlaynet.agent.agent import Agent
 from overlaynet.agent.reload import Reloader
@@ -164,6 +164,7 @@ async def run(config: config_mod.Config, args: argparse.Namespace) -> int:
     log.info("event=started name=%s advertise=%s dataplane=%s socket=%s metrics=%s state_dir=%s version=%s pid=%d",
              config.name, agent.advertise, config.dataplane, config.socket, config.metrics_address or "off",
              config.state_dir, __version__, os.getpid())
+    malloc.release_free_memory()  # what start-up freed (imports, the state restore) goes back to the kernel
     notifier.ready(await status_line(agent))
     watchdog = asyncio.create_task(notifier.watchdog())
     status_updates = asyncio.create_task(keep_status_current(agent, notifier))
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("overlayd: must run as root (it creates namespaces, bridges and VXLAN devices)", file=sys.stderr)
         return 1
+    malloc.limit_arenas(1)  # before the first thread starts (overlaynet/malloc.py says why)
     try:
         import uvloop
 
