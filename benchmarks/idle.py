@@ -3,8 +3,11 @@
 N hosts of each system (overlaynet: `overlayd --dataplane kernel`, one network, one container attached
 on every host, as in the control case; Serf: one agent per host), converged, then left alone for a
 settle time and the measurement window. Per daemon: CPU as a share of one core over the window
-(utime+stime from /proc/PID/stat, all threads) and resident memory at its end (VmRSS from
-/proc/PID/status). overlayd's CPU is also given as a ratio to the median Serf agent's in the same run.
+(utime+stime from /proc/PID/stat, all threads) and memory at its end: resident (VmRSS from
+/proc/PID/status, the figure the target is set on), its anonymous part (RssAnon: the process's own
+heap, not shared with anything) and the proportional set size (Pss from /proc/PID/smaps_rollup:
+shared library pages divided among the processes that map them, so N daemons of one kind share
+their .so text). overlayd's CPU is also given as a ratio to the median Serf agent's in the same run.
 Both systems keep their own protocol timings (overlaynet probes every 250 ms and gossips every 100 ms,
 Serf's LAN profile every 1 s and 200 ms), so the ratio includes the price of faster failure detection.
 """
@@ -26,25 +29,33 @@ from overlaynet.lab import Lab
 SETTLE = 5.0  # after convergence: joins, push-pulls and the residents' attaches have died down
 
 
-def rss_mib(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+# (metric, file under /proc/PID, field): what memory_mib reads, in the order the table shows them.
+MEMORY = (("rss", "status", "VmRSS"), ("rss anon", "status", "RssAnon"), ("pss", "smaps_rollup", "Pss"))
 
 
-def idle_usage(pids: list[int], seconds: float) -> list[tuple[float, float | None]]:
-    """(% of one core over `seconds`, RSS MiB at the end) per pid."""
+def memory_mib(pid: int) -> dict[str, float]:
+    """The MEMORY figures of a live process in MiB; those that could not be read are left out."""
+    out: dict[str, float] = {}
+    for metric, name, field in MEMORY:
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        out[metric] = int(line.split()[1]) / 1024
+                        break
+        except OSError:
+            pass
+    return out
+
+
+def idle_usage(pids: list[int], seconds: float) -> list[tuple[float, dict[str, float]]]:
+    """(% of one core over `seconds`, memory figures in MiB at the end) per pid."""
     before = [process_cpu_seconds([p]) for p in pids]
     t0 = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - t0
     after = [process_cpu_seconds([p]) for p in pids]
-    return [(100 * (a - b) / wall, rss_mib(p)) for p, a, b in zip(pids, after, before, strict=True)]
+    return [(100 * (a - b) / wall, memory_mib(p)) for p, a, b in zip(pids, after, before, strict=True)]
 
 
 def case_name(n: int, seconds: float) -> str:
@@ -74,14 +85,15 @@ def run(results: Results, progress: Progress, prefix: str, systems: list[str], n
             progress(f"idle {system} {case}: converged; {SETTLE:g}s settle, then {seconds:g}s of measuring")
             time.sleep(SETTLE)
             usage = idle_usage(pids, seconds)
-            for cpu, rss in usage:
+            for cpu, memory in usage:
                 results.add("idle", case, system, "cpu", "% of a core", cpu, "lower")
-                if rss is not None:
-                    results.add("idle", case, system, "rss", "MiB", rss, "lower")
+                for metric, mib in memory.items():
+                    results.add("idle", case, system, metric, "MiB", mib, "lower")
             cpus = [u[0] for u in usage]
+            medians = ", ".join(f"{metric} {statistics.median(values):.1f}" for metric, _, _ in MEMORY
+                                if (values := [u[1][metric] for u in usage if metric in u[1]]))
             progress(f"idle {system} {case}: cpu per daemon median {statistics.median(cpus):.2f}% "
-                     f"(max {max(cpus):.2f}%), rss median "
-                     f"{statistics.median([u[1] for u in usage if u[1] is not None]):.1f} MiB")
+                     f"(max {max(cpus):.2f}%); memory medians (MiB): {medians}")
         except NotAvailable as e:
             results.mark("idle", case, system, "cpu", "% of a core", "not available", str(e), "lower")
         except Exception as e:
