@@ -9,10 +9,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from overlaynet.errors import BadRequest
+from overlaynet.rules import DNS_LABEL_RE as DNS_LABEL_RE
+from overlaynet.rules import MAX_DNS_NAME as MAX_DNS_NAME
+from overlaynet.rules import MAX_NAMES as MAX_NAMES
+from overlaynet.rules import MAX_VNI, MIN_VNI
+from overlaynet.rules import usable_dns_names as usable_dns_names
+from overlaynet.rules import validate_dns_name as validate_dns_name
+from overlaynet.rules import validate_dns_names as validate_dns_names
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-MIN_VNI = 1
-MAX_VNI = 0xFFFFFF
 # Automatic VNIs come from this range; 1..4095 are left for operators who pick their own.
 AUTO_VNI_FIRST = 4096
 AUTO_VNI_COUNT = MAX_VNI - AUTO_VNI_FIRST + 1
@@ -21,9 +26,6 @@ MAX_MTU = 9000 - 50
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-MAX_DNS_NAME = 253
-MAX_NAMES = 32
 # Ranges that can never be an overlay subnet: their addresses mean something else to every host.
 UNUSABLE_RANGES = {
     ipaddress.IPv4Network("0.0.0.0/8"): "'this network' (0.0.0.0/8)",
@@ -130,52 +132,6 @@ def validate_labels(labels: object) -> dict[str, str]:
     if len(labels) > 32 or any(len(k) > 128 or len(v) > 1024 for k, v in labels.items()):
         raise BadRequest("too many or too long labels: at most 32, keys 128 and values 1024 characters")
     return dict(labels)
-
-
-def validate_dns_name(name: object) -> str:
-    """A DNS name for an endpoint: dot-separated labels of 1-63 letters, digits or hyphens (not at
-    either end of a label), at most 253 characters; returned lower-case (DNS is case-insensitive)."""
-    if isinstance(name, str):
-        value = name.lower()
-        value = value[:-1] if value.endswith(".") else value  # a fully qualified "web." is "web"
-        labels = value.split(".")
-        if 0 < len(value) <= MAX_DNS_NAME and all(DNS_LABEL_RE.match(label) for label in labels):
-            return value
-    raise BadRequest(
-        f"invalid DNS name {name!r}: use labels of 1-63 letters, digits or '-' (not first or last), "
-        "separated by dots, e.g. web or db.backend"
-    )
-
-
-def validate_dns_names(names: object) -> list[str]:
-    """A list of endpoint names, validated, lower-cased, duplicates removed (order kept)."""
-    if names is None:
-        return []
-    if not isinstance(names, list):
-        raise BadRequest("names must be a JSON list of DNS names, e.g. [\"web\"]")
-    if len(names) > MAX_NAMES:
-        raise BadRequest(f"too many names: at most {MAX_NAMES} per endpoint")
-    out: list[str] = []
-    for name in names:
-        value = validate_dns_name(name)
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def usable_dns_names(candidates: list[str]) -> list[str]:
-    """The candidates (a container's name, its aliases) that are valid DNS names, lower-cased,
-    without duplicates, at most MAX_NAMES: the rest are skipped, not refused (Compose's `proj_web_1`
-    is no DNS name; its service name `web` is)."""
-    out: list[str] = []
-    for name in candidates:
-        try:
-            value = validate_dns_name(name)
-        except BadRequest:
-            continue
-        if value not in out:
-            out.append(value)
-    return out[:MAX_NAMES]
 
 
 def gateway_mac(vni: int) -> str:

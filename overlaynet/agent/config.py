@@ -24,10 +24,8 @@ import msgspec
 from msgspec import Meta
 
 from overlaynet.errors import BadRequest
+from overlaynet.paths import DEFAULT_CONFIG, DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
-DEFAULT_CONFIG = "/etc/overlaynet/overlayd.toml"
-DEFAULT_SOCKET = "/run/overlaynet/overlayd.sock"
-DEFAULT_STATE_DIR = "/var/lib/overlaynet"
 DATAPLANES = ("kernel", "userspace")
 # Prometheus /metrics and /healthz. Loopback by default: on out of the box for local checks
 # (`curl localhost:7947/healthz`), exposed to nobody; next to gossip's 7946 so it is easy to find.

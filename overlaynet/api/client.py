@@ -5,6 +5,11 @@ The routes are written once (api/routes.py; `Routes` has a method per route); tw
 plugin start in tens of milliseconds instead of paying ~120 ms to import aiohttp), `AsyncClient`
 awaits (aiohttp, for code that already runs an event loop: the Docker plugin). Failures raise
 `ApiError` whose message is one line a user can act on.
+
+Bodies and queries are plain JSON values named as in overlaynet/requests.py, not its Structs: this
+module imports neither msgspec nor the typed requests and answers, which were a third of
+`overlayctl`'s start-up (docs/performance.md). The server decodes each into its Struct all the same
+(unknown keys are refused), and tests/unit/test_api_routes.py decodes what every method sends.
 """
 
 from __future__ import annotations
@@ -17,11 +22,8 @@ from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
-import msgspec
-
-from overlaynet import requests as rq
-from overlaynet.agent.config import DEFAULT_SOCKET
 from overlaynet.api.routes import BY_NAME
+from overlaynet.paths import DEFAULT_SOCKET
 
 SOCKET_ENV = "OVERLAYNET_SOCKET"
 _JSON = {"Content-Type": "application/json"}
@@ -84,13 +86,17 @@ def _answer(status: int, raw: bytes) -> Any:
 
 # ---- the routes ----------------------------------------------------------------------------------
 
-def _query_text(query: msgspec.Struct | None) -> dict[str, str] | None:
-    """A query Struct as query-string values (defaults left out; booleans as true/false)."""
-    if query is None:
+def _chosen(**fields: Any) -> dict[str, Any]:
+    """What the caller chose: every field of a request left at its default (None or False in every
+    type of overlaynet/requests.py) is left out, so a body or query says only that."""
+    return {k: v for k, v in fields.items() if v is not None and v is not False}
+
+
+def _query_text(query: dict[str, Any] | None) -> dict[str, str] | None:
+    """Query-string values (booleans as true)."""
+    if not query:
         return None
-    values = {k: ("true" if v is True else "false" if v is False else str(v))
-              for k, v in msgspec.to_builtins(query).items()}
-    return values or None
+    return {k: "true" if v is True else str(v) for k, v in query.items()}
 
 
 class Routes(Generic[R]):
@@ -100,11 +106,11 @@ class Routes(Generic[R]):
     def _send(self, method: str, path: str, body: bytes | None, params: dict[str, str] | None) -> R:
         raise NotImplementedError
 
-    def _call(self, route_name: str, body: msgspec.Struct | None = None, /,
-              query: msgspec.Struct | None = None, **path: str) -> R:
+    def _call(self, route_name: str, body: dict[str, Any] | None = None, /,
+              query: dict[str, Any] | None = None, **path: str) -> R:
         route = BY_NAME[route_name]
         return self._send(route.method, route.url(**path),
-                          msgspec.json.encode(body) if body is not None else None, _query_text(query))
+                          json.dumps(body).encode() if body is not None else None, _query_text(query))
 
     def openapi(self) -> R:
         return self._call("openapi")
@@ -124,45 +130,44 @@ class Routes(Generic[R]):
     def create_network(self, name: str, subnet: str, vni: int | None = None, mtu: int | None = None,
                        gateway: str | None = None, options: dict[str, Any] | None = None,
                        egress: bool = False, encrypted: bool = False) -> R:
-        return self._call("create_network", rq.NetworkCreate(name=name, subnet=subnet, vni=vni, mtu=mtu,
-                                                             gateway=gateway, options=options, egress=egress,
-                                                             encrypted=encrypted))
+        return self._call("create_network", _chosen(name=name, subnet=subnet, vni=vni, mtu=mtu, gateway=gateway,
+                                                    options=options, egress=egress, encrypted=encrypted))
 
     def get_network(self, name: str) -> R:
         return self._call("get_network", name=name)
 
     def delete_network(self, name: str, force: bool = False) -> R:
-        return self._call("delete_network", query=rq.NetworkDeleteQuery(force=force), name=name)
+        return self._call("delete_network", query=_chosen(force=force), name=name)
 
     def network_fdb(self, network: str) -> R:
         return self._call("network_fdb", name=network)
 
     def reserve_address(self, network: str, ip: str | None = None) -> R:
-        return self._call("reserve_address", rq.AddressReserve(ip=ip), name=network)
+        return self._call("reserve_address", _chosen(ip=ip), name=network)
 
     def release_address(self, network: str, ip: str) -> R:
         return self._call("release_address", name=network, ip=ip)
 
     def list_endpoints(self, network: str | None = None, everywhere: bool = False) -> R:
-        return self._call("list_endpoints", query=rq.EndpointListQuery(network=network, all=everywhere))
+        return self._call("list_endpoints", query=_chosen(network=network, all=everywhere))
 
     def create_endpoint(self, network: str, netns: str | None = None, ifname: str | None = None,
                         ip: str | None = None, mac: str | None = None,
                         id: str | None = None, labels: dict[str, str] | None = None,
                         names: list[str] | None = None) -> R:
-        return self._call("create_endpoint", rq.EndpointCreate(
+        return self._call("create_endpoint", _chosen(
             network=network, netns=netns, ifname=ifname, ip=ip, mac=mac, id=id, labels=labels, names=names))
 
     def detach(self, network: str, netns: str) -> R:
-        return self._call("detach", query=rq.DetachQuery(network=network, netns=netns))
+        return self._call("detach", query=_chosen(network=network, netns=netns))
 
     def get_endpoint(self, endpoint_id: str, check: bool = False) -> R:
         """With check=True the answer says whether the endpoint's veth is really there ("present")."""
-        return self._call("get_endpoint", query=rq.EndpointGetQuery(check=check), id=endpoint_id)
+        return self._call("get_endpoint", query=_chosen(check=check), id=endpoint_id)
 
     def set_endpoint_names(self, endpoint_id: str, names: list[str]) -> R:
         """Replace an endpoint's DNS names (answered by every host's DNS on the network)."""
-        return self._call("set_endpoint_names", rq.EndpointUpdate(names=names), id=endpoint_id)
+        return self._call("set_endpoint_names", _chosen(names=names), id=endpoint_id)
 
     def delete_endpoint(self, endpoint_id: str) -> R:
         return self._call("delete_endpoint", id=endpoint_id)
@@ -180,7 +185,7 @@ class Routes(Generic[R]):
         return self._call("keys")
 
     def key_op(self, op: str, key: str) -> R:
-        return self._call("key_op", rq.KeyChange(key=key), op=op)
+        return self._call("key_op", _chosen(key=key), op=op)
 
     def doctor(self) -> R:
         return self._call("doctor")

@@ -28,7 +28,7 @@ def _parameters(route: Route, components: dict[str, Any]) -> list[dict[str, Any]
         params.append({"name": name, "in": "path", "required": True, "schema": schema})
     if route.query is not None:
         # The query's Struct is documented field by field, as OpenAPI wants query parameters.
-        query = components.pop(route.query.__name__)
+        query = components.pop(route.query)
         required = set(query.get("required", []))
         for name, schema in query["properties"].items():
             param = {"name": name, "in": "query", "required": name in required,
@@ -47,7 +47,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     types: list[Any] = [answers.Error]
     for route in ROUTES:
-        types += [t for t in (route.answer, route.body, route.query) if t is not None]
+        types += [t for t in (route.answer_type, route.body_type, route.query_type) if t is not None]
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     by_type = dict(zip(types, schemas, strict=True))
     error = by_type[answers.Error]
@@ -55,7 +55,7 @@ def openapi_document() -> dict[str, Any]:
     for route in ROUTES:
         ok: dict[str, Any] = {"description": "success"}
         if route.answer is not None:
-            ok.update(_json(by_type[route.answer]))
+            ok.update(_json(by_type[route.answer_type]))
         op: dict[str, Any] = {
             "operationId": route.name,
             "summary": route.summary,
@@ -66,7 +66,7 @@ def openapi_document() -> dict[str, Any]:
         if params:
             op["parameters"] = params
         if route.body is not None:
-            op["requestBody"] = {"required": True, **_json(by_type[route.body])}
+            op["requestBody"] = {"required": True, **_json(by_type[route.body_type])}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -254,13 +254,14 @@ async def reconcile(call: Plain) -> Any:
 
 def _endpoint(route: Route, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler of a route: decode what the route declares, call, encode the answer."""
+    body_type, query_type = route.body_type, route.query_type
 
     async def serve_route(request: web.Request) -> web.StreamResponse:
         if route.root_only and _peer_uid(request) != 0:
             # The socket is 0600 already; this holds even if someone loosens its mode or group.
             raise Forbidden(f"{route.path} shows secret key material: only root may ask for it")
-        body = await decode_body(request, route.body) if route.body is not None else None
-        query = decode_query(request, route.query) if route.query is not None else None
+        body = await decode_body(request, body_type) if body_type is not None else None
+        query = decode_query(request, query_type) if query_type is not None else None
         answer = await handler(Call(request.app[AGENT_KEY], dict(request.match_info), body, query))
         if route.answer is None:
             return web.Response(status=route.ok)

@@ -19,7 +19,7 @@ from overlaynet import __version__
 from overlaynet.api.client import SOCKET_ENV, ApiError, Client, default_socket
 from overlaynet.cli.tables import human_bytes, human_count, render_table
 from overlaynet.errors import BadRequest
-from overlaynet.model import MAX_VNI, MIN_VNI, validate_dns_name
+from overlaynet.rules import MAX_VNI, MIN_VNI, validate_dns_name
 
 
 class UsageError(Exception):

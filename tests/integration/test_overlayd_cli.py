@@ -179,7 +179,7 @@ def test_answers_match_the_documented_shapes(lab, host):
         "openapi": api.openapi(), "detach": api.detach("shapes", ns),
     }
     for name, answer in calls.items():
-        msgspec.convert(answer, BY_NAME[name].answer)
+        msgspec.convert(answer, BY_NAME[name].answer_type)
     # The edge refuses what it does not know, through the real socket, in one line.
     try:
         api._send("POST", "/v1/networks", b'{"name": "m", "subnet": "198.19.41.0/24", "mut": 1400}', None)

@@ -48,7 +48,7 @@ def test_no_public_domain_method_takes_a_raw_dict_or_any() -> None:
 
 def test_every_body_and_query_the_api_accepts_is_a_typed_request() -> None:
     for route in ROUTES:
-        for kind in (route.body, route.query):
+        for kind in (route.body_type, route.query_type):
             assert kind is None or (issubclass(kind, rq.Request) and kind.__struct_config__.forbid_unknown_fields), route
 
 
@@ -57,4 +57,4 @@ def test_each_handler_is_typed_with_what_its_route_decodes(route) -> None:
     """The server decodes what the route says; the handler's `Call[Body, Query]` says what mypy
     checks it against. They must be the same types, or mypy would check the wrong thing."""
     hint = typing.get_type_hints(HANDLERS[route.name])["call"]
-    assert typing.get_args(hint) == (route.body or type(None), route.query or type(None))
+    assert typing.get_args(hint) == (route.body_type or type(None), route.query_type or type(None))

@@ -13,10 +13,10 @@ import msgspec
 from msgspec import Struct
 
 from overlaynet import model
+from overlaynet.paths import DEFAULT_SOCKET
 
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 LATEST = "1.1.0"
-DEFAULT_SOCKET = "/run/overlaynet/overlayd.sock"
 # Endpoints this plugin makes carry the label owner=cni (and, belt and braces, an id ending in
 # "cni"; overlayd's own ids are hex), so GC can tell them from Docker's or overlayctl's.
 ID_SUFFIX = "cni"
