@@ -21,8 +21,10 @@ from overlaynet import ipam, kernel, model
 from overlaynet.agent.blocks import BlockAllocator
 from overlaynet.agent.cluster import in_network
 from overlaynet.agent.host import Host
+from overlaynet.agent.kernel_mode import KernelMode
 from overlaynet.agent.programmer import Programmer
 from overlaynet.agent.recovery import UnknownEndpoint, rebuild, unreadable_endpoint_ids
+from overlaynet.agent.userspace_mode import UserspaceMode
 from overlaynet.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from overlaynet.ipam import AddressPool
 from overlaynet.kernel import KernelError
@@ -30,6 +32,17 @@ from overlaynet.model import Endpoint, Network
 from overlaynet.requests import EndpointCreate
 
 log = logging.getLogger("overlaynet.agent")
+
+
+def _plug(dataplane: KernelMode | UserspaceMode, net: Network, sandbox: str, guard: kernel.PortGuard,
+          programmed: kernel.PortGuard | None, veth: kernel.VethSpec) -> None:
+    """An attach's kernel work, in one hop to the kernel thread and with one netlink handle per
+    namespace: the network's sandbox, bridge and device; the first-hop guard with the new port,
+    before the port exists (the container speaks only as itself from frame one); the veth pair."""
+    with kernel.batch():
+        dataplane.ensure_network(net, sandbox)
+        kernel.sync_port_guard(sandbox, guard, programmed)
+        kernel.ensure_veth(sandbox, veth)
 
 
 class Endpoints:
@@ -168,6 +181,7 @@ class Endpoints:
         target = request.netns
         labels = model.validate_labels(request.labels)
         names = model.validate_dns_names(request.names)
+        started = time.perf_counter()
         async with self.host.lock:
             net = self.host.get_network(net_name)
             if net.encrypted:
@@ -176,13 +190,12 @@ class Endpoints:
                 raise Conflict(f"endpoint {endpoint_id} already exists")
             netns_path: str | None = None
             if target is not None:
+                attached = {ep.id: ep.netns for ep in self.on_network(net.name) if ep.netns}
                 try:
-                    netns_path = await self.host.kernel(kernel.resolve_netns, target)
+                    netns_path, same = await self.host.kernel(kernel.netns_attached, target, attached)
                 except KernelError as e:
                     raise BadRequest(str(e)) from None
-                identity = await self.host.kernel(kernel.netns_identity, netns_path)
-                attached = {ep.id: ep.netns for ep in self.on_network(net.name) if ep.netns}
-                for ep_id in await self.host.kernel(kernel.netns_matching, identity, attached):
+                for ep_id in same:
                     ep = self.endpoints[ep_id]
                     raise Conflict(
                         f"namespace {target} is already attached to network {net.name!r} "
@@ -207,12 +220,13 @@ class Endpoints:
                 vtep=self.host.advertise, created_at=time.time(), labels=labels, names=names,
             )
             sandbox = self.host.sandbox(net)
+            guard, programmed = self.programmer.guard_change(net, ep)
             try:
-                await self.host.kernel(self.host.dataplane.ensure_network, net, sandbox)
-                # Guard the port before it exists: the container speaks only as itself from frame one.
-                await self.programmer.sync_guard(net, force=True, joining=ep)
-                await self.host.kernel(kernel.ensure_veth, sandbox, self.programmer.veth_spec(ep))
+                await self.host.kernel(_plug, self.host.dataplane, net, sandbox, guard, programmed,
+                                       self.programmer.veth_spec(ep))
+                self.programmer.guard_written(net, guard)
             except KernelError as e:
+                self.programmer.guard_written(net, None)
                 await self.host.kernel(kernel.remove_veth, sandbox, ep.id)
                 self.release_empty_blocks(net)
                 raise BadRequest(f"cannot attach: {e}") from None
@@ -230,8 +244,9 @@ class Endpoints:
                 self.host.cluster.release_address(net.name, ip)
             self.programmer.forwarding_changed(net.name)
             self.programmer.names_changed(net.name)
-            log.info("event=attached endpoint=%s network=%s ip=%s mac=%s netns=%s names=%s",
-                     ep.id[:12], net.name, ip, mac, netns_path, ",".join(names) or "-")
+            log.info("event=attached endpoint=%s network=%s ip=%s mac=%s netns=%s names=%s took_ms=%.1f",
+                     ep.id[:12], net.name, ip, mac, netns_path, ",".join(names) or "-",
+                     (time.perf_counter() - started) * 1000)
         if requested_ip and not taking_reservation and self.host.cluster.others_alive():
             await self._settle_requested_ip(ep)
         self.host.dirty.set()
@@ -288,13 +303,12 @@ class Endpoints:
 
     async def delete_endpoint_by_netns(self, network: str, netns_spec: str) -> Endpoint:
         net = self.host.get_network(network)
+        attached = {ep.id: ep.netns for ep in self.on_network(net.name) if ep.netns}
         try:
-            path = await self.host.kernel(kernel.resolve_netns, netns_spec)
-            identity = await self.host.kernel(kernel.netns_identity, path)
+            _, same = await self.host.kernel(kernel.netns_attached, netns_spec, attached)
         except KernelError as e:
             raise BadRequest(str(e)) from None
-        attached = {ep.id: ep.netns for ep in self.on_network(net.name) if ep.netns}
-        for ep_id in await self.host.kernel(kernel.netns_matching, identity, attached):
+        for ep_id in same:
             ep = self.endpoints.get(ep_id)  # may have gone while the kernel call ran
             if ep is None:
                 continue

@@ -137,12 +137,24 @@ class Programmer:
             bum_rate=self.host.config.bum_rate, bum_burst=self.host.config.bum_burst,
         )
 
-    async def sync_guard(self, net: Network, force: bool = False, joining: Endpoint | None = None) -> None:
+    def guard_change(self, net: Network, joining: Endpoint) -> tuple[kernel.PortGuard, kernel.PortGuard | None]:
+        """For an attach that programs the guard itself: the guard with `joining`'s port, and the one
+        last programmed (None: not known, write all of it)."""
+        return self.port_guard(net, joining), self._guarded.get(net.name)
+
+    def guard_written(self, net: Network, guard: kernel.PortGuard | None) -> None:
+        """What the attach left in the kernel (None: not known after an error; the next pass writes it whole)."""
+        if guard is None:
+            self._guarded.pop(net.name, None)
+        else:
+            self._guarded[net.name] = guard
+
+    async def sync_guard(self, net: Network, force: bool = False) -> None:
         """Program the guard when it changed, or (force) when its table is missing from the sandbox.
 
         Rewriting an unchanged guard would refill every port's BUM bucket: not on every resync.
         """
-        guard = self.port_guard(net, joining)
+        guard = self.port_guard(net)
         sandbox = self.host.sandbox(net)
         programmed = self._guarded.get(net.name)
         if programmed == guard:
@@ -203,36 +215,18 @@ class Programmer:
                 net = networks.get(name)
                 if net is None:
                     continue
-                guard_error = None
+                # The SAs first (an encrypted network sends nothing without them), then the entries,
+                # then the guard: a new remote endpoint is reachable once its entries are in, one
+                # nftables transaction sooner; until the guard knows its MAC, frames to it count as
+                # unknown unicast (limited, not dropped).
+                sas_error = await self._sync_sas(net, peers, force) if net.encrypted else None
+                changed += await self._sync_forwarding(net, force, keep_failure=sas_error is not None)
                 try:
                     await self.sync_guard(net, force)
                 except KernelError as e:
                     self.counters["program_errors"] += 1
-                    guard_error = self.program_failures[f"network {name}"] = f"first-hop guard: {e}"
+                    self.program_failures[f"network {name}"] = f"first-hop guard: {e}"
                     log.error("event=program-failed what=port-guard network=%s error=%s", name, e)
-                if net.encrypted:
-                    guard_error = await self._sync_sas(net, peers, force) or guard_error
-                fwd = self.desired_forwarding(net)
-                if not self.synced:
-                    fwd = await self._keep_programmed(net, fwd)
-                fingerprint = (tuple(sorted(fwd.fdb.items())), tuple(sorted(fwd.neigh.items())),
-                               tuple(sorted(fwd.flood)))
-                if not force and self._programmed.get(name) == fingerprint:
-                    continue
-                try:
-                    n = await self.host.kernel(self.host.dataplane.program, net, self.host.sandbox(net), fwd)
-                except KernelError as e:
-                    self.counters["program_errors"] += 1
-                    self.program_failures[f"network {name}"] = str(e)
-                    log.error("event=program-failed network=%s error=%s", name, e)
-                    continue
-                if guard_error is None:
-                    self.program_failures.pop(f"network {name}", None)
-                self._programmed[name] = fingerprint
-                changed += n
-                if n or not force:
-                    log.info("event=programmed network=%s fdb=%d neigh=%d flood=%d changed=%d",
-                             name, len(fwd.fdb), len(fwd.neigh), len(fwd.flood), n)
             await self._sync_egress(networks, force)
             self._zones.clear()  # membership (and lingering) may have changed what is visible
             try:
@@ -242,6 +236,30 @@ class Programmer:
             self.counters["programmed_passes"] += 1
             self.counters["entries_changed"] += changed
             return changed
+
+    async def _sync_forwarding(self, net: Network, force: bool, keep_failure: bool) -> int:
+        """Write the network's forwarding entries if they changed (force: always); how many changed.
+        `keep_failure`: an error recorded for the network in this pass stays recorded."""
+        fwd = self.desired_forwarding(net)
+        if not self.synced:
+            fwd = await self._keep_programmed(net, fwd)
+        fingerprint = (tuple(sorted(fwd.fdb.items())), tuple(sorted(fwd.neigh.items())), tuple(sorted(fwd.flood)))
+        if not force and self._programmed.get(net.name) == fingerprint:
+            return 0
+        try:
+            n = await self.host.kernel(self.host.dataplane.program, net, self.host.sandbox(net), fwd)
+        except KernelError as e:
+            self.counters["program_errors"] += 1
+            self.program_failures[f"network {net.name}"] = str(e)
+            log.error("event=program-failed network=%s error=%s", net.name, e)
+            return 0
+        if not keep_failure:
+            self.program_failures.pop(f"network {net.name}", None)
+        self._programmed[net.name] = fingerprint
+        if n or not force:
+            log.info("event=programmed network=%s fdb=%d neigh=%d flood=%d changed=%d",
+                     net.name, len(fwd.fdb), len(fwd.neigh), len(fwd.flood), n)
+        return n
 
     async def _sync_sas(self, net: Network, peers: set[str], force: bool) -> str | None:
         """Push the network's SAs (all members' VTEPs: they are ready before a peer's first endpoint

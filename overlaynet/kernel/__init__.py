@@ -27,6 +27,7 @@ from .netns import (
     current_netns_identity,
     ensure_sandbox,
     list_sandboxes,
+    netns_attached,
     netns_identity,
     netns_matching,
     remove_sandbox,
@@ -35,6 +36,7 @@ from .netns import (
 )
 from .port_guard import DROP_REASONS, GuardedPort, PortGuard, drop_counters, sync_port_guard
 from .probe import ProbedEndpoint, probe_endpoint
+from .rtnl import batch
 from .underlay import (
     detect_advertise_address,
     is_local_address,
@@ -66,6 +68,7 @@ __all__ = [
     "KernelError",
     "NeighEntry",
     "ProbedEndpoint",
+    "batch",
     "PortGuard",
     "VethInfo",
     "VethSpec",
@@ -90,6 +93,7 @@ __all__ = [
     "list_fdb",
     "list_neigh",
     "list_sandboxes",
+    "netns_attached",
     "netns_identity",
     "pin_sandboxes_outside_private_mounts",
     "netns_matching",

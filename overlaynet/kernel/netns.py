@@ -126,6 +126,13 @@ def netns_matching(identity: tuple[int, int], paths: dict[str, str]) -> list[str
     return out
 
 
+def netns_attached(spec: str, attached: dict[str, str]) -> tuple[str, list[str]]:
+    """The path of the netns a user gave (resolve_netns), and the keys of `attached` that are that
+    same namespace (netns_matching): one call for what an attach or detach checks first."""
+    path = resolve_netns(spec)
+    return path, netns_matching(netns_identity(path), attached)
+
+
 def current_netns_identity() -> tuple[int, int]:
     """Identity of the calling thread's netns (not the process's: threads may differ)."""
     return netns_identity("/proc/thread-self/ns/net")
@@ -175,9 +182,12 @@ def ensure_sandbox(path: str) -> bool:
     netns (e.g. after a reboot) is replaced.
     """
     from . import mount_home  # it builds on this module
+    from .links import converge_link, get_link  # likewise
+    from .rtnl import rtnl
 
     if is_netns(path):
-        call_in_netns(path, _loopback_up)
+        with rtnl(path) as ipr:  # inside a batch, the handle the next verbs use too
+            converge_link(ipr, get_link(ipr, "lo"))
         mount_home.pin(path)  # a no-op unless we run in a private mount namespace
         return False
     try:

@@ -6,7 +6,9 @@ Verbs run "as the daemon" (inside each host netns); `ip`, `bridge` and `ping` ch
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +25,7 @@ from tests.support.kernel import (
     in_sandbox,
     ip,
     make_hosts,
+    open_fds,
     ping,
     ping_until,
     program_remote,
@@ -348,3 +351,49 @@ def test_vxlan_table_writes_the_difference_and_rereads_only_without_previous(net
     # back to the start: the extra MAC, its neighbour entry and nothing else go
     assert kernel.program_vxlan_table(sb, VNI, table, more) == 2
     assert kernel.list_neigh(sb, VNI) == [kernel.NeighEntry(c2.ip, c2.mac)]
+
+
+_netlink_sockets: list[int] = []  # AF_NETLINK sockets Python opened while counting (socket.__new__ audit events)
+_counting: list[bool] = [False]
+
+
+def _count_netlink(event: str, args: tuple[object, ...]) -> None:
+    if _counting[0] and event == "socket.__new__" and args[1] == socket.AF_NETLINK:
+        _netlink_sockets.append(1)
+
+
+def attach_in_one_batch(host: Host, container: Container) -> kernel.VethInfo:
+    """An attach's kernel work as overlayd does it: the network's objects and the veth in one batch."""
+    with kernel.batch():
+        setup_network(host)
+        return attach(host, container)
+
+
+def test_an_attach_in_one_batch_opens_one_netlink_handle_per_namespace(netns, prefix: str, topo: Topology) -> None:
+    """Each netlink handle is a private thread and a new IPRoute (docs/performance.md): an attach
+    used to open one per verb. In a batch it is one each for the host, the sandbox and the container,
+    and the veth still comes out complete: on the bridge and up, the container end up with its address."""
+    host, _ = make_hosts(netns, prefix, topo)
+    as_daemon(host.ns, setup_network, host)
+    first, second = (Container(netns("c"), f"{prefix}b{i}aaaaaaaaaa", f"198.19.1.{40 + i}", f"02:42:c6:13:01:4{i}")
+                     for i in range(2))
+    sys.addaudithook(_count_netlink)  # for the rest of the process; counts only while _counting says so
+    fds = open_fds()
+    _counting[0] = True
+    try:
+        as_daemon(host.ns, setup_network, host)
+        as_daemon(host.ns, attach, host, first)
+        unbatched = len(_netlink_sockets)
+        _netlink_sockets.clear()
+        info = as_daemon(host.ns, attach_in_one_batch, host, second)
+        batched = len(_netlink_sockets)
+    finally:
+        _counting[0] = False
+    assert info.created
+    assert batched == 3 and unbatched >= 6, (unbatched, batched)
+    assert open_fds() == fds  # the batch closed its handles
+    for container in (first, second):
+        host_end = in_sandbox(host.sandbox, "ip", "-o", "link", "show", kernel.host_veth_name(container.endpoint_id))
+        assert f"master {kernel.BRIDGE_NAME}" in host_end and ",UP" in host_end, host_end
+        eth0 = ip("-o", "addr", "show", "dev", "eth0", ns=container.ns)
+        assert f"inet {container.ip}/24" in eth0 and ",UP" in ip("-o", "link", "show", "eth0", ns=container.ns)
