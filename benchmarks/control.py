@@ -109,6 +109,17 @@ def logged_at(log: str, event: str, field: str, after: float = 0.0) -> float | N
     return None
 
 
+def handled_in(log: str, mac: str) -> float | None:
+    """Seconds overlayd took from receiving the attach of `mac` until its answer was ready (the
+    `took_ms` of its `event=attached` line)."""
+    for line in log.splitlines():
+        if "event=attached" in line and f"mac={mac}" in line.lower():
+            for word in line.split():
+                if word.startswith("took_ms="):
+                    return float(word[len("took_ms="):]) / 1000
+    return None
+
+
 class OverlaynetCluster:
     def __init__(self, lab: Lab, n: int, progress: Callable[[str], None]) -> None:
         self.lab, self.progress = lab, progress
@@ -169,8 +180,9 @@ class OverlaynetCluster:
 
         await asyncio.gather(*(attach(h, r) for h, r in zip(self.hosts, residents, strict=True)))
 
-    def attach(self, host: Host, timeout: float) -> tuple[float, dict[str, float | None], float | None]:
-        """(seconds the attach command took, per-host propagation, attach-to-reachable or None)."""
+    def attach(self, host: Host, timeout: float) -> tuple[float, float | None, dict[str, float | None], float | None]:
+        """(seconds the attach command took as a whole process, seconds overlayd took to handle it (its
+        log line's took_ms; None if not logged), per-host propagation, attach-to-reachable or None)."""
         self.containers += 1
         ctr = self.lab.add_container(f"x{self.containers}")
         deadline = time.monotonic() + 30
@@ -205,11 +217,12 @@ class OverlaynetCluster:
         # From the moment overlayd published the endpoint (its `event=attached` log line, written right
         # after the record went into gossip; the command's return if the line is not found): the
         # other hosts may program it before the CLI process has even exited.
-        published = logged_at(self.lab.daemon_log(host), "event=attached", f"mac={mac}") or returned
+        log = self.lab.daemon_log(host)
+        published = logged_at(log, "event=attached", f"mac={mac}") or returned
         assert self.watch is not None
         prop = self.watch.wait(mac, [h.label for h in others], published, timeout)
         watcher.join(timeout + 5)
-        return returned - started, prop, reached[0]
+        return returned - started, handled_in(log, mac), prop, reached[0]
 
     def kill(self, host: Host, timeout: float) -> dict[str, float | None]:
         """kill -9 one overlayd; seconds until each survivor logged it dead (its `event=member-dead`
@@ -351,14 +364,18 @@ def _one_cluster(results: Results, progress: Callable[[str], None], lab: Lab, sy
         prop_all: list[float | None] = []
         prop_max: list[float | None] = []
         reach_all: list[float | None] = []
+        command_all: list[float | None] = []
+        handled_all: list[float | None] = []
         for i in range(events):
             if isinstance(cluster, SerfCluster):
                 seen = cluster.propagate(f"b{i}", timeout=event_timeout)
                 extra = ""
             else:
                 host = cluster.hosts[1 + i % (n - 1)]
-                took, seen, reach = cluster.attach(host, timeout=event_timeout)
+                took, handled, seen, reach = cluster.attach(host, timeout=event_timeout)
                 reach_all.append(reach)
+                command_all.append(took)
+                handled_all.append(handled)
                 extra = f"; attach {took * 1000:.0f} ms, reachable after " + (
                     f"{reach * 1000:.0f} ms" if reach is not None else f"never ({event_timeout:.0f} s)")
             values = list(seen.values())
@@ -371,6 +388,10 @@ def _one_cluster(results: Results, progress: Callable[[str], None], lab: Lab, sy
         _store(results, system, "propagation", n, loss, prop_all)
         if reach_all:
             _record(results, case, system, "attach-to-reachable", reach_all, [])
+            # Its parts: `overlayctl attach` as a whole process, and overlayd's handling inside it.
+            _record(results, case, system, "attach command", command_all, [])
+            if any(h is not None for h in handled_all):
+                _record(results, case, system, "attach in overlayd", handled_all, [])
         det_all: list[float | None] = []
         det_max: list[float | None] = []
         for k in range(kills):
