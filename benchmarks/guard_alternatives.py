@@ -12,6 +12,8 @@ These are measurement stand-ins, not product code (they use the `tc`, `nft` and 
                   would need eBPF maps for both (touched only by the frames it drops or limits). This
                   kernel has no flower, matchall, gact or police, so cls_bpf is the only tc classifier
                   that can drop.
+  tc-ebpf         the same checks as eBPF programs priced as a product would be (benchmarks/guard_ebpf.py):
+                  hash-map lookups, per-reason counters, headers pulled into the linear part.
   tc-bpf+nft-vxlan  the guard as tc-bpf, the members-only filter as overlayd programmed it.
   nft-netdev      the same nftables rules, but in `netdev` family chains hooked to the ingress of the
                   sender's port and of the receiver's VXLAN device: no bridge hook, no dispatch on
@@ -26,7 +28,9 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-VARIANTS = ("tc-bpf", "tc-bpf+nft-vxlan", "nft-netdev", "bridge-locked")
+from benchmarks import guard_ebpf
+
+VARIANTS = ("tc-bpf", "tc-ebpf", "tc-bpf+nft-vxlan", "nft-netdev", "bridge-locked")
 TC_SHOT, TC_OK = 2, 0
 TABLE = "bench_guard"  # the nft-netdev variant's table
 
@@ -184,6 +188,15 @@ def apply(variant: str, path: Path, vxlan_filter: dict[str, str]) -> None:
         attach_tc_program(path.receiver_sandbox, path.receiver_overlay_port, overlay_program(path.claimed_macs, path.gateway_ip))
     if variant == "tc-bpf":
         attach_tc_program(path.receiver_host, "eth0", vxlan_program(path.members, path.vxlan_port))
+    if variant == "tc-ebpf":
+        programs = guard_ebpf.Programs(path.sender_mac, path.sender_ip, path.known_macs, path.claimed_macs,
+                                       path.gateway_ip, path.members, path.vxlan_port)
+        try:
+            guard_ebpf.attach(path.sender_sandbox, path.sender_port, programs.port)
+            guard_ebpf.attach(path.receiver_sandbox, path.receiver_overlay_port, programs.overlay)
+            guard_ebpf.attach(path.receiver_host, "eth0", programs.vxlan)
+        finally:
+            programs.close()  # the attached programs hold their maps
     if variant == "nft-netdev":
         _run(path.sender_sandbox, "nft", "-f", "-", stdin=netdev_port_table(path))
         _run(path.receiver_sandbox, "nft", "-f", "-", stdin=netdev_overlay_table(path))

@@ -39,7 +39,8 @@ from overlaynet.model import gateway_mac
 SAMPLE_HZ = 4000
 PATH_COMMS = ("trafgen", "ksoftirqd")
 NETFILTER = ("nft_", "__nft", "nf_hook", "nf_tables", "jhash")
-TC = ("tc_run", "tcx_", "__tcf_", "tcf_", "cls_bpf", "bpf_prog_", "0xffffffff")  # the last: JIT-ed programs
+TC = ("tc_run", "tcx_", "__tcf_", "tcf_", "cls_bpf", "bpf_prog_", "0xffffffff",  # JIT-ed classic BPF
+      "htab_", "__htab_", "lookup_nulls_elem_raw", "bpf_skb_pull_data", "skb_ensure_writable")  # eBPF maps, pulls
 TABLES = (("bridge", "overlaynet_ports"), ("ip", "overlaynet_vxlan"))
 VARIANTS = ("nft", "none", *guard_alternatives.VARIANTS)
 

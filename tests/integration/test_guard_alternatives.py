@@ -1,6 +1,7 @@
 """The tc programs benchmarks.netfilter_cost prices as cheaper stand-ins for the guard and the
-members-only filter (benchmarks/guard_alternatives.py) really enforce what they stand in for: a
-price of a filter that lets everything through would say nothing."""
+members-only filter (benchmarks/guard_alternatives.py, benchmarks/guard_ebpf.py) really enforce what
+they stand in for, and the eBPF ones count what they drop: a price of a filter that lets everything
+through would say nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from benchmarks import guard_alternatives as alt
+from benchmarks import guard_ebpf
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +80,33 @@ def test_the_vxlan_program_admits_members_only(netns):
     alt.attach_tc_program(f"/run/netns/{b}", dev, alt.vxlan_program(("198.19.251.9",), 4789))
     assert not udp_arrives(a, b, 4789)
     assert udp_arrives(a, b, 4790)  # other UDP is none of its business
+
+
+def test_the_ebpf_port_program_drops_spoofing_and_counts_it_by_reason(netns):
+    a, b, mac, dev = pair(netns)
+    programs = guard_ebpf.Programs(mac, A, ("02:00:00:00:00:99",), ("02:00:00:00:00:98",), "198.19.251.9", (A,), 4789)
+    try:
+        guard_ebpf.attach(f"/run/netns/{b}", dev, programs.port)
+        assert pings(a, B)
+        assert programs.drops()["arp_spoof"] == programs.drops()["ip_spoof"] == 0
+        subprocess.run(["ip", "netns", "exec", a, "ip", "addr", "add", f"{ALIAS}/24", "dev", "ga0"], check=True)
+        assert not pings(a, B, "-I", ALIAS)
+        assert programs.drops()["arp_spoof"] >= 1  # its ARP request names the alias as sender
+        subprocess.run(["ip", "netns", "exec", a, "ip", "link", "set", "ga0", "address", "02:00:00:00:00:42"], check=True)
+        assert not pings(a, B)
+        assert programs.drops()["mac_spoof"] >= 1
+    finally:
+        programs.close()
+
+
+def test_the_ebpf_vxlan_program_admits_members_only_and_counts_the_rest(netns):
+    a, b, mac, dev = pair(netns)
+    for members, arrives in (((A,), True), (("198.19.251.9",), False)):
+        programs = guard_ebpf.Programs(mac, A, (), (), "198.19.251.9", members, 4789)
+        try:
+            guard_ebpf.attach(f"/run/netns/{b}", dev, programs.vxlan)
+            assert udp_arrives(a, b, 4789) is arrives
+            assert udp_arrives(a, b, 4790)
+            assert programs.drops()["non_member"] == (0 if arrives else 1)
+        finally:
+            programs.close()
