@@ -189,8 +189,9 @@ def main() -> int:
             if host.process is not None:
                 os.kill(host.process.pid, signal.SIGCONT)
         pair.close()
-        if os.path.exists(out):
-            os.unlink(out)
+        for leftover in (out, out + ".old"):  # perf record keeps the previous recording as .old
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     _summary(results)
     return 0
 
