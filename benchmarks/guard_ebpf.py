@@ -5,8 +5,8 @@ counters in an array map, and the headers pulled into the linear part when they 
 fragments (trafgen's frames do). Still missing against the product: the token buckets, touched
 only by broadcast, multicast and unknown unicast.
 
-Measurement code, x86-64 only: the programs are assembled here and loaded with bpf(2) through
-ctypes (no compiler on the machine), and attached with pyroute2.
+Measurement code: the programs are assembled here and loaded with bpf(2) through ctypes (no
+compiler on the machine; x86-64 and arm64 syscall numbers), and attached with pyroute2.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import struct
 
 from pyroute2 import IPRoute
 
-NR_BPF = 321  # x86-64
+NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 MAP_CREATE, MAP_LOOKUP, MAP_UPDATE, PROG_LOAD = 0, 1, 2, 5
 HASH, ARRAY = 1, 2
 SCHED_CLS = 3
