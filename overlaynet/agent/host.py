@@ -9,6 +9,7 @@ state dir's layout is in one place.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,10 @@ from overlaynet.errors import NotFound
 from overlaynet.model import Endpoint, Network
 
 T = TypeVar("T")
+log = logging.getLogger("overlaynet.agent")
+# A kernel call (waiting for the one kernel thread included) this slow holds up every other one:
+# attaches, program passes, reconciles. Said in the log, with the call's name, to find what it was.
+SLOW_KERNEL_CALL = 1.0
 
 
 class Host:
@@ -48,7 +53,13 @@ class Host:
 
     async def kernel(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._kernel_pool, fn, *args)
+        started = time.monotonic()
+        try:
+            return await loop.run_in_executor(self._kernel_pool, fn, *args)
+        finally:
+            took = time.monotonic() - started
+            if took > SLOW_KERNEL_CALL:
+                log.warning("event=kernel-call-slow call=%s seconds=%.2f", getattr(fn, "__qualname__", repr(fn)), took)
 
     def close(self) -> None:
         self._kernel_pool.shutdown(wait=True)
