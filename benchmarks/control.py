@@ -404,7 +404,8 @@ def _one_cluster(results: Results, progress: Callable[[str], None], lab: Lab, sy
             got = [v for v in values if v is not None]
             progress(f"{step} kill -9 {k + 1}/{kills}: detected by {len(got)}/{len(values)}, first "
                      f"{min(got) if got else float('nan'):.2f} s, last {max(got) if got else float('nan'):.2f} s")
-        _record(results, case, system, "detection", det_all, det_max)
-        _store(results, system, "detection", n, loss, det_all)
+        if kills:  # with --kills 0 there is nothing to detect: no row rather than a "failed" one
+            _record(results, case, system, "detection", det_all, det_max)
+            _store(results, system, "detection", n, loss, det_all)
     finally:
         cluster.stop()
