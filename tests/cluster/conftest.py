@@ -7,13 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from overlaynet.lab import Lab
+from tests.support.lab import named_lab
 
 
 @pytest.fixture
 def lab(prefix: str, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """A lab named after the run and the test (so parallel runs and tests never collide)."""
-    lab = Lab(prefix=f"{prefix}k{abs(hash(request.node.name)) % 100}")
-    try:
-        yield lab
-    finally:
-        lab.close()
+    yield from named_lab(prefix, "k", request.node.name)

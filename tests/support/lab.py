@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,16 @@ class Pair:
     b: str
     ep_a: dict[str, Any]
     ep_b: dict[str, Any]
+
+
+def named_lab(prefix: str, tier: str, test_name: str) -> Iterator[Lab]:
+    """A lab named after the run, the test tier and the test (so parallel runs and tests never
+    collide), closed whatever the test did."""
+    lab = Lab(prefix=f"{prefix}{tier}{abs(hash(test_name)) % 100}")
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 def pair_on_one_host(lab: Lab, network: str, subnet: str, vni: int, *daemon_args: str) -> Pair:
